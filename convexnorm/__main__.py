@@ -1,0 +1,3 @@
+from convexnorm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""Solving a batch of normalization programs through cvxpylayers, with checks.
+
+The program is canonicalized once (``compile_program`` is cached on the program
+object) and every call only sets parameter values. Solves run on the CPU in
+float64 (DIFFCP is a CPU solver); the result returns to the input's device and
+dtype, and autograd follows the moves.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+from typing import Any, Mapping
+
+import diffcp
+import numpy as np
+import torch
+from cvxpylayers.torch import CvxpyLayer
+
+from convexnorm.errors import SolverError
+from convexnorm.programs import NormalizationProgram
+
+logger = logging.getLogger("convexnorm")
+
+#: SCS reports failures as errors (Clarabel inside diffcp does not, so its
+#: solutions rely on the optimality check below); tolerances per solve method.
+SOLVE_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "SCS": {"eps_abs": 1e-10, "eps_rel": 1e-10, "max_iters": 100_000},
+    "Clarabel": {"tol_gap_abs": 1e-12, "tol_gap_rel": 1e-12, "tol_feas": 1e-12},
+}
+#: lsmr gives adjoint gradients accurate to ~1e-8 where diffcp's default lsqr is off by ~1e-6.
+DEFAULT_GRADIENT_MODE = "lsmr"
+#: Largest accepted optimality error: relative duality gap / infeasibility for
+#: programs with a certificate, scaled constraint violation otherwise.
+CHECK_TOL = 1e-8
+_BACKWARD_ONLY_KEYS = ("mode", "n_jobs_backward")
+# cvxpylayers 1.2.0 calls np.array on torch tensors in its diffcp glue (forward and
+# backward), which numpy 2 answers with this DeprecationWarning on every solve.
+_NUMPY_COPY_NOISE = "__array__ implementation doesn't accept a copy keyword"
+warnings.filterwarnings("ignore", message=_NUMPY_COPY_NOISE, category=DeprecationWarning)
+
+
+@functools.lru_cache(maxsize=256)
+def compile_program(program: NormalizationProgram) -> CvxpyLayer:
+    """Canonicalize ``program`` once; later calls return the same CvxpyLayer."""
+    logger.debug("canonicalizing a normalization program with n=%d", program.n)
+    return CvxpyLayer(program.problem, parameters=[program.x], variables=list(program.variables))
+
+
+def _constraint_violation(program: NormalizationProgram, x: np.ndarray, values: list[np.ndarray]) -> np.ndarray:
+    """Per-group largest constraint violation, scaled by 1 + max|x|, evaluated by cvxpy."""
+    errors = np.empty(x.shape[0])
+    for i in range(x.shape[0]):
+        program.x.value = x[i]
+        for variable, value in zip(program.variables, values):
+            variable.value = value[i]
+        worst = max((float(np.max(c.violation(), initial=0.0)) for c in program.problem.constraints), default=0.0)
+        errors[i] = worst / (1.0 + float(np.abs(x[i]).max()))
+    return errors
+
+
+def solver_arguments(solver_args: Mapping[str, Any] | None) -> dict[str, Any]:
+    """diffcp arguments: the user's, on top of tight defaults for the chosen solve method."""
+    user = dict(solver_args or {})
+    method = user.get("solve_method", "SCS")
+    return {"solve_method": method, "mode": DEFAULT_GRADIENT_MODE, **SOLVE_METHOD_DEFAULTS.get(method, {}), **user}
+
+
+def solve_program(
+    program: NormalizationProgram,
+    groups: torch.Tensor,
+    *,
+    owner: str,
+    solver_args: Mapping[str, Any] | None = None,
+    tol: float = CHECK_TOL,
+) -> torch.Tensor:
+    """z*(x) for every row x of ``groups`` (shape (G, n)), in one batched cvxpylayers call.
+
+    Raises SolverError (naming ``owner``) when the solver fails, reports an
+    inaccurate status, returns non-finite values, or the solution's optimality
+    error exceeds ``tol``.
+    """
+    layer = compile_program(program)
+    x = groups.to(device="cpu", dtype=torch.float64)
+    args = solver_arguments(solver_args)
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        for key in _BACKWARD_ONLY_KEYS:
+            args.pop(key, None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", message=_NUMPY_COPY_NOISE, category=DeprecationWarning)
+        try:
+            values = layer(x, solver_args=args)
+        except diffcp.SolverError as error:
+            raise SolverError(f"{owner}: the normalization program was not solved ({error})") from error
+    for warning in caught:
+        message = str(warning.message)
+        if "Inaccurate" in message:
+            raise SolverError(
+                f"{owner}: solver status 'solved/inaccurate' "
+                "(raise max_iters or loosen eps_abs/eps_rel in solver_args)"
+            )
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    if not all(torch.isfinite(v).all() for v in values):
+        raise SolverError(f"{owner}: the solver returned non-finite values")
+    detached = [v.detach() for v in values]
+    if program.certificate is not None:
+        errors = program.certificate(x.detach(), *detached).numpy()
+    else:
+        errors = _constraint_violation(program, x.detach().numpy(), [v.numpy() for v in detached])
+    worst = int(np.argmax(errors))
+    if errors[worst] > tol:
+        raise SolverError(
+            f"{owner}: inaccurate solve, optimality error {errors[worst]:.2e} > {tol:.0e} "
+            f"in group {worst}, although the solver reported no failure; tighten solver_args"
+        )
+    return values[0].to(device=groups.device, dtype=groups.dtype)
