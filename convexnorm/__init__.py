@@ -3,10 +3,41 @@
 import logging
 
 from convexnorm import nn, programs
+from convexnorm.convex import (
+    Certificate,
+    ConvexBNClassifier,
+    ConvexBNRegressor,
+    TrainingHistory,
+    Whitening,
+    arrangement_patterns,
+    closed_form,
+    nonconvex_objective,
+    recover_network,
+    train_nonconvex,
+    whiten,
+)
 from convexnorm.errors import SolverError
 from convexnorm.programs import NormalizationProgram, standardization_program
 
 __version__ = "0.1.0"
-__all__ = ["NormalizationProgram", "SolverError", "nn", "programs", "standardization_program", "__version__"]
+__all__ = [
+    "Certificate",
+    "ConvexBNClassifier",
+    "ConvexBNRegressor",
+    "NormalizationProgram",
+    "SolverError",
+    "TrainingHistory",
+    "Whitening",
+    "arrangement_patterns",
+    "closed_form",
+    "nn",
+    "nonconvex_objective",
+    "programs",
+    "recover_network",
+    "standardization_program",
+    "train_nonconvex",
+    "whiten",
+    "__version__",
+]
 
 logging.getLogger("convexnorm").addHandler(logging.NullHandler())

@@ -1,0 +1,25 @@
+"""The convex reformulation of two-layer BN-ReLU networks: estimators and solvers."""
+
+from convexnorm.convex.estimators import (
+    Certificate,
+    ConvexBNClassifier,
+    ConvexBNRegressor,
+    closed_form,
+)
+from convexnorm.convex.network import TrainingHistory, nonconvex_objective, recover_network, train_nonconvex
+from convexnorm.convex.patterns import arrangement_patterns
+from convexnorm.convex.whitening import Whitening, whiten
+
+__all__ = [
+    "Certificate",
+    "ConvexBNClassifier",
+    "ConvexBNRegressor",
+    "TrainingHistory",
+    "Whitening",
+    "arrangement_patterns",
+    "closed_form",
+    "nonconvex_objective",
+    "recover_network",
+    "train_nonconvex",
+    "whiten",
+]

@@ -1,0 +1,59 @@
+"""Centering and whitening of the data (spec: convex-bn.md section 1).
+
+Xc = X - 1 mu^T = U S V^T (compact SVD, rank r), U' = [U, 1/sqrt(n)] with U'^T U' = I.
+The test-time map, BN's analogue of running statistics, is
+u'(x) = [S^{-1} V^T (x - mu); 1/sqrt(n)].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from convexnorm.convex._validation import check_matrix
+
+#: Singular values below RANK_RTOL * S[0] are dropped.
+RANK_RTOL = 1e-10
+
+
+@dataclass(frozen=True)
+class Whitening:
+    """The fitted whitening of n training rows: mean, U, S, V (rank r)."""
+
+    mean: np.ndarray  # (d,)
+    U: np.ndarray  # (n, r)
+    S: np.ndarray  # (r,)
+    V: np.ndarray  # (d, r)
+
+    @property
+    def n(self) -> int:
+        return self.U.shape[0]
+
+    @property
+    def rank(self) -> int:
+        return self.S.shape[0]
+
+    @property
+    def U_prime(self) -> np.ndarray:
+        """[U, 1/sqrt(n)]: the whitened training data with its bias column, (n, r + 1)."""
+        return np.hstack([self.U, np.full((self.n, 1), 1.0 / np.sqrt(self.n))])
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """Rows u'(x) = [S^{-1} V^T (x - mu); 1/sqrt(n)] of new data X (m, d) -> (m, r + 1)."""
+        X = check_matrix(X, "Whitening.transform", columns=self.mean.shape[0])
+        coords = (X - self.mean) @ self.V / self.S
+        return np.hstack([coords, np.full((X.shape[0], 1), 1.0 / np.sqrt(self.n))])
+
+
+def whiten(X: np.ndarray, rtol: float = RANK_RTOL) -> Whitening:
+    """Center X (n, d) and take its compact SVD, dropping singular values below rtol * S[0]."""
+    X = check_matrix(X, "whiten")
+    if X.shape[0] < 2:
+        raise ValueError(f"whiten: need at least 2 samples, got {X.shape[0]}")
+    mean = X.mean(axis=0)
+    U, S, Vt = np.linalg.svd(X - mean, full_matrices=False)
+    if S.size == 0 or S[0] == 0:
+        raise ValueError("whiten: all samples are identical; the centered data has rank 0")
+    rank = int(np.sum(S > rtol * S[0]))
+    return Whitening(mean=mean, U=U[:, :rank], S=S[:rank], V=Vt[:rank].T)
