@@ -237,7 +237,7 @@ def test_zero_variance_with_eps_zero_raises(backend: str) -> None:
 @pytest.mark.parametrize(
     "solver_args, message",
     [
-        ({"max_iters": 2}, "the normalization program was not solved .*max_iters"),
+        ({"max_iters": 2}, "the program was not solved .*max_iters"),
         ({"eps_abs": 1e-3, "eps_rel": 1e-3}, "inaccurate solve, optimality error"),
     ],
 )

@@ -101,16 +101,17 @@ def _solve_variables(
     program = convex_bn_program(n, r_prime, len(patterns), loss)
     program.set_data(U_prime, patterns, y, beta)
     attempts = [(solver, solver_options or {})] + ([("scs", {})] if solver == "clarabel" else [])
-    for name, options in attempts:
+    for index, (name, options) in enumerate(attempts):
         cvxpy_solver, defaults = SOLVERS[name]
         try:
             program.problem.solve(solver=cvxpy_solver, ignore_dpp=True, **{**defaults, **options})
+            status = program.problem.status
         except cp.error.SolverError as error:
-            raise SolverError(f"{owner}: solver {name!r} failed ({error})") from error
-        status = program.problem.status
+            status = f"failed ({error})"
         if status == cp.OPTIMAL:
             return program.S.value, program.T.value
-        if status != cp.OPTIMAL_INACCURATE or name == attempts[-1][0]:
+        retry = index + 1 < len(attempts) and status != cp.INFEASIBLE and status != cp.UNBOUNDED
+        if not retry:
             break
         logger.warning("%s: %s returned %r, solving again with SCS", owner, name, status)
     raise SolverError(f"{owner}: solver {name!r} returned status {status!r}")
@@ -243,6 +244,7 @@ def _fit_scalar(
     max_rounds: int,
     n_probes: int,
     max_new_patterns: int,
+    progress: bool = False,
 ) -> tuple[ScalarSolution, np.ndarray, list[float]]:
     """Solve, then (grow=True) add violating patterns and re-solve until none is found."""
     owner = type(estimator).__name__
@@ -250,7 +252,7 @@ def _fit_scalar(
     solution = solve_convex_program(U_prime, patterns, y, *args)
     history = [solution.objective]
     if grow:
-        for round_index in range(max_rounds):
+        for round_index in tqdm(range(max_rounds), desc=f"{owner} grow", disable=not progress, leave=False):
             cert = certify_solution(U_prime, y, solution, estimator.beta, estimator.loss, "probe", n_probes,
                                     estimator.seed + round_index + 1)
             known = {bytes(np.packbits(p)) for p in patterns}
@@ -304,7 +306,7 @@ class _ConvexBNBase(BaseEstimator):
         solutions, all_patterns, histories = [], [], []
         for target in tqdm(targets, desc=owner, disable=not progress or len(targets) == 1, leave=False):
             solution, grown, history = _fit_scalar(self, U_prime, patterns, target, grow, max_rounds,
-                                                   n_probes, max_new_patterns)
+                                                   n_probes, max_new_patterns, progress)
             solutions.append(solution)
             all_patterns.append(grown)
             histories.append(history)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from convexnorm.convex._validation import check_beta, check_matrix
 from convexnorm.convex.whitening import Whitening
 from convexnorm.losses import check_loss, torch_loss
-from convexnorm.nn import BatchNorm1d
+from convexnorm.nn.normalization import BatchNorm1d
 
 logger = logging.getLogger("convexnorm")
 

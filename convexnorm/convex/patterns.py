@@ -65,15 +65,20 @@ def sample_patterns(U_prime: np.ndarray, n_gates: int, seed: int = 0) -> np.ndar
     return _distinct((U_prime @ gates >= 0).T)
 
 
-def arrangement_patterns(U_prime: np.ndarray, patterns: str | int = "auto", seed: int = 0) -> np.ndarray:
+def arrangement_patterns(U_prime: np.ndarray, patterns: str | int | np.ndarray = "auto", seed: int = 0) -> np.ndarray:
     """Distinct nonzero arrangement patterns of U' as a boolean (P, n) array.
 
     ``patterns``: "exhaustive" (all of them, by enumeration; ValueError when that needs
     more than MAX_EXHAUSTIVE_CANDIDATES candidates), an int (that many sampled gate
-    vectors, seeded), or "auto" (exhaustive when it fits, else AUTO_SAMPLES gates).
+    vectors, seeded), "auto" (exhaustive when it fits, else AUTO_SAMPLES gates), or a
+    boolean (P, n) array of given patterns (for instance a ConvexBNReLU block's).
     """
     U_prime = np.asarray(U_prime, dtype=np.float64)
     n, r_prime = U_prime.shape
+    if isinstance(patterns, np.ndarray):
+        if patterns.ndim != 2 or patterns.shape[1] != n:
+            raise ValueError(f"arrangement_patterns: given patterns must be (P, {n}), got {patterns.shape}")
+        return _distinct(patterns.astype(bool))
     candidates = exhaustive_candidates(n, r_prime)
     if patterns == "auto":
         patterns = "exhaustive" if candidates <= MAX_EXHAUSTIVE_CANDIDATES else AUTO_SAMPLES

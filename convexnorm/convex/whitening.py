@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from convexnorm.convex._validation import check_matrix
 
@@ -46,14 +47,29 @@ class Whitening:
         return np.hstack([coords, np.full((X.shape[0], 1), 1.0 / np.sqrt(self.n))])
 
 
+def whiten_tensor(X: torch.Tensor, rtol: float = RANK_RTOL) -> tuple[torch.Tensor, ...]:
+    """Differentiable whitening in torch: (mean, U, S, V) of the rank-r part of X - 1 mu^T,
+    through ``torch.linalg.svd`` (gradients need distinct singular values)."""
+    mean = X.mean(dim=0)
+    U, S, Vh = torch.linalg.svd(X - mean, full_matrices=False)
+    if S.numel() == 0 or S[0] == 0:
+        raise ValueError("all samples are identical; the centered data has rank 0")
+    rank = int((S > rtol * S[0]).sum())
+    return mean, U[:, :rank], S[:rank], Vh[:rank].T
+
+
+def u_prime_rows(coords: torch.Tensor, n: int) -> torch.Tensor:
+    """[coords, 1/sqrt(n)]: whitened coordinates with the bias column."""
+    return torch.cat([coords, coords.new_full((coords.shape[0], 1), n**-0.5)], dim=1)
+
+
 def whiten(X: np.ndarray, rtol: float = RANK_RTOL) -> Whitening:
     """Center X (n, d) and take its compact SVD, dropping singular values below rtol * S[0]."""
     X = check_matrix(X, "whiten")
     if X.shape[0] < 2:
         raise ValueError(f"whiten: need at least 2 samples, got {X.shape[0]}")
-    mean = X.mean(axis=0)
-    U, S, Vt = np.linalg.svd(X - mean, full_matrices=False)
-    if S.size == 0 or S[0] == 0:
-        raise ValueError("whiten: all samples are identical; the centered data has rank 0")
-    rank = int(np.sum(S > rtol * S[0]))
-    return Whitening(mean=mean, U=U[:, :rank], S=S[:rank], V=Vt[:rank].T)
+    try:
+        mean, U, S, V = (t.numpy() for t in whiten_tensor(torch.from_numpy(X), rtol))
+    except ValueError as error:
+        raise ValueError(f"whiten: {error}") from error
+    return Whitening(mean=mean, U=U, S=S, V=V)

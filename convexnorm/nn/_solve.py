@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import diffcp
 import numpy as np
@@ -42,10 +42,52 @@ warnings.filterwarnings("ignore", message=_NUMPY_COPY_NOISE, category=Deprecatio
 
 
 @functools.lru_cache(maxsize=256)
-def compile_program(program: NormalizationProgram) -> CvxpyLayer:
-    """Canonicalize ``program`` once; later calls return the same CvxpyLayer."""
-    logger.debug("canonicalizing a normalization program with n=%d", program.n)
-    return CvxpyLayer(program.problem, parameters=[program.x], variables=list(program.variables))
+def compile_program(program: Any) -> CvxpyLayer:
+    """Canonicalize a program (anything with ``problem``, ``parameters`` and ``variables``)
+    once; later calls with the same program object return the same CvxpyLayer."""
+    logger.debug("canonicalizing %s", type(program).__name__)
+    return CvxpyLayer(program.problem, parameters=list(program.parameters), variables=list(program.variables))
+
+
+def solver_arguments(solver_args: Mapping[str, Any] | None) -> dict[str, Any]:
+    """diffcp arguments: the user's, on top of tight defaults for the chosen solve method."""
+    user = dict(solver_args or {})
+    method = user.get("solve_method", "SCS")
+    return {"solve_method": method, "mode": DEFAULT_GRADIENT_MODE, **SOLVE_METHOD_DEFAULTS.get(method, {}), **user}
+
+
+def call_program(
+    program: Any,
+    parameters: Sequence[torch.Tensor],
+    *,
+    owner: str,
+    solver_args: Mapping[str, Any] | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """Solve a (batch of) program(s) through its compiled CvxpyLayer: float64 CPU tensors
+    in and out, differentiable. Raises SolverError (naming ``owner``) when the solver fails,
+    reports an inaccurate status or returns non-finite values."""
+    layer = compile_program(program)
+    args = solver_arguments(solver_args)
+    if not (torch.is_grad_enabled() and any(p.requires_grad for p in parameters)):
+        for key in _BACKWARD_ONLY_KEYS:
+            args.pop(key, None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", message=_NUMPY_COPY_NOISE, category=DeprecationWarning)
+        try:
+            values = layer(*parameters, solver_args=args)
+        except diffcp.SolverError as error:
+            raise SolverError(f"{owner}: the program was not solved ({error})") from error
+    for warning in caught:
+        if "Inaccurate" in str(warning.message):
+            raise SolverError(
+                f"{owner}: solver status 'solved/inaccurate' "
+                "(raise max_iters or loosen eps_abs/eps_rel in solver_args)"
+            )
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    if not all(torch.isfinite(v).all() for v in values):
+        raise SolverError(f"{owner}: the solver returned non-finite values")
+    return values
 
 
 def _constraint_violation(program: NormalizationProgram, x: np.ndarray, values: list[np.ndarray]) -> np.ndarray:
@@ -60,13 +102,6 @@ def _constraint_violation(program: NormalizationProgram, x: np.ndarray, values: 
     return errors
 
 
-def solver_arguments(solver_args: Mapping[str, Any] | None) -> dict[str, Any]:
-    """diffcp arguments: the user's, on top of tight defaults for the chosen solve method."""
-    user = dict(solver_args or {})
-    method = user.get("solve_method", "SCS")
-    return {"solve_method": method, "mode": DEFAULT_GRADIENT_MODE, **SOLVE_METHOD_DEFAULTS.get(method, {}), **user}
-
-
 def solve_program(
     program: NormalizationProgram,
     groups: torch.Tensor,
@@ -77,33 +112,11 @@ def solve_program(
 ) -> torch.Tensor:
     """z*(x) for every row x of ``groups`` (shape (G, n)), in one batched cvxpylayers call.
 
-    Raises SolverError (naming ``owner``) when the solver fails, reports an
-    inaccurate status, returns non-finite values, or the solution's optimality
-    error exceeds ``tol``.
+    Besides the failures of ``call_program``, raises SolverError when the solution's
+    optimality error (certificate or constraint violation) exceeds ``tol``.
     """
-    layer = compile_program(program)
     x = groups.to(device="cpu", dtype=torch.float64)
-    args = solver_arguments(solver_args)
-    if not (torch.is_grad_enabled() and x.requires_grad):
-        for key in _BACKWARD_ONLY_KEYS:
-            args.pop(key, None)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        warnings.filterwarnings("ignore", message=_NUMPY_COPY_NOISE, category=DeprecationWarning)
-        try:
-            values = layer(x, solver_args=args)
-        except diffcp.SolverError as error:
-            raise SolverError(f"{owner}: the normalization program was not solved ({error})") from error
-    for warning in caught:
-        message = str(warning.message)
-        if "Inaccurate" in message:
-            raise SolverError(
-                f"{owner}: solver status 'solved/inaccurate' "
-                "(raise max_iters or loosen eps_abs/eps_rel in solver_args)"
-            )
-        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    if not all(torch.isfinite(v).all() for v in values):
-        raise SolverError(f"{owner}: the solver returned non-finite values")
+    values = call_program(program, [x], owner=owner, solver_args=solver_args)
     detached = [v.detach() for v in values]
     if program.certificate is not None:
         errors = program.certificate(x.detach(), *detached).numpy()

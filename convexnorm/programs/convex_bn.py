@@ -32,6 +32,10 @@ class ConvexBNProgram:
     output: cp.Expression
 
     @property
+    def variables(self) -> tuple[cp.Variable, cp.Variable]:
+        return (self.S, self.T)
+
+    @property
     def parameters(self) -> list[cp.Parameter]:
         return [*self.DU, *self.SU, *([self.y] if self.y is not None else []), self.beta]
 

@@ -48,6 +48,10 @@ class NormalizationProgram:
             raise ValueError("NormalizationProgram: variables must start with z")
 
     @property
+    def parameters(self) -> list[cp.Parameter]:
+        return [self.x]
+
+    @property
     def n(self) -> int:
         return int(self.x.shape[0])
 

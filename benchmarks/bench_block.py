@@ -1,0 +1,68 @@
+"""ConvexBNReLU: forward and backward time per batch vs a direct cvxpy solve of the same program.
+
+For each (batch n, features d, patterns P): the block's forward (cvxpylayers + diffcp)
+and backward (implicit differentiation, lsmr) with the default SCS and with Clarabel,
+and the direct solve (cvxpy + Clarabel on constants, polished) of the same patterns;
+ratios are to the direct solve in the same run. The first call (canonicalization) is
+reported separately. Run: python benchmarks/bench_block.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import cvxpy
+import cvxpylayers
+import diffcp
+import torch
+
+from convexnorm.convex.estimators import solve_convex_program
+from convexnorm.convex.whitening import u_prime_rows, whiten_tensor
+from convexnorm.nn import ConvexBNReLU
+
+
+def median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", nargs="+", default=["16x4x16", "32x6x32", "64x8x64"], help="n x d x P")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, cvxpy {cvxpy.__version__}, cvxpylayers {cvxpylayers.__version__}, "
+          f"diffcp {diffcp.__version__}, {platform.machine()}, {torch.get_num_threads()} threads")
+    print(f"{'n x d x P':<10} {'solver':<9} {'compile s':>9} {'forward s':>9} {'backward s':>10} "
+          f"{'direct s':>8} {'fwd/direct':>10} {'fwd+bwd/direct':>14}")
+    for size in args.sizes:
+        n, d, P = (int(v) for v in size.split("x"))
+        generator = torch.Generator().manual_seed(0)
+        H = torch.randn(n, d, generator=generator, dtype=torch.float64)
+        y = torch.sin(2 * H[:, 0]) + H[:, 1] * H[:, 2 % d]
+        block = ConvexBNReLU(d, beta=0.05, n_patterns=P)
+        U_prime = u_prime_rows(whiten_tensor(H)[1], n)
+        masks = block._patterns(U_prime).numpy().T.astype(bool)
+        direct = median_seconds(lambda: solve_convex_program(U_prime.numpy(), masks, y.numpy(), 0.05, "squared",
+                                                             "clarabel", "bench"), args.repeats)
+        for label, solver_args in (("SCS", {}), ("Clarabel", {"solve_method": "Clarabel"})):
+            block = ConvexBNReLU(d, beta=0.05, n_patterns=P, solver_args=solver_args)
+            H_var = H.clone().requires_grad_(True)
+            start = time.perf_counter()
+            block(H_var, y)
+            first = time.perf_counter() - start
+            forward = median_seconds(lambda: block(H_var, y), args.repeats)
+            backward = median_seconds(lambda: block(H_var, y).sum().backward(), args.repeats) - forward
+            print(f"{size:<10} {label:<9} {first - forward:9.2f} {forward:9.3f} {backward:10.3f} {direct:8.3f} "
+                  f"{forward / direct:10.2f} {(forward + backward) / direct:14.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

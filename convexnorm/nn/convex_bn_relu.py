@@ -1,0 +1,176 @@
+"""A differentiable convex BN-ReLU block (spec: convex-bn.md sections 3 and 9).
+
+The forward pass fits a two-layer BN-ReLU network to (H, y) by solving its convex
+program through cvxpylayers and returns that network's predictions; gradients flow
+from the solution to H (through whitening, ``torch.linalg.svd``), to y and to beta.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from convexnorm.convex.estimators import solve_convex_program
+from convexnorm.convex.network import recover_network
+from convexnorm.convex.whitening import Whitening, u_prime_rows, whiten_tensor
+from convexnorm.errors import SolverError
+from convexnorm.losses import MARGIN_LOSSES, check_loss, torch_loss
+from convexnorm.nn._solve import call_program
+from convexnorm.programs import ConvexBNProgram, convex_bn_program
+
+#: Cone constraints (2D - I) U' s >= 0 may be violated by this fraction of max ||s||.
+FEASIBILITY_TOL = 1e-6
+
+
+@functools.lru_cache(maxsize=32)
+def _program(n: int, r_prime: int, n_patterns: int, loss: str) -> ConvexBNProgram:
+    """One program per (batch size, rank, patterns, loss); compiled once by call_program."""
+    return convex_bn_program(n, r_prime, n_patterns, loss)
+
+
+class ConvexBNReLU(nn.Module):
+    """Fits the convex BN-ReLU program on each batch and predicts with the fitted network.
+
+    ``forward(H, y, H_query=None)`` whitens H (batch x in_features), forms the patterns
+    D_i = diag(1[U' g_i >= 0]) of the fixed gate vectors g_i (a buffer, seeded), solves
+
+        min loss(sum_i D_i U' (s_i - t_i), y) + beta sum_i (||s_i|| + ||t_i||)
+        s.t. (2 D_i - I) U' s_i >= 0, (2 D_i - I) U' t_i >= 0
+
+    with cvxpylayers and returns sum_i (u' s_i)_+ - (u' t_i)_+ for the rows u' of H's
+    whitened data, or of ``H_query`` under the test-time map. ``return_objective=True``
+    also returns the optimal objective as a differentiable tensor. The batch must have
+    full rank min(n - 1, in_features). Margin losses take labels y in {-1, +1}.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        beta: float = 1e-3,
+        n_patterns: int = 32,
+        loss: str = "squared",
+        seed: int = 0,
+        learnable_beta: bool = False,
+        solver_args: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        check_loss(loss, "ConvexBNReLU")
+        if not (beta > 0 and math.isfinite(beta)):
+            raise ValueError(f"ConvexBNReLU: beta must be a positive number, got {beta}")
+        if in_features < 1 or n_patterns < 1:
+            raise ValueError("ConvexBNReLU: in_features and n_patterns must be positive")
+        self.in_features = in_features
+        self.n_patterns = n_patterns
+        self.loss = loss
+        self.solver_args = dict(solver_args or {})
+        generator = torch.Generator().manual_seed(seed)
+        self.register_buffer("gates", torch.randn(in_features + 1, n_patterns, generator=generator, dtype=torch.float64))
+        log_beta = torch.tensor(math.log(beta), dtype=torch.float64)
+        if learnable_beta:
+            self.log_beta = nn.Parameter(log_beta)
+        else:
+            self.register_buffer("log_beta", log_beta)
+
+    @property
+    def beta(self) -> Tensor:
+        return self.log_beta.exp()
+
+    def _check(self, H: Tensor, y: Tensor, H_query: Tensor | None) -> None:
+        name = "ConvexBNReLU"
+        if H.dim() != 2 or H.shape[1] != self.in_features:
+            raise ValueError(f"{name}: H must be (batch, {self.in_features}), got {tuple(H.shape)}")
+        if H.shape[0] < 2:
+            raise ValueError(f"{name}: need a batch of at least 2 samples, got {H.shape[0]}")
+        if y.shape != (H.shape[0],):
+            raise ValueError(f"{name}: y must have shape ({H.shape[0]},), got {tuple(y.shape)}")
+        if H_query is not None and (H_query.dim() != 2 or H_query.shape[1] != self.in_features):
+            raise ValueError(f"{name}: H_query must be (m, {self.in_features}), got {tuple(H_query.shape)}")
+        for tensor, label in ((H, "H"), (y, "y"), (H_query, "H_query")):
+            if tensor is not None and not torch.isfinite(tensor).all():
+                raise ValueError(f"{name}: {label} contains NaN or Inf")
+        if self.loss in MARGIN_LOSSES and not torch.all((y == 1) | (y == -1)):
+            raise ValueError(f"{name}: the {self.loss} loss needs labels y in {{-1, +1}}")
+
+    def _whiten(self, H: Tensor) -> tuple[Tensor, ...]:
+        n, d = H.shape
+        mean, U, S, V = whiten_tensor(H)
+        if U.shape[1] < min(n - 1, d):
+            raise ValueError(
+                f"ConvexBNReLU: the batch is rank-deficient (rank {U.shape[1]} < min(n - 1, d) = {min(n - 1, d)}); "
+                "use more distinct samples or fewer features"
+            )
+        return mean, U, S, V
+
+    def _patterns(self, U_prime: Tensor) -> Tensor:
+        """(n, P) 0/1 patterns of the fixed gates on U' (gate rows: r coordinates, then bias)."""
+        r = U_prime.shape[1] - 1
+        gates = torch.cat([self.gates[:r], self.gates[-1:]]).to(U_prime.dtype)
+        return (U_prime.detach() @ gates >= 0).to(U_prime.dtype)
+
+    def _solve(self, U_prime: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        n, r_prime = U_prime.shape
+        masks = self._patterns(U_prime)
+        rows = y[:, None] * U_prime if self.loss in MARGIN_LOSSES else U_prime
+        DU = [masks[:, i : i + 1] * rows for i in range(self.n_patterns)]
+        SU = [(2 * masks[:, i : i + 1] - 1) * U_prime for i in range(self.n_patterns)]
+        targets = [] if self.loss in MARGIN_LOSSES else [y]
+        program = _program(n, r_prime, self.n_patterns, self.loss)
+        S, T = call_program(program, [*DU, *SU, *targets, self.beta.to(torch.float64)], owner="ConvexBNReLU",
+                            solver_args=self.solver_args)
+        with torch.no_grad():
+            scale = max(float(torch.linalg.norm(S, dim=0).max()), float(torch.linalg.norm(T, dim=0).max()), 1e-300)
+            cones = torch.stack([SU[i].detach() @ torch.stack([S[:, i], T[:, i]], 1) for i in range(self.n_patterns)])
+            violation = float((-cones).clamp_min(0).max()) / scale
+        if violation > FEASIBILITY_TOL:
+            raise SolverError(f"ConvexBNReLU: inaccurate solve, cone constraint violated by {violation:.2e} of max ||s||")
+        return S, T
+
+    def forward(self, H: Tensor, y: Tensor, H_query: Tensor | None = None,
+                return_objective: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        self._check(H, y, H_query)
+        device, dtype = H.device, H.dtype
+        H64, y64 = H.to("cpu", torch.float64), y.to("cpu", torch.float64)
+        n = H.shape[0]
+        mean, U, S_values, V = self._whiten(H64)
+        U_prime = u_prime_rows(U, n)
+        S, T = self._solve(U_prime, y64)
+
+        def network(rows: Tensor) -> Tensor:
+            return torch.relu(rows @ S).sum(1) - torch.relu(rows @ T).sum(1)
+
+        if H_query is None:
+            predictions = network(U_prime)
+        else:
+            predictions = network(u_prime_rows((H_query.to("cpu", torch.float64) - mean) @ V / S_values, n))
+        predictions = predictions.to(device=device, dtype=dtype)
+        if not return_objective:
+            return predictions
+        penalty = torch.linalg.norm(S, dim=0).sum() + torch.linalg.norm(T, dim=0).sum()
+        objective = torch_loss(self.loss, network(U_prime), y64) + self.beta * penalty
+        return predictions, objective.to(device=device, dtype=dtype)
+
+    @torch.no_grad()
+    def freeze(self, H_train: Tensor, y_train: Tensor, solver: str = "clarabel") -> nn.Sequential:
+        """The network fitted on (H_train, y_train) with this block's gates and beta, as a
+        plain torch module (``Sequential(Linear, BatchNorm1d(eps=0), ReLU, Linear)``, eval
+        mode: it predicts new data by the test-time map). Solved once with cvxpy directly
+        (no cvxpylayers), so H_train may be much larger than a batch."""
+        self._check(H_train, y_train, None)
+        H64, y64 = H_train.to("cpu", torch.float64), y_train.to("cpu", torch.float64)
+        mean, U, S, V = self._whiten(H64)
+        U_prime = u_prime_rows(U, H64.shape[0])
+        masks = self._patterns(U_prime).numpy().T.astype(bool)
+        solution = solve_convex_program(U_prime.numpy(), masks, y64.numpy(), float(self.beta), self.loss, solver,
+                                        "ConvexBNReLU.freeze")
+        whitening = Whitening(mean=mean.numpy(), U=U.numpy(), S=S.numpy(), V=V.numpy())
+        return recover_network(whitening, solution.neurons, solution.signs).to(H_train.device)
+
+    def extra_repr(self) -> str:
+        learnable = isinstance(self.log_beta, nn.Parameter)
+        return (f"{self.in_features}, beta={float(self.beta):.3g}, n_patterns={self.n_patterns}, "
+                f"loss={self.loss!r}, learnable_beta={learnable}")
