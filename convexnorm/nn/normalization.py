@@ -65,6 +65,23 @@ class _NormBase(nn.Module):
     def _name(self) -> str:
         return type(self).__name__
 
+    def _init_affine(self, shape: int | tuple[int, ...], weight: bool, bias: bool, factory: dict) -> None:
+        """``weight`` (ones) and ``bias`` (zeros) of ``shape``, or registered as None, as in torch."""
+        if weight:
+            self.weight = nn.Parameter(torch.ones(shape, **factory))
+        else:
+            self.register_parameter("weight", None)
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(shape, **factory))
+        else:
+            self.register_parameter("bias", None)
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
     def _program(self, n: int) -> NormalizationProgram:
         raise NotImplementedError
 
@@ -147,12 +164,7 @@ class _BatchNorm(_Standardize):
         self.momentum = momentum
         self.affine = affine
         self.track_running_stats = track_running_stats
-        if affine:
-            self.weight = nn.Parameter(torch.empty(num_features, **factory))
-            self.bias = nn.Parameter(torch.empty(num_features, **factory))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        self._init_affine(num_features, affine, affine, factory)
         if track_running_stats:
             self.register_buffer("running_mean", torch.zeros(num_features, **factory))
             self.register_buffer("running_var", torch.ones(num_features, **factory))
@@ -174,9 +186,7 @@ class _BatchNorm(_Standardize):
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
-        if self.affine:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+        super().reset_parameters()
 
     def _check_input_dim(self, input: Tensor) -> None:
         raise NotImplementedError
@@ -257,21 +267,7 @@ class LayerNorm(_Standardize):
             normalized_shape = (normalized_shape,)
         self.normalized_shape = tuple(normalized_shape)
         self.elementwise_affine = elementwise_affine
-        if elementwise_affine:
-            self.weight = nn.Parameter(torch.ones(self.normalized_shape, **factory))
-            if bias:
-                self.bias = nn.Parameter(torch.zeros(self.normalized_shape, **factory))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-
-    def reset_parameters(self) -> None:
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        self._init_affine(self.normalized_shape, elementwise_affine, elementwise_affine and bias, factory)
 
     def forward(self, input: Tensor) -> Tensor:
         k = len(self.normalized_shape)
@@ -318,17 +314,7 @@ class GroupNorm(_Standardize):
         self.num_groups = num_groups
         self.num_channels = num_channels
         self.affine = affine
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_channels, **factory))
-            self.bias = nn.Parameter(torch.zeros(num_channels, **factory))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-
-    def reset_parameters(self) -> None:
-        if self.affine:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+        self._init_affine(num_channels, affine, affine, factory)
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_channels(input, self.num_channels)
@@ -374,12 +360,7 @@ class ProgramNorm(_NormBase):
         self.num_groups = num_groups
         self.affine = affine
         self._programs: dict[int, NormalizationProgram] = {}
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_channels, **factory))
-            self.bias = nn.Parameter(torch.zeros(num_channels, **factory))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        self._init_affine(num_channels, affine, affine, factory)
 
     def _program(self, n: int) -> NormalizationProgram:
         if n not in self._programs:
