@@ -2,7 +2,7 @@
 
 For each (batch n, features d, patterns P): the block's forward (cvxpylayers + diffcp)
 and backward (implicit differentiation, lsmr) with the default SCS and with Clarabel,
-and the direct solve (cvxpy + Clarabel on constants, polished) of the same patterns;
+the native solver (solver="torch", KKT implicit differentiation), and the direct solve (cvxpy + Clarabel on constants, polished) of the same patterns;
 ratios are to the direct solve in the same run. The first call (canonicalization) is
 reported separately. Run: python benchmarks/bench_block.py
 """
@@ -52,8 +52,10 @@ def main() -> None:
         masks = block._patterns(U_prime).numpy().T.astype(bool)
         direct = median_seconds(lambda: solve_convex_program(U_prime.numpy(), masks, y.numpy(), 0.05, "squared",
                                                              "clarabel", "bench"), args.repeats)
-        for label, solver_args in (("SCS", {}), ("Clarabel", {"solve_method": "Clarabel"})):
-            block = ConvexBNReLU(d, beta=0.05, n_patterns=P, solver_args=solver_args)
+        for label, solver, solver_args in (("SCS", "cvxpylayers", {}),
+                                           ("Clarabel", "cvxpylayers", {"solve_method": "Clarabel"}),
+                                           ("native", "torch", {})):
+            block = ConvexBNReLU(d, beta=0.05, n_patterns=P, solver=solver, solver_args=solver_args)
             H_var = H.clone().requires_grad_(True)
             start = time.perf_counter()
             block(H_var, y)

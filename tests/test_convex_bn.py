@@ -142,7 +142,7 @@ def test_classifier_module_objective_equals_convex_objective(loss: str) -> None:
     y = np.where(y_cont > np.median(y_cont), "a", "b")
     model = cn.ConvexBNClassifier(beta=0.1, loss=loss, patterns="exhaustive").fit(X, y)
     module = model.to_module()
-    value = cn.nonconvex_objective(module, X, model.targets_(), beta=0.1, loss=loss).item()
+    value = cn.nonconvex_objective(module, X, model.encoded_targets(), beta=0.1, loss=loss).item()
     assert rel(value, model.objective_) < 1e-5
     assert set(model.predict(X)) <= {"a", "b"}
     assert model.score(X, y) > 0.8
@@ -156,7 +156,7 @@ def test_one_vs_rest_classifier_recovers_one_network_with_class_outputs() -> Non
     assert list(model.classes_) == [0, 1, 2] and len(model.solutions_) == 3
     module = model.to_module()
     assert module[3].out_features == 3
-    value = cn.nonconvex_objective(module, X, model.targets_(), beta=0.1, loss="logistic").item()
+    value = cn.nonconvex_objective(module, X, model.encoded_targets(), beta=0.1, loss="logistic").item()
     assert rel(value, model.objective_) < 1e-5
     scores = module(torch.from_numpy(X)).detach().numpy()
     assert np.array_equal(model.classes_[scores.argmax(1)], model.predict(X))

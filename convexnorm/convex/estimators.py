@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import cvxpy as cp
 import numpy as np
@@ -20,6 +20,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from tqdm.auto import tqdm
 
 from convexnorm.convex._validation import check_beta, check_matrix, check_targets
+from convexnorm.convex.native import solve_native
 from convexnorm.convex.network import recover_network
 from convexnorm.convex.patterns import (
     MAX_EXHAUSTIVE_CANDIDATES,
@@ -36,6 +37,7 @@ logger = logging.getLogger("convexnorm")
 SOLVERS = {
     "clarabel": (cp.CLARABEL, {}),
     "scs": (cp.SCS, {"eps_abs": 1e-7, "eps_rel": 1e-7, "max_iters": 200_000}),
+    "torch": (None, {}),
 }
 #: Groups with ||s_i|| below this fraction of the largest are zero (interior-point
 #: residue); dropping them changed the objective by < 1e-7 relative in our checks.
@@ -46,11 +48,15 @@ VIOLATION_RTOL = 1e-5
 
 @dataclass(frozen=True)
 class ScalarSolution:
-    """One scalar-output convex model: neurons s_j (rows) with output signs +-1."""
+    """One scalar-output convex model: neurons s_j (rows) with output signs +-1, the
+    solver's report (status or measured optimality) and, for solver='torch', the full
+    (W, G) iterate used to warm-start a later solve."""
 
     neurons: np.ndarray  # (m, r + 1)
     signs: np.ndarray  # (m,)
     objective: float
+    report: dict = field(default_factory=dict)
+    warm: tuple | None = None
 
     def predict(self, U_rows: np.ndarray) -> np.ndarray:
         """sum_j sign_j (u' . s_j)_+ for whitened rows u' (training or test-time map)."""
@@ -90,13 +96,39 @@ class Certificate:
         return None if self.lower_bound is None else self.objective - self.lower_bound
 
 
+def _solve_native(
+    U_prime: np.ndarray, patterns: np.ndarray, y: np.ndarray, beta: float, loss: str, owner: str,
+    solver_options: dict | None, warm_start: tuple | None,
+) -> tuple[np.ndarray, np.ndarray, dict, tuple]:
+    """solver='torch': the native solver on solver_options['device'] (default CPU), float64
+    unless solver_options['dtype'] says otherwise; other options go to solve_native."""
+    options = dict(solver_options or {})
+    device = torch.device(options.pop("device", "cpu"))
+    dtype = options.pop("dtype", torch.float64)
+    A = torch.as_tensor(U_prime, dtype=dtype, device=device)
+    masks = torch.as_tensor(patterns.T, dtype=dtype, device=device)
+    try:
+        result = solve_native(A, masks, torch.as_tensor(y, dtype=dtype, device=device), beta, loss,
+                              warm_start=warm_start, **options)
+    except ValueError as error:
+        raise ValueError(f"{owner}: {error}") from error
+    P = patterns.shape[0]
+    W = result.W.double().cpu().numpy()
+    report = {"solver": "torch", "converged": result.converged, "relative_gap": result.relative_gap,
+              "stationarity": result.stationarity, "violation": result.violation, "iterations": result.iterations}
+    return W[:, :P], W[:, P:], report, (result.W, result.G)
+
+
 def _solve_variables(
     U_prime: np.ndarray, patterns: np.ndarray, y: np.ndarray, beta: float, loss: str, solver: str,
-    owner: str, solver_options: dict | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """S and T of one solve. Parameters are treated as constants (cvxpy's parametric
-    canonicalization of this program grows as n P^2 r' and suits only small layers).
-    Clarabel's 'optimal_inaccurate' (seen on logistic programs) is retried with SCS."""
+    owner: str, solver_options: dict | None, warm_start: tuple | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict, tuple | None]:
+    """S and T of one solve, the solver's report and the native warm-start state.
+    For cvxpy, Parameters are treated as constants (cvxpy's parametric canonicalization
+    of this program grows as n P^2 r' and suits only small layers). Clarabel's
+    'optimal_inaccurate' or failure (seen on logistic programs) is retried with SCS."""
+    if solver == "torch":
+        return _solve_native(U_prime, patterns, y, beta, loss, owner, solver_options, warm_start)
     n, r_prime = U_prime.shape
     program = convex_bn_program(n, r_prime, len(patterns), loss)
     program.set_data(U_prime, patterns, y, beta)
@@ -109,7 +141,8 @@ def _solve_variables(
         except cp.error.SolverError as error:
             status = f"failed ({error})"
         if status == cp.OPTIMAL:
-            return program.S.value, program.T.value
+            report = {"solver": name, "status": status, "solve_time": program.problem.solver_stats.solve_time}
+            return program.S.value, program.T.value, report, None
         retry = index + 1 < len(attempts) and status != cp.INFEASIBLE and status != cp.UNBOUNDED
         if not retry:
             break
@@ -126,21 +159,31 @@ def solve_convex_program(
     solver: str,
     owner: str,
     solver_options: dict | None = None,
+    warm_start: tuple | None = None,
 ) -> ScalarSolution:
     """Solve over ``patterns``, then polish: solve again over the patterns whose groups are
-    active (norm above NEURON_RTOL of the largest), so that the interior-point residue of
-    inactive groups does not perturb the solution; the residue left is dropped."""
+    active (norm above NEURON_RTOL of the largest), so that the residue of inactive groups
+    does not perturb the solution; the residue left is dropped. ``warm_start`` is a
+    previous solution's ``warm`` state (solver='torch')."""
     args = (y, beta, loss, solver, owner, solver_options)
-    S, T = _solve_variables(U_prime, patterns, *args)
+    S, T, report, warm = _solve_variables(U_prime, patterns, *args, warm_start=warm_start)
     norms = np.maximum(np.linalg.norm(S, axis=0), np.linalg.norm(T, axis=0))
     active = norms > NEURON_RTOL * max(norms.max(), np.finfo(float).tiny)
     if 0 < active.sum() < len(patterns):
-        S, T = _solve_variables(U_prime, patterns[active], *args)
+        restricted = None
+        if warm is not None:
+            index = torch.as_tensor(np.concatenate([np.flatnonzero(active), len(patterns) + np.flatnonzero(active)]),
+                                    device=warm[0].device)
+            restricted = (warm[0][:, index], warm[1][:, index])
+        first = report
+        S, T, report, _ = _solve_variables(U_prime, patterns[active], *args, warm_start=restricted)
+        if "iterations" in first:
+            report = {**report, "iterations": first["iterations"] + report["iterations"]}
     norms = np.concatenate([np.linalg.norm(S, axis=0), np.linalg.norm(T, axis=0)])
     keep = norms > NEURON_RTOL * max(norms.max(), np.finfo(float).tiny)
     neurons = np.concatenate([S.T, T.T])[keep]
     signs = np.concatenate([np.ones(S.shape[1]), -np.ones(T.shape[1])])[keep]
-    return _evaluated(neurons, signs, U_prime, y, beta, loss)
+    return replace(_evaluated(neurons, signs, U_prime, y, beta, loss), report=report, warm=warm)
 
 
 def _evaluated(neurons: np.ndarray, signs: np.ndarray, U_prime: np.ndarray, y: np.ndarray, beta: float,
@@ -260,7 +303,7 @@ def _fit_scalar(
             if not new:
                 break
             patterns = np.concatenate([patterns, np.array(new)])
-            solution = solve_convex_program(U_prime, patterns, y, *args)
+            solution = solve_convex_program(U_prime, patterns, y, *args, warm_start=solution.warm)
             history.append(solution.objective)
             logger.info("%s: grow round %d, %d patterns, objective %.8g", owner, round_index + 1,
                         len(patterns), solution.objective)
@@ -315,14 +358,18 @@ class _ConvexBNBase(BaseEstimator):
         self.solutions_ = solutions
         self.objective_history_ = histories[0] if len(histories) == 1 else histories
         self.objective_ = float(sum(s.objective for s in solutions))
+        self.solver_report_ = [s.report for s in solutions]
         self.n_neurons_ = int(sum(len(s.signs) for s in solutions))
         self.n_features_in_ = X.shape[1]
         self._targets = targets
 
-    def _decision(self, X) -> np.ndarray:
-        """(m, len(solutions_)) outputs of the fitted model on new data (test-time map)."""
+    def _check_fitted(self) -> None:
         if not hasattr(self, "solutions_"):
             raise ValueError(f"{type(self).__name__}: call fit before using the model")
+
+    def _decision(self, X) -> np.ndarray:
+        """(m, len(solutions_)) outputs of the fitted model on new data (test-time map)."""
+        self._check_fitted()
         rows = self.whitening_.transform(check_matrix(X, type(self).__name__, columns=self.n_features_in_))
         return np.stack([s.predict(rows) for s in self.solutions_], axis=1)
 
@@ -344,14 +391,14 @@ class _ConvexBNBase(BaseEstimator):
         updates the running statistics as torch does (unbiased variance, momentum),
         after which eval mode no longer reproduces ``predict`` exactly.
         """
-        self._decision(np.zeros((1, getattr(self, "n_features_in_", 1))))
+        self._check_fitted()
         neurons, signs = self._output_signs()
         return recover_network(self.whitening_, neurons, signs[:, 0] if signs.shape[1] == 1 else signs)
 
     def certify(self, method: str = "auto", n_probes: int = 2000, seed: int = 0) -> list[Certificate]:
         """One Certificate per scalar program (exact over all patterns when they can be
         enumerated, else by probing)."""
-        self._decision(np.zeros((1, getattr(self, "n_features_in_", 1))))
+        self._check_fitted()
         U_prime = self.whitening_.U_prime
         return [certify_solution(U_prime, t, s, self.beta, self.loss, method, n_probes, seed)
                 for t, s in zip(self._targets, self.solutions_)]
@@ -414,7 +461,7 @@ class ConvexBNClassifier(ClassifierMixin, _ConvexBNBase):
         index = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
         return self.classes_[index]
 
-    def targets_(self) -> np.ndarray:
+    def encoded_targets(self) -> np.ndarray:
         """The +-1 targets of the fitted programs, (n,) or (n, C): what nonconvex_objective takes."""
         stacked = np.stack(self._targets, axis=1)
         return stacked[:, 0] if stacked.shape[1] == 1 else stacked
@@ -454,6 +501,7 @@ def closed_form(X, y, beta: float) -> ConvexBNRegressor:
     model.solutions_ = [solution]
     model.objective_history_ = [objective]
     model.objective_ = objective
+    model.solver_report_ = [{"solver": "closed_form"}]
     model.n_neurons_ = len(neurons)
     model.n_features_in_ = d
     model._targets = [y]

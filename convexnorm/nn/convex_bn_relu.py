@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from convexnorm.convex.estimators import solve_convex_program
+from convexnorm.convex.implicit import NativeSolve
 from convexnorm.convex.network import recover_network
 from convexnorm.convex.whitening import Whitening, u_prime_rows, whiten_tensor
 from convexnorm.errors import SolverError
@@ -42,7 +43,9 @@ class ConvexBNReLU(nn.Module):
         min loss(sum_i D_i U' (s_i - t_i), y) + beta sum_i (||s_i|| + ||t_i||)
         s.t. (2 D_i - I) U' s_i >= 0, (2 D_i - I) U' t_i >= 0
 
-    with cvxpylayers and returns sum_i (u' s_i)_+ - (u' t_i)_+ for the rows u' of H's
+    with cvxpylayers (``solver="torch"``: with the native solver, gradients by implicit
+    differentiation of its KKT system; ``solver_args`` then go to the native solver) and
+    returns sum_i (u' s_i)_+ - (u' t_i)_+ for the rows u' of H's
     whitened data, or of ``H_query`` under the test-time map. ``return_objective=True``
     also returns the optimal objective as a differentiable tensor. The batch must have
     full rank min(n - 1, in_features). Margin losses take labels y in {-1, +1}.
@@ -57,9 +60,13 @@ class ConvexBNReLU(nn.Module):
         seed: int = 0,
         learnable_beta: bool = False,
         solver_args: Mapping[str, Any] | None = None,
+        solver: str = "cvxpylayers",
     ) -> None:
         super().__init__()
         check_loss(loss, "ConvexBNReLU")
+        if solver not in ("cvxpylayers", "torch"):
+            raise ValueError(f"ConvexBNReLU: solver must be 'cvxpylayers' or 'torch', got {solver!r}")
+        self.solver = solver
         if not (beta > 0 and math.isfinite(beta)):
             raise ValueError(f"ConvexBNReLU: beta must be a positive number, got {beta}")
         if in_features < 1 or n_patterns < 1:
@@ -109,12 +116,16 @@ class ConvexBNReLU(nn.Module):
     def _patterns(self, U_prime: Tensor) -> Tensor:
         """(n, P) 0/1 patterns of the fixed gates on U' (gate rows: r coordinates, then bias)."""
         r = U_prime.shape[1] - 1
-        gates = torch.cat([self.gates[:r], self.gates[-1:]]).to(U_prime.dtype)
+        gates = torch.cat([self.gates[:r], self.gates[-1:]]).to(U_prime)
         return (U_prime.detach() @ gates >= 0).to(U_prime.dtype)
 
     def _solve(self, U_prime: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         n, r_prime = U_prime.shape
         masks = self._patterns(U_prime)
+        if self.solver == "torch":
+            W = NativeSolve.apply(U_prime, y, self.beta.to(U_prime), masks, self.loss, self.solver_args,
+                                  "ConvexBNReLU")
+            return W[:, : self.n_patterns], W[:, self.n_patterns :]
         rows = y[:, None] * U_prime if self.loss in MARGIN_LOSSES else U_prime
         DU = [masks[:, i : i + 1] * rows for i in range(self.n_patterns)]
         SU = [(2 * masks[:, i : i + 1] - 1) * U_prime for i in range(self.n_patterns)]
@@ -134,7 +145,8 @@ class ConvexBNReLU(nn.Module):
                 return_objective: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         self._check(H, y, H_query)
         device, dtype = H.device, H.dtype
-        H64, y64 = H.to("cpu", torch.float64), y.to("cpu", torch.float64)
+        solve_on = device if self.solver == "torch" else torch.device("cpu")  # diffcp runs on the CPU
+        H64, y64 = H.to(solve_on, torch.float64), y.to(solve_on, torch.float64)
         n = H.shape[0]
         mean, U, S_values, V = self._whiten(H64)
         U_prime = u_prime_rows(U, n)
@@ -146,12 +158,12 @@ class ConvexBNReLU(nn.Module):
         if H_query is None:
             predictions = network(U_prime)
         else:
-            predictions = network(u_prime_rows((H_query.to("cpu", torch.float64) - mean) @ V / S_values, n))
+            predictions = network(u_prime_rows((H_query.to(solve_on, torch.float64) - mean) @ V / S_values, n))
         predictions = predictions.to(device=device, dtype=dtype)
         if not return_objective:
             return predictions
         penalty = torch.linalg.norm(S, dim=0).sum() + torch.linalg.norm(T, dim=0).sum()
-        objective = torch_loss(self.loss, network(U_prime), y64) + self.beta * penalty
+        objective = torch_loss(self.loss, network(U_prime), y64) + self.beta.to(solve_on) * penalty
         return predictions, objective.to(device=device, dtype=dtype)
 
     @torch.no_grad()
@@ -173,4 +185,4 @@ class ConvexBNReLU(nn.Module):
     def extra_repr(self) -> str:
         learnable = isinstance(self.log_beta, nn.Parameter)
         return (f"{self.in_features}, beta={float(self.beta):.3g}, n_patterns={self.n_patterns}, "
-                f"loss={self.loss!r}, learnable_beta={learnable}")
+                f"loss={self.loss!r}, learnable_beta={learnable}, solver={self.solver!r}")

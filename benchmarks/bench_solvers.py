@@ -1,0 +1,67 @@
+"""The native solver (solver='torch') vs Clarabel vs SCS vs Adam on the same convex program.
+
+For each (n, r, gates): Clarabel's optimum p is the reference; each solver's wall time
+(ConvexBNRegressor.fit, with the polishing re-solve) and relative objective error are
+printed, with ratios to Clarabel from the same run. Adam (train_nonconvex, width = the
+solution's neurons) runs until its objective is within 1e-4 of p or the step budget ends.
+The issue's full grid is --sizes 200 1000 5000 --ranks 10 50 --gates 100 1000 (hours on
+2 CPU cores); pass --device cuda for a GPU column.
+Run: python benchmarks/bench_solvers.py [--sizes 200 1000] [--ranks 10] [--gates 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import platform
+import time
+import warnings
+
+import cvxpy
+import numpy as np
+import torch
+
+import convexnorm as cn
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[200, 1000])
+    parser.add_argument("--ranks", type=int, nargs="+", default=[10])
+    parser.add_argument("--gates", type=int, nargs="+", default=[100])
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--device", default=None, help="also run solver='torch' on this device")
+    parser.add_argument("--adam-steps", type=int, default=20_000)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, cvxpy {cvxpy.__version__}, {platform.machine()}, {torch.get_num_threads()} threads, "
+          f"beta={args.beta}")
+    columns = ["clarabel", "scs", "torch"] + ([f"torch-{args.device}"] if args.device else []) + ["adam"]
+    print(f"{'n':>5} {'r':>3} {'P':>5} {'optimum':>10} " + " ".join(f"{c + ' s':>12} {'ratio':>6} {'err':>8}" for c in columns))
+    for n, r, gates in itertools.product(args.sizes, args.ranks, args.gates):
+        rng = np.random.default_rng(0)
+        X = rng.standard_normal((n, r))
+        y = np.sin(2 * X[:, 0]) + X[:, 1] * X[:, 2] + 0.1 * rng.standard_normal(n)
+        settings = dict(beta=args.beta, patterns=gates, seed=0)
+        runs = {"clarabel": {}, "scs": {"solver": "scs", "solver_options": {"eps_abs": 1e-6, "eps_rel": 1e-6}},
+                "torch": {"solver": "torch", "solver_options": {"tol": 1e-5}}}
+        if args.device:
+            runs[f"torch-{args.device}"] = {"solver": "torch", "solver_options": {"tol": 1e-5, "device": args.device}}
+        results = {}
+        for name, extra in runs.items():
+            start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                model = cn.ConvexBNRegressor(**settings, **extra).fit(X, y)
+            results[name] = (time.perf_counter() - start, model.objective_, model)
+        p, neurons = results["clarabel"][1], results["clarabel"][2].n_neurons_
+        start = time.perf_counter()
+        _, history = cn.train_nonconvex(X, y, args.beta, width=max(neurons, 1), steps=args.adam_steps,
+                                        target=p * (1 + 1e-4))
+        results["adam"] = (time.perf_counter() - start, min(history.objective), None)
+        base = results["clarabel"][0]
+        cells = " ".join(f"{t:12.2f} {t / base:6.2f} {(v - p) / p:8.1e}" for t, v, _ in (results[c] for c in columns))
+        print(f"{n:5d} {r:3d} {len(results['clarabel'][2].patterns_):5d} {p:10.4f} {cells}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

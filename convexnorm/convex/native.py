@@ -1,0 +1,257 @@
+"""A native PyTorch solver for the convex BN-ReLU program (issue #5).
+
+With A = U' (n x k), patterns M (n x P), signs E = 2M - 1 and the groups W = [S, T]
+(k x 2P, output signs o = (+1)^P, (-1)^P), the program is
+
+    min_W  loss(f) + beta sum_j ||W_j||   s.t.  E_j * (A W_j) >= 0,   f = sum_j o_j M_j * (A W_j).
+
+Augmented Lagrangian with multipliers G >= 0 (n x 2P) and penalty delta:
+
+    L(W, G) = loss(f) + beta sum_j ||W_j|| + (delta / 2) ||(G / delta - C(W))_+||^2,  C = E * (A W),
+
+minimized in W by FISTA with backtracking and adaptive restarts (the prox of the group
+norm is group soft-thresholding), then G <- (G - delta C)_+. Everything is a batched
+matrix product on the device of the data.
+
+Stopping (measured, not an iteration count). For the squared loss the Lagrangian dual of
+the program is
+
+    max_{lam, G >= 0}  lam^T y - (1/2)||lam||^2   s.t.  ||A^T (o_j M_j * lam + E_j * G_j)|| <= beta  for all j,
+
+so lam = y - f with multipliers G (those of the augmented Lagrangian, refined per group
+by a batched nonnegative least-squares solve, ``dual_norms``), scaled by
+min(1, beta / max_j ||.||), give a lower bound; the solver stops when the relative gap to
+the objective and the relative constraint violation are both below tolerance. For the
+logistic loss it stops on the stationarity of the Lagrangian (gradient mapping) and the
+violation. The penalty grows (x4, at most MAX_PENALTY) while the violation stalls.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from convexnorm.losses import torch_loss
+
+logger = logging.getLogger("convexnorm")
+
+#: Upper limit of the augmented-Lagrangian penalty (larger values stall FISTA).
+MAX_PENALTY = 1e3
+
+
+@dataclass
+class NativeResult:
+    """Solution W (k x 2P: S then T), multipliers G (n x 2P) and the measured criteria."""
+
+    W: torch.Tensor
+    G: torch.Tensor
+    objective: float
+    lower_bound: float | None
+    relative_gap: float | None
+    stationarity: float
+    violation: float
+    iterations: int
+    converged: bool
+
+
+def _loss_gradient(loss: str, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if loss == "squared":
+        return f - y
+    if loss == "logistic":
+        return -y * torch.sigmoid(-y * f)
+    raise ValueError(f"solver='torch' supports the squared and logistic losses, not {loss!r}")
+
+
+class _Program:
+    """Evaluation of the program's pieces for fixed data."""
+
+    def __init__(self, A: torch.Tensor, M: torch.Tensor, o: torch.Tensor, y: torch.Tensor, beta: float, loss: str) -> None:
+        """Groups j = columns of M (n x G, 0/1 pattern of group j) with output signs o (G)."""
+        self.A, self.M, self.o, self.y, self.beta, self.loss = A, M, o, y, beta, loss
+        self.E = 2 * M - 1
+
+    def to(self, dtype: torch.dtype) -> "_Program":
+        return _Program(self.A.to(dtype), self.M.to(dtype), self.o.to(dtype), self.y.to(dtype), self.beta, self.loss)
+
+    def dual_norms(self, W: torch.Tensor, G: torch.Tensor, iters: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+        """min over G_j >= 0 of ||A^T (o_j M_j * lam + E_j * G_j)|| for every group j, lam =
+        -loss'(f), by projected FISTA from G (step 1: diag(E_j) A has orthonormal columns).
+        A group whose value is <= beta satisfies its dual constraint. Returns (norms, G)."""
+        lam = -_loss_gradient(self.loss, self.predictions(self.A @ W), self.y)
+        base = self.M * lam[:, None] * self.o
+        G, Y, momentum = G.clone(), G.clone(), 1.0
+        for _ in range(iters):
+            G_next = (Y - self.E * (self.A @ (self.A.T @ (base + self.E * Y)))).clamp_min(0)
+            next_momentum = (1 + math.sqrt(1 + 4 * momentum**2)) / 2
+            Y = G_next + ((momentum - 1) / next_momentum) * (G_next - G)
+            G, momentum = G_next, next_momentum
+        return torch.linalg.norm(self.A.T @ (base + self.E * G), dim=0), G
+
+    def predictions(self, Z: torch.Tensor) -> torch.Tensor:
+        return (self.M * Z) @ self.o
+
+    def smooth(self, W: torch.Tensor, G: torch.Tensor, delta: float,
+               gradient: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Value (and gradient) of loss(f) + (delta/2) ||(G/delta - C)_+||^2."""
+        Z = self.A @ W
+        f = self.predictions(Z)
+        excess = (G - delta * self.E * Z).clamp_min(0)
+        value = torch_loss(self.loss, f, self.y) + (excess**2).sum() / (2 * delta)
+        if not gradient:
+            return value, None
+        grad_Z = self.M * _loss_gradient(self.loss, f, self.y)[:, None] * self.o - self.E * excess
+        return value, self.A.T @ grad_Z
+
+    def prox(self, W: torch.Tensor, step: float) -> torch.Tensor:
+        norms = torch.linalg.norm(W, dim=0, keepdim=True)
+        return W * (1 - step * self.beta / norms.clamp_min(torch.finfo(W.dtype).tiny)).clamp_min(0)
+
+    def penalty(self, W: torch.Tensor) -> torch.Tensor:
+        return self.beta * torch.linalg.norm(W, dim=0).sum()
+
+    def objective(self, W: torch.Tensor) -> float:
+        """The program's objective with ReLU predictions (the recovered network's value)."""
+        f = (torch.relu(self.A @ W)) @ self.o
+        return float(torch_loss(self.loss, f, self.y) + self.penalty(W))
+
+    def violation(self, W: torch.Tensor) -> float:
+        """Largest constraint violation, relative to the largest ||A W_j||."""
+        Z = self.A @ W
+        scale = float(torch.linalg.norm(Z, dim=0).max())
+        return float((-self.E * Z).clamp_min(0).max()) / scale if scale > 0 else 0.0
+
+    def stationarity(self, W: torch.Tensor, G: torch.Tensor) -> float:
+        """Relative gradient-mapping norm of the Lagrangian loss(f) - <G, C> + beta sum ||W_j||."""
+        Z = self.A @ W
+        grad = self.A.T @ (self.M * _loss_gradient(self.loss, self.predictions(Z), self.y)[:, None] * self.o - self.E * G)
+        mapped = W - self.prox(W - grad, 1.0)
+        return float(torch.linalg.norm(mapped)) / max(float(torch.linalg.norm(W)), 1e-12)
+
+    def dual_bound(self, W: torch.Tensor, G: torch.Tensor) -> float:
+        """Lower bound lam^T y - ||lam||^2 / 2 at (lam, G), with G refined by ``dual_norms``
+        and both scaled into dual feasibility (squared loss)."""
+        lam = self.y - self.predictions(self.A @ W)
+        norms, _ = self.dual_norms(W, G)
+        scale = min(1.0, self.beta / max(float(norms.max()), 1e-300))
+        lam = scale * lam
+        return float(lam @ self.y - 0.5 * lam @ lam)
+
+
+def _fista(program: _Program, W: torch.Tensor, G: torch.Tensor, delta: float, step: float, max_iters: int,
+           tol: float) -> tuple[torch.Tensor, float, int]:
+    """Minimize the augmented Lagrangian in W by FISTA with backtracking and restarts, until
+    the gradient mapping ||Y - prox(Y - t grad)|| / t is <= tol; returns W, step, iterations."""
+    Y, W_prev, momentum, value_prev = W.clone(), W.clone(), 1.0, math.inf
+    for iteration in range(1, max_iters + 1):
+        value_Y, grad_Y = program.smooth(Y, G, delta)
+        while True:
+            candidate = program.prox(Y - step * grad_Y, step)
+            diff = candidate - Y
+            value_c, _ = program.smooth(candidate, G, delta, gradient=False)
+            slack = 10 * torch.finfo(Y.dtype).eps * abs(float(value_Y))
+            if value_c <= value_Y + (grad_Y * diff).sum() + (diff**2).sum() / (2 * step) + slack:
+                break
+            step *= 0.5
+        if float(torch.linalg.norm(diff)) / step <= tol:
+            return candidate, step, iteration
+        total = float(value_c + program.penalty(candidate))
+        if total > value_prev:  # adaptive restart from the last accepted point
+            Y, momentum, value_prev = W_prev.clone(), 1.0, math.inf
+            continue
+        next_momentum = (1 + math.sqrt(1 + 4 * momentum**2)) / 2
+        Y = candidate + ((momentum - 1) / next_momentum) * (candidate - W_prev)
+        W_prev, momentum, value_prev = candidate, next_momentum, total
+        step *= 1.1
+    return W_prev, step, max_iters
+
+
+def _augmented_lagrangian(program: _Program, W: torch.Tensor, G: torch.Tensor, tol: float, violation_tol: float,
+                          max_outer: int, max_inner: int) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+    """Multiplier updates G <- (G - delta C)_+ around FISTA solves, until the criteria of
+    ``_criteria`` hold on this program; returns W, G, FISTA iterations and success."""
+    exact = program if program.A.dtype == torch.float64 else program.to(torch.float64)
+    delta, step, iterations, last_violation, within = 1.0, 1.0, 0, math.inf, math.inf
+    scale = float(torch.linalg.norm(program.A.T @ program.y)) + program.beta
+    floor = 100 * torch.finfo(program.A.dtype).eps
+    for outer in range(max_outer):
+        inner_tol = scale * max(tol * 1e-2, floor, min(1e-2 * 0.3**outer, 0.1 * abs(within)))
+        W, step, used = _fista(program, W, G, delta, step, max_inner, inner_tol)
+        iterations += used
+        G = (G - delta * program.E * (program.A @ W)).clamp_min(0)
+        criteria = _criteria(exact, W.double(), G.double())
+        logger.debug("augmented Lagrangian: outer %d, %d FISTA steps, delta %g, within %.2e, violation %.2e",
+                     outer, used, delta, criteria["optimal_within"], criteria["violation"])
+        if criteria["optimal_within"] <= tol and criteria["violation"] <= violation_tol:
+            return W, G, iterations, True
+        if criteria["violation"] > 0.25 * last_violation and criteria["violation"] > violation_tol:
+            delta = min(delta * 4, MAX_PENALTY)
+        last_violation, within = criteria["violation"], criteria["optimal_within"]
+    return W, G, iterations, False
+
+
+def _criteria(program: _Program, W: torch.Tensor, G: torch.Tensor) -> dict:
+    """Objective, violation, stationarity and (squared loss) dual bound and relative gap;
+    ``optimal_within`` is the gap (squared) or the stationarity (logistic)."""
+    objective = program.objective(W)
+    out = {"objective": objective, "violation": program.violation(W), "stationarity": program.stationarity(W, G),
+           "lower_bound": None, "relative_gap": None}
+    if program.loss == "squared":
+        out["lower_bound"] = program.dual_bound(W, G)
+        out["relative_gap"] = (objective - out["lower_bound"]) / max(abs(objective), 1e-12)
+        out["optimal_within"] = out["relative_gap"]
+    else:
+        out["optimal_within"] = out["stationarity"]
+    return out
+
+
+def solve_native(
+    U_prime: torch.Tensor,
+    masks: torch.Tensor,
+    y: torch.Tensor,
+    beta: float,
+    loss: str = "squared",
+    tol: float = 1e-5,
+    violation_tol: float = 1e-6,
+    max_outer: int = 200,
+    max_inner: int = 2000,
+    warm_start: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> NativeResult:
+    """Solve the program on the device and dtype of ``U_prime`` (masks: n x P, 0/1).
+
+    Stops when the relative duality gap (squared loss) or the relative stationarity
+    (logistic) is <= tol and the relative constraint violation is <= violation_tol;
+    otherwise warns after max_outer multiplier updates and reports converged=False.
+    ``warm_start`` is a previous (W, G), e.g. with fewer patterns (padded with zeros).
+    """
+    if loss not in ("squared", "logistic"):
+        raise ValueError(f"solver='torch' supports the squared and logistic losses, not {loss!r}")
+    A = U_prime
+    y = y.to(A)
+    masks = masks.to(A)
+    n, k = A.shape
+    P = masks.shape[1]
+    signs = torch.cat([torch.ones(P, dtype=A.dtype, device=A.device), -torch.ones(P, dtype=A.dtype, device=A.device)])
+    program = _Program(A, torch.cat([masks, masks], dim=1), signs, y, beta, loss)
+    W = torch.zeros(k, 2 * P, dtype=A.dtype, device=A.device)
+    G = torch.zeros(n, 2 * P, dtype=A.dtype, device=A.device)
+    if warm_start is not None:
+        W_old, G_old = warm_start
+        half = W_old.shape[1] // 2
+        for target, source in ((W, W_old), (G, G_old)):
+            target[:, :half] = source[:, :half].to(A)
+            target[:, P : P + half] = source[:, half:].to(A)
+    W, G, iterations, converged = _augmented_lagrangian(program, W, G, tol, violation_tol, max_outer, max_inner)
+    criteria = _criteria(program.to(torch.float64), W.double(), G.double())
+    if not converged:
+        warnings.warn(
+            f"solver='torch' stopped after {max_outer} multiplier updates without meeting its tolerances "
+            f"(relative gap {criteria['relative_gap']}, stationarity {criteria['stationarity']:.2e}, "
+            f"violation {criteria['violation']:.2e}); raise max_outer/max_inner or loosen tol",
+            RuntimeWarning, stacklevel=2,
+        )
+    return NativeResult(W, G, criteria["objective"], criteria["lower_bound"], criteria["relative_gap"],
+                        criteria["stationarity"], criteria["violation"], iterations, converged)

@@ -1,0 +1,114 @@
+"""solver='torch': the native augmented-Lagrangian solver against Clarabel (issue 5, first part)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import convexnorm as cn
+
+
+def data(n: int = 40, d: int = 3, seed: int = 6):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    return X, np.sin(2 * X[:, 0]) + X[:, 1] * X[:, 2]
+
+
+def rel(a: float, b: float) -> float:
+    return abs(a - b) / abs(b)
+
+
+def test_native_objective_matches_clarabel_and_the_recovered_module() -> None:
+    X, y = data()
+    reference = cn.ConvexBNRegressor(beta=0.1, patterns=60).fit(X, y)
+    native = cn.ConvexBNRegressor(beta=0.1, patterns=60, solver="torch").fit(X, y)
+    report = native.solver_report_[0]
+    assert report["converged"] and report["relative_gap"] <= 1e-5 and report["violation"] <= 1e-6
+    assert rel(native.objective_, reference.objective_) < 1e-4
+    assert rel(cn.nonconvex_objective(native.to_module(), X, y, 0.1).item(), native.objective_) < 1e-9
+
+
+def test_native_solver_on_the_closed_form_case() -> None:
+    rng = np.random.default_rng(1)
+    X, y = rng.standard_normal((8, 20)), rng.standard_normal(8)
+    native = cn.ConvexBNRegressor(beta=0.3, patterns="exhaustive", solver="torch").fit(X, y)
+    assert rel(native.objective_, cn.closed_form(X, y, 0.3).objective_) < 1e-4
+
+
+def test_native_logistic_matches_clarabel() -> None:
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((24, 2))
+    labels = np.where(X[:, 0] + 0.3 * X[:, 1] > 0, 1, -1)
+    reference = cn.ConvexBNClassifier(beta=0.1, loss="logistic", patterns=40).fit(X, labels)
+    native = cn.ConvexBNClassifier(beta=0.1, loss="logistic", patterns=40, solver="torch").fit(X, labels)
+    assert native.solver_report_[0]["converged"]
+    assert rel(native.objective_, reference.objective_) < 1e-4
+    with pytest.raises(ValueError, match="squared and logistic"):
+        cn.ConvexBNClassifier(beta=0.1, loss="hinge", patterns=10, solver="torch").fit(X, labels)
+
+
+def test_column_generation_with_warm_starts_follows_clarabel() -> None:
+    X, y = data()
+    kwargs = dict(grow=True, max_rounds=2, n_probes=300)
+    reference = cn.ConvexBNRegressor(beta=0.1, patterns=10).fit(X, y, **kwargs)
+    native = cn.ConvexBNRegressor(beta=0.1, patterns=10, solver="torch").fit(X, y, **kwargs)
+    assert len(native.objective_history_) == len(reference.objective_history_)
+    for a, b in zip(native.objective_history_, reference.objective_history_):
+        assert rel(a, b) < 1e-4
+
+
+def test_no_silent_iteration_limit() -> None:
+    X, y = data()
+    with pytest.warns(RuntimeWarning, match="without meeting its tolerances"):
+        model = cn.ConvexBNRegressor(beta=0.1, patterns=60, solver="torch",
+                                     solver_options={"max_outer": 1, "max_inner": 5}).fit(X, y)
+    assert model.solver_report_[0]["converged"] is False
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_native_solver_on_cuda() -> None:
+    X, y = data()
+    reference = cn.ConvexBNRegressor(beta=0.1, patterns=60).fit(X, y)
+    for dtype, tolerance in ((torch.float64, 1e-4), (torch.float32, 1e-3)):
+        native = cn.ConvexBNRegressor(beta=0.1, patterns=60, solver="torch",
+                                      solver_options={"device": "cuda", "dtype": dtype, "tol": tolerance}).fit(X, y)
+        assert rel(native.objective_, reference.objective_) < tolerance
+
+
+@pytest.mark.parametrize("loss", ["squared", "logistic"])
+def test_block_backward_by_implicit_differentiation_agrees_with_cvxpylayers(loss: str) -> None:
+    from convexnorm.nn import ConvexBNReLU
+
+    generator = torch.Generator().manual_seed(0)
+    H = torch.randn(12, 3, generator=generator, dtype=torch.float64)
+    y = torch.sin(2 * H[:, 0]) + H[:, 1] * H[:, 2]
+    if loss == "logistic":
+        y = torch.where(y > 0, 1.0, -1.0).double()
+    H_query = torch.randn(5, 3, generator=generator, dtype=torch.float64)
+    weights = torch.randn(5, generator=generator, dtype=torch.float64)
+    results = {}
+    for solver in ("cvxpylayers", "torch"):
+        block = ConvexBNReLU(3, beta=0.2, n_patterns=10, learnable_beta=True, loss=loss, solver=solver)
+        H_var, y_var = H.clone().requires_grad_(True), y.clone().requires_grad_(True)
+        predictions, objective = block(H_var, y_var, H_query=H_query, return_objective=True)
+        value = (predictions * weights).sum() + 0.3 * objective
+        results[solver] = (objective.detach(), *torch.autograd.grad(value, [H_var, y_var, block.log_beta]))
+    for reference, native in zip(results["cvxpylayers"], results["torch"]):
+        assert torch.linalg.norm(native - reference) <= 1e-3 * torch.linalg.norm(reference)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_block_with_native_solver_runs_on_cuda() -> None:
+    from convexnorm.nn import ConvexBNReLU
+
+    H = torch.randn(12, 3, dtype=torch.float64, device="cuda", requires_grad=True)
+    y = torch.sin(2 * H.detach()[:, 0])
+    block = ConvexBNReLU(3, beta=0.2, n_patterns=10, solver="torch").cuda()
+    predictions = block(H, y)
+    predictions.sum().backward()
+    reference = ConvexBNReLU(3, beta=0.2, n_patterns=10)(H.detach().cpu(), y.cpu())
+    assert predictions.device.type == "cuda" and H.grad.device.type == "cuda"
+    assert (predictions.detach().cpu() - reference).abs().max() < 1e-4
