@@ -43,10 +43,15 @@ def torch_loss(loss: str, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.relu(1 - y * f).sum()
 
 
-def negative_gradient(loss: str, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """lam = -dloss/df, the dual variable of the optimality certificate (smooth losses)."""
+def loss_gradient(loss: str, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """dloss/df for the smooth losses (the certificate, the native solver and its gradients)."""
     if loss == "squared":
-        return y - f
+        return f - y
     if loss == "logistic":
-        return y * torch.sigmoid(-y * f)
-    raise ValueError("the certificate needs a differentiable loss (squared or logistic), not hinge")
+        return -y * torch.sigmoid(-y * f)
+    raise ValueError(f"a differentiable loss (squared or logistic) is needed here, not {loss!r}")
+
+
+def negative_gradient(loss: str, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """lam = -dloss/df, the dual variable of the optimality certificate."""
+    return -loss_gradient(loss, f, y)

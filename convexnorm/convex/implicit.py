@@ -15,8 +15,9 @@ from __future__ import annotations
 import torch
 from torch.func import jacrev, vjp
 
-from convexnorm.convex.native import _loss_gradient, solve_native
+from convexnorm.convex.native import solve_native
 from convexnorm.errors import SolverError
+from convexnorm.losses import loss_gradient
 
 #: Groups below this fraction of the largest norm are inactive (zero, zero gradient).
 ACTIVE_GROUP_RTOL = 1e-6
@@ -34,7 +35,7 @@ def _residual(z: torch.Tensor, A: torch.Tensor, y: torch.Tensor, beta: torch.Ten
     E = 2 * M - 1
     Z = A @ W
     f = (M * Z) @ o
-    stationarity = A.T @ (M * _loss_gradient(loss, f, y)[:, None] * o - E * G) + beta * W / torch.linalg.norm(W, dim=0)
+    stationarity = A.T @ (M * loss_gradient(loss, f, y)[:, None] * o - E * G) + beta * W / torch.linalg.norm(W, dim=0)
     return torch.cat([stationarity.reshape(-1), (E * Z)[rows]])
 
 

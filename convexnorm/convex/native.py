@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from convexnorm.losses import torch_loss
+from convexnorm.losses import loss_gradient, torch_loss
 
 logger = logging.getLogger("convexnorm")
 
@@ -58,14 +58,6 @@ class NativeResult:
     converged: bool
 
 
-def _loss_gradient(loss: str, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    if loss == "squared":
-        return f - y
-    if loss == "logistic":
-        return -y * torch.sigmoid(-y * f)
-    raise ValueError(f"solver='torch' supports the squared and logistic losses, not {loss!r}")
-
-
 class _Program:
     """Evaluation of the program's pieces for fixed data."""
 
@@ -81,7 +73,7 @@ class _Program:
         """min over G_j >= 0 of ||A^T (o_j M_j * lam + E_j * G_j)|| for every group j, lam =
         -loss'(f), by projected FISTA from G (step 1: diag(E_j) A has orthonormal columns).
         A group whose value is <= beta satisfies its dual constraint. Returns (norms, G)."""
-        lam = -_loss_gradient(self.loss, self.predictions(self.A @ W), self.y)
+        lam = -loss_gradient(self.loss, self.predictions(self.A @ W), self.y)
         base = self.M * lam[:, None] * self.o
         G, Y, momentum = G.clone(), G.clone(), 1.0
         for _ in range(iters):
@@ -103,7 +95,7 @@ class _Program:
         value = torch_loss(self.loss, f, self.y) + (excess**2).sum() / (2 * delta)
         if not gradient:
             return value, None
-        grad_Z = self.M * _loss_gradient(self.loss, f, self.y)[:, None] * self.o - self.E * excess
+        grad_Z = self.M * loss_gradient(self.loss, f, self.y)[:, None] * self.o - self.E * excess
         return value, self.A.T @ grad_Z
 
     def prox(self, W: torch.Tensor, step: float) -> torch.Tensor:
@@ -127,7 +119,7 @@ class _Program:
     def stationarity(self, W: torch.Tensor, G: torch.Tensor) -> float:
         """Relative gradient-mapping norm of the Lagrangian loss(f) - <G, C> + beta sum ||W_j||."""
         Z = self.A @ W
-        grad = self.A.T @ (self.M * _loss_gradient(self.loss, self.predictions(Z), self.y)[:, None] * self.o - self.E * G)
+        grad = self.A.T @ (self.M * loss_gradient(self.loss, self.predictions(Z), self.y)[:, None] * self.o - self.E * G)
         mapped = W - self.prox(W - grad, 1.0)
         return float(torch.linalg.norm(mapped)) / max(float(torch.linalg.norm(W)), 1e-12)
 
