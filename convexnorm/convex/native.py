@@ -23,7 +23,7 @@ by a batched nonnegative least-squares solve, ``dual_norms``), scaled by
 min(1, beta / max_j ||.||), give a lower bound; the solver stops when the relative gap to
 the objective and the relative constraint violation are both below tolerance. For the
 logistic loss it stops on the stationarity of the Lagrangian (gradient mapping) and the
-violation. The penalty grows (x4, at most MAX_PENALTY) while the violation stalls.
+violation. The penalty grows (PENALTY_GROWTH, at most MAX_PENALTY) while the violation stalls.
 """
 
 from __future__ import annotations
@@ -39,7 +39,10 @@ from convexnorm.losses import loss_gradient, torch_loss
 
 logger = logging.getLogger("convexnorm")
 
-#: Upper limit of the augmented-Lagrangian penalty (larger values stall FISTA).
+#: Augmented-Lagrangian penalty: initial value, growth factor while the violation stalls,
+#: and upper limit (larger values stall FISTA).
+INITIAL_PENALTY = 300.0
+PENALTY_GROWTH = 2.0
 MAX_PENALTY = 1e3
 
 
@@ -166,7 +169,7 @@ def _augmented_lagrangian(program: _Program, W: torch.Tensor, G: torch.Tensor, t
     """Multiplier updates G <- (G - delta C)_+ around FISTA solves, until the criteria of
     ``_criteria`` hold on this program; returns W, G, FISTA iterations and success."""
     exact = program if program.A.dtype == torch.float64 else program.to(torch.float64)
-    delta, step, iterations, last_violation, within = 1.0, 1.0, 0, math.inf, math.inf
+    delta, step, iterations, last_violation, within = INITIAL_PENALTY, 1.0, 0, math.inf, math.inf
     scale = float(torch.linalg.norm(program.A.T @ program.y)) + program.beta
     floor = 100 * torch.finfo(program.A.dtype).eps
     for outer in range(max_outer):
@@ -180,7 +183,7 @@ def _augmented_lagrangian(program: _Program, W: torch.Tensor, G: torch.Tensor, t
         if criteria["optimal_within"] <= tol and criteria["violation"] <= violation_tol:
             return W, G, iterations, True
         if criteria["violation"] > 0.25 * last_violation and criteria["violation"] > violation_tol:
-            delta = min(delta * 4, MAX_PENALTY)
+            delta = min(delta * PENALTY_GROWTH, MAX_PENALTY)
         last_violation, within = criteria["violation"], criteria["optimal_within"]
     return W, G, iterations, False
 
