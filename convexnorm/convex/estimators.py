@@ -353,14 +353,20 @@ class _ConvexBNBase(BaseEstimator):
             solutions.append(solution)
             all_patterns.append(grown)
             histories.append(history)
+        self._set_fitted(whitening, targets, solutions, all_patterns, histories)
+
+    def _set_fitted(self, whitening: Whitening, targets: list[np.ndarray], solutions: list[ScalarSolution],
+                    patterns: list[np.ndarray], histories: list[list[float]]) -> None:
+        """All fitted attributes at once (one list entry per scalar program; a single
+        program's patterns and history are stored unwrapped)."""
         self.whitening_ = whitening
-        self.patterns_ = all_patterns[0] if len(all_patterns) == 1 else all_patterns
+        self.patterns_ = patterns[0] if len(patterns) == 1 else patterns
         self.solutions_ = solutions
         self.objective_history_ = histories[0] if len(histories) == 1 else histories
         self.objective_ = float(sum(s.objective for s in solutions))
         self.solver_report_ = [s.report for s in solutions]
         self.n_neurons_ = int(sum(len(s.signs) for s in solutions))
-        self.n_features_in_ = X.shape[1]
+        self.n_features_in_ = whitening.V.shape[0]
         self._targets = targets
 
     def _check_fitted(self) -> None:
@@ -494,15 +500,7 @@ def closed_form(X, y, beta: float) -> ConvexBNRegressor:
             objective += beta * size - beta**2 / 2
         else:
             objective += size**2 / 2
-    solution = ScalarSolution(np.array(neurons).reshape(-1, n), np.array(signs), objective)
+    solution = ScalarSolution(np.array(neurons).reshape(-1, n), np.array(signs), objective, {"solver": "closed_form"})
     model = ConvexBNRegressor(beta=beta, patterns="exhaustive")
-    model.whitening_ = whitening
-    model.patterns_ = (U_prime @ solution.neurons.T >= 0).T if len(neurons) else np.zeros((0, n), bool)
-    model.solutions_ = [solution]
-    model.objective_history_ = [objective]
-    model.objective_ = objective
-    model.solver_report_ = [{"solver": "closed_form"}]
-    model.n_neurons_ = len(neurons)
-    model.n_features_in_ = d
-    model._targets = [y]
+    model._set_fitted(whitening, [y], [solution], [(U_prime @ solution.neurons.T >= 0).T], [[objective]])
     return model

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch.func import jacrev, vjp
 
-from convexnorm.convex.native import solve_native
+from convexnorm.convex.native import _Program, solve_native
 from convexnorm.errors import SolverError
 from convexnorm.losses import loss_gradient
 
@@ -53,9 +53,8 @@ class NativeSolve(torch.autograd.Function):
         norms = torch.linalg.norm(W, dim=0)
         active = norms > ACTIVE_GROUP_RTOL * norms.max().clamp_min(torch.finfo(W.dtype).tiny)
         W = torch.where(active, W, torch.zeros_like(W))
-        P = masks.shape[1]
-        M = torch.cat([masks, masks], dim=1)[:, active]
-        o = torch.cat([torch.ones(P, dtype=A.dtype), -torch.ones(P, dtype=A.dtype)]).to(A.device)[active]
+        groups = _Program.from_patterns(A, masks.to(A), y, float(beta), loss)
+        M, o = groups.M[:, active], groups.o[active]
         G_active = G[:, active]
         rows = G_active > ACTIVE_ROW_RTOL * G_active.max().clamp_min(torch.finfo(W.dtype).tiny)
         ctx.save_for_backward(A, y, beta, W, G_active, M, o, rows, active)

@@ -69,6 +69,14 @@ class _Program:
         self.A, self.M, self.o, self.y, self.beta, self.loss = A, M, o, y, beta, loss
         self.E = 2 * M - 1
 
+    @classmethod
+    def from_patterns(cls, A: torch.Tensor, masks: torch.Tensor, y: torch.Tensor, beta: float,
+                      loss: str) -> "_Program":
+        """The program's 2P groups from P patterns (n x P): the s_i (sign +1), then the t_i (sign -1)."""
+        P = masks.shape[1]
+        ones = torch.ones(P, dtype=A.dtype, device=A.device)
+        return cls(A, torch.cat([masks, masks], dim=1), torch.cat([ones, -ones]), y, beta, loss)
+
     def to(self, dtype: torch.dtype) -> "_Program":
         return _Program(self.A.to(dtype), self.M.to(dtype), self.o.to(dtype), self.y.to(dtype), self.beta, self.loss)
 
@@ -229,8 +237,7 @@ def solve_native(
     masks = masks.to(A)
     n, k = A.shape
     P = masks.shape[1]
-    signs = torch.cat([torch.ones(P, dtype=A.dtype, device=A.device), -torch.ones(P, dtype=A.dtype, device=A.device)])
-    program = _Program(A, torch.cat([masks, masks], dim=1), signs, y, beta, loss)
+    program = _Program.from_patterns(A, masks, y, beta, loss)
     W = torch.zeros(k, 2 * P, dtype=A.dtype, device=A.device)
     G = torch.zeros(n, 2 * P, dtype=A.dtype, device=A.device)
     if warm_start is not None:
