@@ -2,7 +2,7 @@
 
 import logging
 
-from convexnorm import nn, programs
+from convexnorm import diagnostics, nn, optim, programs
 from convexnorm.convex import (
     Certificate,
     ConvexBNClassifier,
@@ -30,8 +30,10 @@ __all__ = [
     "Whitening",
     "arrangement_patterns",
     "closed_form",
+    "diagnostics",
     "nn",
     "nonconvex_objective",
+    "optim",
     "programs",
     "recover_network",
     "standardization_program",

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from convexnorm.nn._solve import solve_program
+from convexnorm.nn.micro_batch import SINGLE_SAMPLE_HINT
 from convexnorm.programs import NormalizationProgram, standardization_program
 
 BACKENDS = ("cvxpylayers", "native")
@@ -211,7 +212,7 @@ class _BatchNorm(_Standardize):
             if self.training and groups.shape[1] <= 1:
                 raise ValueError(
                     f"{self._name}: expected more than 1 value per channel when training, "
-                    f"got input size {tuple(input.shape)}"
+                    f"got input size {tuple(input.shape)}; {SINGLE_SAMPLE_HINT}"
                 )
             normalized = _ungroup_channels(self._normalize(groups), input.shape)
             if self.training and self.track_running_stats:

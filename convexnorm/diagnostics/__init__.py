@@ -1,0 +1,22 @@
+"""Diagnostics of batch normalization: the large-learning-rate measurements of Bjorck et al.
+(2018) and the elimination-singularity statistics of Qiao et al. (2019), with plot helpers."""
+
+from convexnorm.diagnostics.bn_studies import (
+    DIVERGENCE_RATIO,
+    activation_statistics,
+    channel_singularities,
+    gradient_statistics,
+    learning_rate_sweep,
+    relative_loss,
+)
+from convexnorm.diagnostics.plots import (
+    plot_activation_statistics,
+    plot_channel_singularities,
+    plot_gradient_statistics,
+    plot_learning_rate_sweep,
+    plot_relative_loss,
+)
+
+__all__ = ["DIVERGENCE_RATIO", "activation_statistics", "channel_singularities", "gradient_statistics",
+           "learning_rate_sweep", "plot_activation_statistics", "plot_channel_singularities",
+           "plot_gradient_statistics", "plot_learning_rate_sweep", "plot_relative_loss", "relative_loss"]

@@ -1,0 +1,185 @@
+"""The measurements of "Understanding Batch Normalization" (Bjorck et al., NeurIPS 2018) and of
+the elimination-singularity view (Qiao et al. 2019); spec: companions.md.
+
+Every function returns plain data (dicts of lists / tensors); ``convexnorm.diagnostics.plots``
+draws them.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+#: One SGD step diverges when the loss grows by more than this factor (Bjorck et al.).
+DIVERGENCE_RATIO = 1e3
+
+LossFunction = Callable[[Tensor, Tensor], Tensor]
+
+
+def relative_loss(model: nn.Module, inputs: Tensor, targets: Tensor, step_sizes: Sequence[float],
+                  loss_fn: LossFunction = F.cross_entropy, divergence: float = DIVERGENCE_RATIO) -> dict:
+    """loss_after / loss_before of one SGD step of each size on (inputs, targets), each from a
+    copy of ``model`` (in its current mode); ``diverged`` when the ratio exceeds ``divergence``
+    or the loss is not finite. The model itself is not changed."""
+    ratios, diverged = [], []
+    for step in step_sizes:
+        trial = copy.deepcopy(model)
+        loss = loss_fn(trial(inputs), targets)
+        grads = torch.autograd.grad(loss, [p for p in trial.parameters() if p.requires_grad])
+        with torch.no_grad():
+            for p, g in zip((p for p in trial.parameters() if p.requires_grad), grads):
+                p.sub_(step * g)
+            after = loss_fn(trial(inputs), targets)
+        ratio = float(after) / float(loss.detach()) if math.isfinite(float(after)) else math.inf
+        ratios.append(ratio)
+        diverged.append(not ratio <= divergence)
+    return {"step_sizes": list(map(float, step_sizes)), "relative_loss": ratios, "diverged": diverged}
+
+
+def _channel_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel (dim 1; the last dim of a 2D input) mean and std over everything else."""
+    channels = x.detach().transpose(0, 1).reshape(x.shape[1], -1)
+    return channels.mean(dim=1), channels.std(dim=1, unbiased=False)
+
+
+def _record(model: nn.Module, inputs: Tensor, modules: tuple[type, ...], use_input: bool) -> list[tuple[str, Tensor]]:
+    """Outputs (or inputs) of the modules of the given types, in call order, for one forward."""
+    seen: list[tuple[str, Tensor]] = []
+    names = {m: name for name, m in model.named_modules()}
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append((names[m], (i[0] if use_input else o).detach())))
+             for m in model.modules() if isinstance(m, modules)]
+    try:
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def activation_statistics(model: nn.Module, inputs: Tensor,
+                          modules: tuple[type, ...] = (nn.Linear, nn.Conv2d)) -> list[dict]:
+    """Per layer (outputs of the modules of type ``modules``, in call order): the name, the
+    per-channel mean and std over the batch (and positions), and their averages
+    ``mean_abs_mean`` and ``mean_std``. The model's mode decides batch or running statistics."""
+    stats = []
+    for name, out in _record(model, inputs, modules, use_input=False):
+        mean, std = _channel_moments(out)
+        stats.append({"name": name, "mean": mean, "std": std,
+                      "mean_abs_mean": float(mean.abs().mean()), "mean_std": float(std.mean())})
+    return stats
+
+
+def gradient_statistics(model: nn.Module, inputs: Tensor, targets: Tensor,
+                        loss_fn: LossFunction = F.cross_entropy) -> dict:
+    """Per-sample gradients of the last ``nn.Linear`` layer's weight: with h_i its input and
+    delta_i = d loss_i / d out_i, g_i = delta_i h_i^T (exact when nothing after that layer
+    mixes samples). Returns the gradients (N, out*in), their norms, the mean pairwise cosine
+    similarity and the alignment ||mean g_i|| / mean ||g_i|| (1: all point the same way)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("gradient_statistics: the model has no nn.Linear layer")
+    last, captured = linears[-1], {}
+
+    def keep(module, args, output):
+        captured["input"], captured["output"] = args[0], output
+    hook = last.register_forward_hook(keep)
+    try:
+        outputs = model(inputs)
+    finally:
+        hook.remove()
+    try:
+        losses = loss_fn(outputs, targets, reduction="none")
+    except TypeError as error:
+        raise ValueError("gradient_statistics: loss_fn must accept reduction='none'") from error
+    if losses.shape != (inputs.shape[0],):
+        raise ValueError("gradient_statistics: loss_fn(reduction='none') must return one loss per sample")
+    (delta,) = torch.autograd.grad(losses.sum(), captured["output"])
+    h = captured["input"].detach()
+    grads = (delta.detach()[:, :, None] * h[:, None, :]).reshape(inputs.shape[0], -1)
+    norms = torch.linalg.norm(grads, dim=1)
+    unit = grads / norms.clamp_min(torch.finfo(grads.dtype).tiny)[:, None]
+    n = grads.shape[0]
+    cosine = unit @ unit.T
+    mean_cosine = float((cosine.sum() - cosine.diagonal().sum()) / max(n * (n - 1), 1))
+    alignment = float(torch.linalg.norm(grads.mean(dim=0)) / norms.mean().clamp_min(torch.finfo(grads.dtype).tiny))
+    return {"gradients": grads, "norms": norms, "mean_cosine": mean_cosine, "alignment": alignment,
+            "cosines": cosine[~torch.eye(n, dtype=torch.bool)]}
+
+
+def channel_singularities(model: nn.Module, inputs: Tensor, modules: tuple[type, ...] = (nn.ReLU,),
+                          dead_fraction: float = 0.99, constant_tol: float = 1e-2) -> list[dict]:
+    """Elimination singularities per layer, from the inputs of the modules of type ``modules``
+    (the pre-activations of the ReLUs by default): per channel the fraction of negative values,
+    the mean and std; a channel is dead when at least ``dead_fraction`` of its values are
+    negative, constant when std <= constant_tol * sqrt(mean^2 + std^2)."""
+    layers = []
+    for name, x in _record(model, inputs, modules, use_input=True):
+        channels = x.transpose(0, 1).reshape(x.shape[1], -1)
+        negative = (channels < 0).to(x.dtype).mean(dim=1)
+        mean, std = _channel_moments(x)
+        dead = negative >= dead_fraction
+        constant = std <= constant_tol * torch.sqrt(mean**2 + std**2)
+        layers.append({"name": name, "negative_fraction": negative, "mean": mean, "std": std,
+                       "dead_fraction": float(dead.to(x.dtype).mean()),
+                       "constant_fraction": float(constant.to(x.dtype).mean())})
+    return layers
+
+
+def learning_rate_sweep(make_model: Callable[[], nn.Module], inputs: Tensor, targets: Tensor,
+                        learning_rates: Sequence[float], epochs: int = 5, batch_size: int = 64, seed: int = 0,
+                        loss_fn: LossFunction = F.cross_entropy, test: tuple[Tensor, Tensor] | None = None,
+                        divergence: float = DIVERGENCE_RATIO, progress: bool | None = None) -> dict:
+    """Train a fresh ``make_model()`` (built after ``torch.manual_seed(seed)``) with plain SGD at
+    each learning rate, shuffling with the same seed. Per rate: the final training loss, the
+    training and test accuracy (argmax, for integer class targets) and ``diverged`` (loss not finite or above
+    ``divergence`` times the initial loss, training stops there)."""
+    results = {"learning_rates": list(map(float, learning_rates)), "final_loss": [], "train_accuracy": [],
+               "test_accuracy": [], "diverged": []}
+    for lr in tqdm(learning_rates, desc="learning rates", disable=None if progress is None else not progress):
+        torch.manual_seed(seed)
+        model = make_model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+        generator = torch.Generator().manual_seed(seed)
+        model.train()
+        with torch.no_grad():
+            initial = float(loss_fn(model(inputs), targets))
+        diverged = False
+        for _ in range(epochs):
+            order = torch.randperm(inputs.shape[0], generator=generator)
+            for start in range(0, inputs.shape[0] - batch_size + 1, batch_size):
+                batch = order[start:start + batch_size]
+                loss = loss_fn(model(inputs[batch]), targets[batch])
+                if not math.isfinite(float(loss)) or float(loss) > divergence * initial:
+                    diverged = True
+                    break
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            if diverged:
+                break
+        model.eval()
+        with torch.no_grad():
+            final = float(loss_fn(model(inputs), targets))
+            diverged = diverged or not math.isfinite(final) or final > divergence * initial
+            results["final_loss"].append(final)
+            results["train_accuracy"].append(_accuracy(model, inputs, targets))
+            results["test_accuracy"].append(_accuracy(model, *test) if test is not None else None)
+        results["diverged"].append(diverged)
+    return results
+
+
+def _accuracy(model: nn.Module, inputs: Tensor, targets: Tensor) -> float | None:
+    """Argmax accuracy for integer class targets, None otherwise."""
+    if targets.dtype not in (torch.int64, torch.int32):
+        return None
+    outputs = model(inputs)
+    if not torch.isfinite(outputs).all():
+        return float("nan")
+    return float((outputs.argmax(dim=1) == targets).to(torch.float64).mean())

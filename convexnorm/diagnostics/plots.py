@@ -1,0 +1,83 @@
+"""PNG figures of the diagnostics (matplotlib, Agg backend). Each helper takes a dict
+label -> result of the matching ``convexnorm.diagnostics`` function and returns the path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_learning_rate_sweep(sweeps: dict[str, dict], path: str | Path) -> Path:
+    """Test (else training) accuracy over the learning rate, diverged runs marked x."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, sweep in sweeps.items():
+        key = "test_accuracy" if sweep["test_accuracy"][0] is not None else "train_accuracy"
+        acc = [0.0 if d or a != a else a for a, d in zip(sweep[key], sweep["diverged"])]
+        line, = ax.semilogx(sweep["learning_rates"], acc, marker="o", label=label)
+        bad = [lr for lr, d in zip(sweep["learning_rates"], sweep["diverged"]) if d]
+        ax.plot(bad, [0.0] * len(bad), "x", color=line.get_color(), markersize=9)
+    ax.set(xlabel="learning rate", ylabel="accuracy (x: diverged)", title="learning-rate sweep")
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_relative_loss(results: dict[str, dict], path: str | Path) -> Path:
+    """loss_after / loss_before of one step over the step size, log-log, divergence line."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, result in results.items():
+        ratios = [r if r != float("inf") else 1e300 for r in result["relative_loss"]]
+        ax.loglog(result["step_sizes"], ratios, marker="o", label=label)
+    ax.axhline(1e3, color="gray", linestyle="--", label="divergence (1e3)")
+    ax.set(xlabel="step size", ylabel="relative loss after one step", title="one SGD step at initialization")
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_activation_statistics(stats: dict[str, list[dict]], path: str | Path) -> Path:
+    """Mean channel std and mean |channel mean| per layer (log scale)."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, layers in stats.items():
+        depth = range(1, len(layers) + 1)
+        line, = ax.semilogy(depth, [s["mean_std"] for s in layers], marker="o", label=f"{label}: std")
+        ax.semilogy(depth, [s["mean_abs_mean"] for s in layers], marker="s", linestyle="--", color=line.get_color(),
+                    label=f"{label}: |mean|")
+    ax.set(xlabel="layer", ylabel="activation statistic (channel average)", title="activations at initialization")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_gradient_statistics(stats: dict[str, dict], path: str | Path) -> Path:
+    """Histogram of the pairwise cosines of the last layer's per-sample gradients."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, result in stats.items():
+        ax.hist(result["cosines"].cpu().numpy(), bins=40, range=(-1, 1), alpha=0.5,
+                label=f"{label} (alignment {result['alignment']:.2f})")
+    ax.set(xlabel="cosine between per-sample gradients", ylabel="pairs", title="last-layer gradients")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_channel_singularities(stats: dict[str, list[dict]], path: str | Path) -> Path:
+    """Fraction of dead and of constant channels per layer."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, layers in stats.items():
+        depth = range(1, len(layers) + 1)
+        line, = ax.plot(depth, [s["dead_fraction"] for s in layers], marker="o", label=f"{label}: dead")
+        ax.plot(depth, [s["constant_fraction"] for s in layers], marker="s", linestyle="--", color=line.get_color(),
+                label=f"{label}: constant")
+    ax.set(xlabel="layer", ylabel="fraction of channels", ylim=(-0.05, 1.05), title="elimination singularities")
+    ax.legend(fontsize=8)
+    return _save(fig, path)

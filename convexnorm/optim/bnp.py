@@ -1,0 +1,140 @@
+"""Batch Normalization Preconditioning (Lange, Helfrich & Ye, JMLR 2022; spec: companions.md).
+
+BNP keeps running estimates of every layer input's per-feature mean mu and variance
+sigma^2 and preconditions the gradients of the layer z = W x + b so that a gradient
+step on (W, b) is a gradient step on the normalized reparametrization
+z = V D^{-1} (x - mu) + c, D = diag(sqrt(sigma^2 + eps)):
+
+    G_W' = (G_W - g_b mu^T) D^{-2},     g_b' = g_b - G_W' mu.
+
+The statistics do not depend on the mini-batch (exponential averages over steps of the
+batch means of x and x^2), so BNP trains with batch size 1 and online.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+
+class _InputStatistics:
+    """Running mean and second moment of a layer's input features: a prior of mean 0 and
+    variance 1 counted as one observation, then averages with rate max(momentum, 1/(t+1))
+    at step t (so a first batch of one sample does not give a zero variance)."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.mean: Tensor | None = None
+        self.square: Tensor | None = None
+
+    def update(self, features: Tensor, momentum: float) -> None:
+        """features: (samples, F)."""
+        if self.mean is None:
+            self.mean, self.square = torch.zeros_like(features[0]), torch.ones_like(features[0])
+        self.steps += 1
+        rate = max(momentum, 1.0 / (self.steps + 1))
+        self.mean = (1 - rate) * self.mean + rate * features.mean(dim=0)
+        self.square = (1 - rate) * self.square + rate * (features**2).mean(dim=0)
+
+    @property
+    def var(self) -> Tensor:
+        return (self.square - self.mean**2).clamp_min(0)
+
+
+class BNP:
+    """A preconditioner hooked onto the ``nn.Linear`` and ``nn.Conv2d`` layers of ``model``
+    that wraps a torch ``optimizer`` over the model's parameters:
+
+        bnp = BNP(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        loss.backward(); bnp.step(); bnp.zero_grad()
+
+    Forward passes in training mode (with gradients enabled) update each layer's input
+    statistics; ``step`` preconditions the layers' gradients in place, then calls
+    ``optimizer.step``. With plain SGD a step is exactly gradient descent on the normalized
+    reparametrization; other optimizers receive the preconditioned gradients. Conv2d layers
+    use statistics per input channel, broadcast over the kernel window (zero padding is
+    ignored); layers without bias are scaled only (mu = 0 in the formula).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, momentum: float = 0.1,
+                 eps: float = 1e-5, layers: Iterable[nn.Module] | None = None) -> None:
+        if not 0 < momentum <= 1:
+            raise ValueError(f"BNP: momentum must be in (0, 1], got {momentum}")
+        if not eps > 0:
+            raise ValueError(f"BNP: eps must be > 0, got {eps}")
+        self.model, self.optimizer, self.momentum, self.eps = model, optimizer, momentum, eps
+        chosen = list(layers) if layers is not None else [
+            m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+        for layer in chosen:
+            if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+                raise ValueError(f"BNP: only nn.Linear and nn.Conv2d layers are preconditioned, got {type(layer).__name__}")
+            if isinstance(layer, nn.Conv2d) and layer.groups != 1:
+                raise ValueError(f"BNP: grouped convolutions (groups={layer.groups}) are not supported")
+        if not chosen:
+            raise ValueError("BNP: the model has no nn.Linear or nn.Conv2d layer")
+        self.statistics: dict[nn.Module, _InputStatistics] = {layer: _InputStatistics() for layer in chosen}
+        self._hooks = [layer.register_forward_pre_hook(self._record) for layer in chosen]
+
+    def _record(self, layer: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        if not (layer.training and torch.is_grad_enabled()):
+            return
+        x = inputs[0].detach()
+        if isinstance(layer, nn.Conv2d):
+            features = x.transpose(0, 1).reshape(x.shape[1], -1).T
+        else:
+            features = x.reshape(-1, x.shape[-1])
+        if not torch.isfinite(features).all():
+            raise ValueError(f"BNP: input of {type(layer).__name__} contains NaN or Inf")
+        self.statistics[layer].update(features, self.momentum)
+
+    def mean_and_scale(self, layer: nn.Module) -> tuple[Tensor, Tensor]:
+        """(mu, sigma^2 + eps) of the layer's input features (per input channel for Conv2d)."""
+        stats = self.statistics[layer]
+        if stats.mean is None:
+            raise ValueError(f"BNP: no training-mode forward pass has reached {type(layer).__name__} yet")
+        return stats.mean, stats.var + self.eps
+
+    @torch.no_grad()
+    def precondition(self) -> None:
+        """G_W' = (G_W - g_b mu^T) D^{-2}, g_b' = g_b - G_W' mu, in place on every layer."""
+        for layer in self.statistics:
+            if layer.weight.grad is None or self.statistics[layer].mean is None:
+                continue
+            mean, scale = self.mean_and_scale(layer)
+            grad_w = layer.weight.grad
+            shape = (1, -1) + (1,) * (grad_w.dim() - 2)  # input features on dim 1
+            mean, scale = mean.to(grad_w).reshape(shape), scale.to(grad_w).reshape(shape)
+            has_bias = layer.bias is not None and layer.bias.grad is not None
+            if has_bias:
+                grad_b = layer.bias.grad
+                grad_w.sub_(grad_b.reshape((-1,) + (1,) * (grad_w.dim() - 1)) * mean)
+            grad_w.div_(scale)
+            if has_bias:
+                grad_b.sub_((grad_w * mean).reshape(grad_w.shape[0], -1).sum(dim=1))
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        self.precondition()
+        return self.optimizer.step(closure)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(),
+                "statistics": [(s.steps, s.mean, s.square) for s in self.statistics.values()]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if len(state["statistics"]) != len(self.statistics):
+            raise ValueError(f"BNP: state has {len(state['statistics'])} layers, this preconditioner "
+                             f"{len(self.statistics)}")
+        for stats, (steps, mean, square) in zip(self.statistics.values(), state["statistics"]):
+            stats.steps, stats.mean, stats.square = steps, mean, square
+
+    def remove(self) -> None:
+        """Detach the statistics hooks from the model."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
