@@ -3,10 +3,12 @@
 
 from convexnorm.diagnostics.bn_studies import (
     DIVERGENCE_RATIO,
+    accuracy,
     activation_statistics,
     channel_singularities,
     gradient_statistics,
     learning_rate_sweep,
+    minibatches,
     relative_loss,
 )
 from convexnorm.diagnostics.plots import (
@@ -15,8 +17,9 @@ from convexnorm.diagnostics.plots import (
     plot_gradient_statistics,
     plot_learning_rate_sweep,
     plot_relative_loss,
+    save_figure,
 )
 
-__all__ = ["DIVERGENCE_RATIO", "activation_statistics", "channel_singularities", "gradient_statistics",
+__all__ = ["DIVERGENCE_RATIO", "accuracy", "minibatches", "activation_statistics", "channel_singularities", "gradient_statistics",
            "learning_rate_sweep", "plot_activation_statistics", "plot_channel_singularities",
-           "plot_gradient_statistics", "plot_learning_rate_sweep", "plot_relative_loss", "relative_loss"]
+           "plot_gradient_statistics", "plot_learning_rate_sweep", "plot_relative_loss", "relative_loss", "save_figure"]

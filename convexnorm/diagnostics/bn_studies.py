@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -152,11 +152,10 @@ def learning_rate_sweep(make_model: Callable[[], nn.Module], inputs: Tensor, tar
             initial = float(loss_fn(model(inputs), targets))
         diverged = False
         for _ in range(epochs):
-            order = torch.randperm(inputs.shape[0], generator=generator)
-            for start in range(0, inputs.shape[0] - batch_size + 1, batch_size):
-                batch = order[start:start + batch_size]
+            for batch in minibatches(inputs.shape[0], batch_size, generator):
                 loss = loss_fn(model(inputs[batch]), targets[batch])
-                if not math.isfinite(float(loss)) or float(loss) > divergence * initial:
+                value = float(loss.detach())
+                if not math.isfinite(value) or value > divergence * initial:
                     diverged = True
                     break
                 optimizer.zero_grad()
@@ -167,19 +166,32 @@ def learning_rate_sweep(make_model: Callable[[], nn.Module], inputs: Tensor, tar
         model.eval()
         with torch.no_grad():
             final = float(loss_fn(model(inputs), targets))
-            diverged = diverged or not math.isfinite(final) or final > divergence * initial
-            results["final_loss"].append(final)
-            results["train_accuracy"].append(_accuracy(model, inputs, targets))
-            results["test_accuracy"].append(_accuracy(model, *test) if test is not None else None)
+        diverged = diverged or not math.isfinite(final) or final > divergence * initial
+        results["final_loss"].append(final)
+        results["train_accuracy"].append(accuracy(model, inputs, targets))
+        results["test_accuracy"].append(accuracy(model, *test) if test is not None else None)
         results["diverged"].append(diverged)
     return results
 
 
-def _accuracy(model: nn.Module, inputs: Tensor, targets: Tensor) -> float | None:
-    """Argmax accuracy for integer class targets, None otherwise."""
+def minibatches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
+    """Indices of one shuffled pass over n samples in batches of ``batch_size`` (a last,
+    smaller batch is dropped, as batch statistics need full batches)."""
+    order = torch.randperm(n, generator=generator)
+    for start in range(0, n - batch_size + 1, batch_size):
+        yield order[start:start + batch_size]
+
+
+def accuracy(model: nn.Module, inputs: Tensor, targets: Tensor) -> float | None:
+    """Argmax accuracy in eval mode (the model's mode is restored) for integer class
+    targets; None for other targets, NaN when the outputs are not finite."""
     if targets.dtype not in (torch.int64, torch.int32):
         return None
-    outputs = model(inputs)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        outputs = model(inputs)
+    model.train(was_training)
     if not torch.isfinite(outputs).all():
         return float("nan")
     return float((outputs.argmax(dim=1) == targets).to(torch.float64).mean())

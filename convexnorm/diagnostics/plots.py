@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write as PNG (parent folders created) and close ``fig``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -31,32 +32,41 @@ def plot_learning_rate_sweep(sweeps: dict[str, dict], path: str | Path) -> Path:
         ax.plot(bad, [0.0] * len(bad), "x", color=line.get_color(), markersize=9)
     ax.set(xlabel="learning rate", ylabel="accuracy (x: diverged)", title="learning-rate sweep")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_relative_loss(results: dict[str, dict], path: str | Path) -> Path:
     """loss_after / loss_before of one step over the step size, log-log, divergence line."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
+    low, high = 1.0, 1e4
     for label, result in results.items():
-        ratios = [r if r != float("inf") else 1e300 for r in result["relative_loss"]]
+        ratios = [min(r, 1e40) for r in result["relative_loss"]]  # inf (overflow) drawn at 1e40
         ax.loglog(result["step_sizes"], ratios, marker="o", label=label)
+        low, high = min(low, *ratios), max(high, *ratios)
     ax.axhline(1e3, color="gray", linestyle="--", label="divergence (1e3)")
+    ax.set_ylim(low / 2, high * 10)
     ax.set(xlabel="step size", ylabel="relative loss after one step", title="one SGD step at initialization")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
+
+
+def _per_layer(ax, stats: dict[str, list[dict]], solid: tuple[str, str], dashed: tuple[str, str]) -> None:
+    """Two per-layer series (key, legend name) for every label, one colour per label."""
+    for label, layers in stats.items():
+        depth = range(1, len(layers) + 1)
+        line, = ax.plot(depth, [s[solid[0]] for s in layers], marker="o", label=f"{label}: {solid[1]}")
+        ax.plot(depth, [s[dashed[0]] for s in layers], marker="s", linestyle="--", color=line.get_color(),
+                label=f"{label}: {dashed[1]}")
 
 
 def plot_activation_statistics(stats: dict[str, list[dict]], path: str | Path) -> Path:
     """Mean channel std and mean |channel mean| per layer (log scale)."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for label, layers in stats.items():
-        depth = range(1, len(layers) + 1)
-        line, = ax.semilogy(depth, [s["mean_std"] for s in layers], marker="o", label=f"{label}: std")
-        ax.semilogy(depth, [s["mean_abs_mean"] for s in layers], marker="s", linestyle="--", color=line.get_color(),
-                    label=f"{label}: |mean|")
+    _per_layer(ax, stats, ("mean_std", "std"), ("mean_abs_mean", "|mean|"))
+    ax.set_yscale("log")
     ax.set(xlabel="layer", ylabel="activation statistic (channel average)", title="activations at initialization")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_gradient_statistics(stats: dict[str, dict], path: str | Path) -> Path:
@@ -67,17 +77,13 @@ def plot_gradient_statistics(stats: dict[str, dict], path: str | Path) -> Path:
                 label=f"{label} (alignment {result['alignment']:.2f})")
     ax.set(xlabel="cosine between per-sample gradients", ylabel="pairs", title="last-layer gradients")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_channel_singularities(stats: dict[str, list[dict]], path: str | Path) -> Path:
     """Fraction of dead and of constant channels per layer."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for label, layers in stats.items():
-        depth = range(1, len(layers) + 1)
-        line, = ax.plot(depth, [s["dead_fraction"] for s in layers], marker="o", label=f"{label}: dead")
-        ax.plot(depth, [s["constant_fraction"] for s in layers], marker="s", linestyle="--", color=line.get_color(),
-                label=f"{label}: constant")
+    _per_layer(ax, stats, ("dead_fraction", "dead"), ("constant_fraction", "constant"))
     ax.set(xlabel="layer", ylabel="fraction of channels", ylim=(-0.05, 1.05), title="elimination singularities")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
