@@ -2,7 +2,7 @@
 
 import logging
 
-from convexnorm import diagnostics, nn, optim, programs
+from convexnorm import nn, programs
 from convexnorm.convex import (
     Certificate,
     ConvexBNClassifier,
@@ -13,10 +13,12 @@ from convexnorm.convex import (
     closed_form,
     nonconvex_objective,
     recover_network,
+    select_whitening_rank,
     train_nonconvex,
     whiten,
 )
 from convexnorm.errors import SolverError
+from convexnorm import diagnostics, optim
 from convexnorm.programs import NormalizationProgram, standardization_program
 
 __version__ = "0.1.0"
@@ -36,6 +38,7 @@ __all__ = [
     "optim",
     "programs",
     "recover_network",
+    "select_whitening_rank",
     "standardization_program",
     "train_nonconvex",
     "whiten",

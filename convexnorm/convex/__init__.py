@@ -5,6 +5,7 @@ from convexnorm.convex.estimators import (
     ConvexBNClassifier,
     ConvexBNRegressor,
     closed_form,
+    select_whitening_rank,
 )
 from convexnorm.convex.network import TrainingHistory, nonconvex_objective, recover_network, train_nonconvex
 from convexnorm.convex.patterns import arrangement_patterns
@@ -20,6 +21,7 @@ __all__ = [
     "closed_form",
     "nonconvex_objective",
     "recover_network",
+    "select_whitening_rank",
     "train_nonconvex",
     "whiten",
 ]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import cvxpy as cp
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
 from tqdm.auto import tqdm
 
 from convexnorm.convex._validation import check_beta, check_matrix, check_targets
@@ -27,7 +27,7 @@ from convexnorm.convex.patterns import (
     arrangement_patterns,
     exhaustive_candidates,
 )
-from convexnorm.convex.whitening import Whitening, whiten
+from convexnorm.convex.whitening import Whitening, check_whitening_rank, whiten
 from convexnorm.errors import SolverError
 from convexnorm.losses import check_loss, negative_gradient, torch_loss
 from convexnorm.programs import convex_bn_program
@@ -321,6 +321,7 @@ class _ConvexBNBase(BaseEstimator):
         loss: str = "squared",
         seed: int = 0,
         solver_options: dict | None = None,
+        whitening_rank: int | None = None,
     ) -> None:
         self.beta = beta
         self.patterns = patterns
@@ -328,11 +329,13 @@ class _ConvexBNBase(BaseEstimator):
         self.loss = loss
         self.seed = seed
         self.solver_options = solver_options
+        self.whitening_rank = whitening_rank
 
     def _check_params(self) -> None:
         owner = type(self).__name__
         check_beta(self.beta, owner)
         check_loss(self.loss, owner)
+        check_whitening_rank(self.whitening_rank, owner)
         if self.solver not in SOLVERS:
             raise ValueError(f"{owner}: solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
 
@@ -341,7 +344,7 @@ class _ConvexBNBase(BaseEstimator):
         """Fit one scalar program per target column; set fitted attributes only on success."""
         owner = type(self).__name__
         try:
-            whitening = whiten(X)
+            whitening = whiten(X).truncated(self.whitening_rank)
             U_prime = whitening.U_prime
             patterns = arrangement_patterns(U_prime, self.patterns, self.seed)
         except ValueError as error:
@@ -441,8 +444,9 @@ class ConvexBNClassifier(ClassifierMixin, _ConvexBNBase):
     scalar program per class (one-vs-rest) for C > 2 classes."""
 
     def __init__(self, beta: float = 1e-3, patterns: str | int = "auto", solver: str = "clarabel",
-                 loss: str = "logistic", seed: int = 0, solver_options: dict | None = None) -> None:
-        super().__init__(beta, patterns, solver, loss, seed, solver_options)
+                 loss: str = "logistic", seed: int = 0, solver_options: dict | None = None,
+                 whitening_rank: int | None = None) -> None:
+        super().__init__(beta, patterns, solver, loss, seed, solver_options, whitening_rank)
 
     def fit(self, X, y, grow: bool = False, max_rounds: int = 10, n_probes: int = 2000,
             max_new_patterns: int = 50, progress: bool = False) -> "ConvexBNClassifier":
@@ -504,3 +508,16 @@ def closed_form(X, y, beta: float) -> ConvexBNRegressor:
     model = ConvexBNRegressor(beta=beta, patterns="exhaustive")
     model._set_fitted(whitening, [y], [solution], [(U_prime @ solution.neurons.T >= 0).T], [[objective]])
     return model
+
+
+def select_whitening_rank(estimator: "_ConvexBNBase", X, y, X_val, y_val, ranks) -> tuple[int, dict[int, float]]:
+    """Fit a clone of ``estimator`` with each ``whitening_rank`` in ``ranks`` on (X, y) and
+    score it on (X_val, y_val) (``score``: R^2 or accuracy); returns the best rank and all
+    scores (the first best on ties, so list ranks from small to large)."""
+    scores = {}
+    for k in ranks:
+        model = clone(estimator).set_params(whitening_rank=int(k)).fit(X, y)
+        scores[int(k)] = float(model.score(X_val, y_val))
+    if not scores:
+        raise ValueError("select_whitening_rank: ranks is empty")
+    return max(scores, key=scores.get), scores

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -142,9 +143,11 @@ def train_nonconvex(
     seed: int = 0,
     target: float | None = None,
     progress: bool = False,
+    callback: Callable[[int, nn.Sequential], None] | None = None,
 ) -> tuple[nn.Sequential, TrainingHistory]:
     """Full-batch Adam or SGD on ``nonconvex_objective`` (the baseline the convex program
     is compared with). y is (n,) or (n, C); stops early once the objective <= target.
+    ``callback(step, module)`` runs after every step (module in training mode).
     Returns the module (eval mode, running statistics of X) and its history."""
     check_loss(loss, "train_nonconvex")
     beta = check_beta(beta, "train_nonconvex")
@@ -170,6 +173,8 @@ def train_nonconvex(
         opt.step()
         history.objective.append(value.item())
         history.seconds.append(time.perf_counter() - start)
+        if callback is not None:
+            callback(len(history.objective), module)
         if target is not None and value.item() <= target:
             break
     final = float(nonconvex_objective(module, Xt, y_arr, beta, loss).detach())

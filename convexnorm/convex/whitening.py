@@ -40,6 +40,12 @@ class Whitening:
         """[U, 1/sqrt(n)]: the whitened training data with its bias column, (n, r + 1)."""
         return np.hstack([self.U, np.full((self.n, 1), 1.0 / np.sqrt(self.n))])
 
+    def truncated(self, k: int | None) -> "Whitening":
+        """The top-k whitening U'_k = [U_k, 1/sqrt(n)] (spec section 7: the explicit form of
+        gradient descent's spectral bias); k >= rank or None leaves it unchanged."""
+        mean, U, S, V = self.mean, *truncate_rank(self.U, self.S, self.V, k)
+        return Whitening(mean=mean, U=U, S=S, V=V)
+
     def transform(self, X: np.ndarray) -> np.ndarray:
         """Rows u'(x) = [S^{-1} V^T (x - mu); 1/sqrt(n)] of new data X (m, d) -> (m, r + 1)."""
         X = check_matrix(X, "Whitening.transform", columns=self.mean.shape[0])
@@ -56,6 +62,19 @@ def whiten_tensor(X: torch.Tensor, rtol: float = RANK_RTOL) -> tuple[torch.Tenso
         raise ValueError("all samples are identical; the centered data has rank 0")
     rank = int((S > rtol * S[0]).sum())
     return mean, U[:, :rank], S[:rank], Vh[:rank].T
+
+
+def truncate_rank(U, S, V, k: int | None) -> tuple:
+    """The top-k singular triplets (numpy arrays or tensors, S sorted in decreasing order)."""
+    if k is None:
+        return U, S, V
+    check_whitening_rank(k, "whitening")
+    return U[:, :k], S[:k], V[:, :k]
+
+
+def check_whitening_rank(k: int | None, owner: str) -> None:
+    if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
+        raise ValueError(f"{owner}: whitening_rank must be None or a positive integer, got {k!r}")
 
 
 def u_prime_rows(coords: torch.Tensor, n: int) -> torch.Tensor:

@@ -11,15 +11,17 @@ from convexnorm.diagnostics.bn_studies import (
     minibatches,
     relative_loss,
 )
+from convexnorm.diagnostics.spectral_bias import first_step_fitted, spectral_bias
 from convexnorm.diagnostics.plots import (
     plot_activation_statistics,
     plot_channel_singularities,
     plot_gradient_statistics,
     plot_learning_rate_sweep,
     plot_relative_loss,
+    plot_spectral_bias,
     save_figure,
 )
 
-__all__ = ["DIVERGENCE_RATIO", "accuracy", "minibatches", "activation_statistics", "channel_singularities", "gradient_statistics",
+__all__ = ["DIVERGENCE_RATIO", "accuracy", "minibatches", "activation_statistics", "channel_singularities", "first_step_fitted", "gradient_statistics",
            "learning_rate_sweep", "plot_activation_statistics", "plot_channel_singularities",
-           "plot_gradient_statistics", "plot_learning_rate_sweep", "plot_relative_loss", "relative_loss", "save_figure"]
+           "plot_gradient_statistics", "plot_learning_rate_sweep", "plot_relative_loss", "plot_spectral_bias", "relative_loss", "save_figure", "spectral_bias"]

@@ -87,3 +87,14 @@ def plot_channel_singularities(stats: dict[str, list[dict]], path: str | Path) -
     ax.set(xlabel="layer", ylabel="fraction of channels", ylim=(-0.05, 1.05), title="elimination singularities")
     ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+def plot_spectral_bias(result: dict, path: str | Path) -> Path:
+    """Fitted fraction of each singular direction's target component over GD steps."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for i in result["directions"]:
+        ax.plot(result["steps"], result["fit"][:, i], label=f"u_{i + 1} (s = {result['singular_values'][i]:.3g})")
+    ax.axhline(1.0, color="gray", linestyle="--")
+    ax.set(xlabel="gradient-descent step", ylabel="fitted fraction u_i^T f / u_i^T y", title="spectral bias of GD")
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)

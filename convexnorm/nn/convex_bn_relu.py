@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from convexnorm.convex.estimators import solve_convex_program
 from convexnorm.convex.implicit import NativeSolve
 from convexnorm.convex.network import recover_network
-from convexnorm.convex.whitening import Whitening, u_prime_rows, whiten_tensor
+from convexnorm.convex.whitening import Whitening, check_whitening_rank, truncate_rank, u_prime_rows, whiten_tensor
 from convexnorm.errors import SolverError
 from convexnorm.losses import MARGIN_LOSSES, check_loss, torch_loss
 from convexnorm.nn._solve import call_program
@@ -61,9 +61,12 @@ class ConvexBNReLU(nn.Module):
         learnable_beta: bool = False,
         solver_args: Mapping[str, Any] | None = None,
         solver: str = "cvxpylayers",
+        whitening_rank: int | None = None,
     ) -> None:
         super().__init__()
         check_loss(loss, "ConvexBNReLU")
+        check_whitening_rank(whitening_rank, "ConvexBNReLU")
+        self.whitening_rank = whitening_rank
         if solver not in ("cvxpylayers", "torch"):
             raise ValueError(f"ConvexBNReLU: solver must be 'cvxpylayers' or 'torch', got {solver!r}")
         self.solver = solver
@@ -111,7 +114,7 @@ class ConvexBNReLU(nn.Module):
                 f"ConvexBNReLU: the batch is rank-deficient (rank {U.shape[1]} < min(n - 1, d) = {min(n - 1, d)}); "
                 "use more distinct samples or fewer features"
             )
-        return mean, U, S, V
+        return (mean, *truncate_rank(U, S, V, self.whitening_rank))
 
     def _patterns(self, U_prime: Tensor) -> Tensor:
         """(n, P) 0/1 patterns of the fixed gates on U' (gate rows: r coordinates, then bias)."""
