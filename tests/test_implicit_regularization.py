@@ -81,3 +81,52 @@ def test_block_with_truncated_whitening_equals_the_truncated_regressor():
     patterns = block._patterns(torch.from_numpy(U_prime)).numpy().T.astype(bool)
     regressor = cn.ConvexBNRegressor(beta=0.1, patterns=patterns, whitening_rank=2).fit(X, y)
     assert abs(objective.item() - regressor.objective_) <= 1e-6 * regressor.objective_
+
+
+@pytest.mark.parametrize("solver", ["clarabel", "torch"])
+def test_spectral_variant_is_the_program_on_the_principal_axes(solver):
+    """whitening='spectral' solves the same builder on Z = [U S, 1] (checked against a direct
+    cvxpy solve on Z); predictions of the recovered network equal the model's."""
+    import cvxpy as cp
+
+    X, y = regression_data(n=30)
+    model = cn.ConvexBNRegressor(beta=0.1, patterns=12, seed=2, whitening="spectral", solver=solver).fit(X, y)
+    plain = cn.whiten(X)
+    Z = np.hstack([plain.U * plain.S, np.ones((30, 1))])
+    np.testing.assert_allclose(model.whitening_.U_prime, Z, atol=1e-12)
+    patterns = model.patterns_
+    S, T = cp.Variable((5, len(patterns))), cp.Variable((5, len(patterns)))
+    f, constraints = 0, []
+    for i, mask in enumerate(patterns):
+        f = f + cp.multiply(mask, Z @ (S[:, i] - T[:, i]))
+        sign = np.where(mask, 1.0, -1.0)[:, None] * Z
+        constraints += [sign @ S[:, i] >= 0, sign @ T[:, i] >= 0]
+    objective = 0.5 * cp.sum_squares(f - y) + 0.1 * (cp.sum(cp.norm(S, 2, axis=0)) + cp.sum(cp.norm(T, 2, axis=0)))
+    reference = cp.Problem(cp.Minimize(objective), constraints).solve(solver=cp.CLARABEL)
+    assert abs(model.objective_ - reference) <= 1e-5 * reference  # measured 4e-11 (torch)
+    net = model.to_module()
+    X_new = regression_data(n=30, seed=4)[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(net(torch.from_numpy(X_new)).numpy().ravel(), model.predict(X_new), atol=1e-7)
+    with pytest.raises(ValueError, match="whitening must be"):
+        cn.ConvexBNRegressor(whitening="pca").fit(X, y)
+
+
+def test_block_spectral_variant_equals_the_spectral_regressor_and_freezes():
+    X, y = regression_data(n=16)
+    H, t = torch.from_numpy(X), torch.from_numpy(y)
+    block = ConvexBNReLU(4, beta=0.1, n_patterns=12, whitening="spectral")
+    predictions, objective = block(H, t, return_objective=True)
+    Z = cn.whiten(X).spectral().U_prime
+    patterns = block._patterns(torch.from_numpy(Z)).numpy().T.astype(bool)
+    regressor = cn.ConvexBNRegressor(beta=0.1, patterns=patterns, whitening="spectral").fit(X, y)
+    assert abs(objective.item() - regressor.objective_) <= 1e-6 * regressor.objective_
+    # training predictions are unique (strictly convex loss in f); neurons need not be
+    np.testing.assert_allclose(predictions.detach().numpy(), regressor.predict(X), atol=1e-5)
+    X_query = regression_data(n=16, seed=3)[0]
+    frozen = block.freeze(H, t)  # the same Clarabel solve as the regressor's
+    with torch.no_grad():
+        np.testing.assert_allclose(frozen(torch.from_numpy(X_query)).numpy().ravel(), regressor.predict(X_query),
+                                   atol=1e-7)
+    with pytest.raises(ValueError, match="whitening must be"):
+        ConvexBNReLU(4, whitening="pca")

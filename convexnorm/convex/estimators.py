@@ -39,6 +39,9 @@ SOLVERS = {
     "scs": (cp.SCS, {"eps_abs": 1e-7, "eps_rel": 1e-7, "max_iters": 200_000}),
     "torch": (None, {}),
 }
+#: "full": the program on U' (spec section 3); "spectral": on U' diag(S, sqrt(n)) = [U S, 1]
+#: (spec section 7, keeps the spectrum: an explicit spectral bias).
+WHITENINGS = ("full", "spectral")
 #: Groups with ||s_i|| below this fraction of the largest are zero (interior-point
 #: residue); dropping them changed the objective by < 1e-7 relative in our checks.
 NEURON_RTOL = 1e-6
@@ -322,6 +325,7 @@ class _ConvexBNBase(BaseEstimator):
         seed: int = 0,
         solver_options: dict | None = None,
         whitening_rank: int | None = None,
+        whitening: str = "full",
     ) -> None:
         self.beta = beta
         self.patterns = patterns
@@ -330,12 +334,15 @@ class _ConvexBNBase(BaseEstimator):
         self.seed = seed
         self.solver_options = solver_options
         self.whitening_rank = whitening_rank
+        self.whitening = whitening
 
     def _check_params(self) -> None:
         owner = type(self).__name__
         check_beta(self.beta, owner)
         check_loss(self.loss, owner)
         check_whitening_rank(self.whitening_rank, owner)
+        if self.whitening not in WHITENINGS:
+            raise ValueError(f"{owner}: whitening must be one of {WHITENINGS}, got {self.whitening!r}")
         if self.solver not in SOLVERS:
             raise ValueError(f"{owner}: solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
 
@@ -345,6 +352,8 @@ class _ConvexBNBase(BaseEstimator):
         owner = type(self).__name__
         try:
             whitening = whiten(X).truncated(self.whitening_rank)
+            if self.whitening == "spectral":
+                whitening = whitening.spectral()
             U_prime = whitening.U_prime
             patterns = arrangement_patterns(U_prime, self.patterns, self.seed)
         except ValueError as error:
@@ -445,8 +454,8 @@ class ConvexBNClassifier(ClassifierMixin, _ConvexBNBase):
 
     def __init__(self, beta: float = 1e-3, patterns: str | int = "auto", solver: str = "clarabel",
                  loss: str = "logistic", seed: int = 0, solver_options: dict | None = None,
-                 whitening_rank: int | None = None) -> None:
-        super().__init__(beta, patterns, solver, loss, seed, solver_options, whitening_rank)
+                 whitening_rank: int | None = None, whitening: str = "full") -> None:
+        super().__init__(beta, patterns, solver, loss, seed, solver_options, whitening_rank, whitening)
 
     def fit(self, X, y, grow: bool = False, max_rounds: int = 10, n_probes: int = 2000,
             max_new_patterns: int = 50, progress: bool = False) -> "ConvexBNClassifier":

@@ -68,6 +68,8 @@ class _Program:
         """Groups j = columns of M (n x G, 0/1 pattern of group j) with output signs o (G)."""
         self.A, self.M, self.o, self.y, self.beta, self.loss = A, M, o, y, beta, loss
         self.E = 2 * M - 1
+        #: 1 / ||A||_2^2 (1 for whitened data, whose columns are orthonormal)
+        self.dual_step = 1.0 / float(torch.linalg.matrix_norm(A, ord=2)) ** 2
 
     @classmethod
     def from_patterns(cls, A: torch.Tensor, masks: torch.Tensor, y: torch.Tensor, beta: float,
@@ -82,13 +84,13 @@ class _Program:
 
     def dual_norms(self, W: torch.Tensor, G: torch.Tensor, iters: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
         """min over G_j >= 0 of ||A^T (o_j M_j * lam + E_j * G_j)|| for every group j, lam =
-        -loss'(f), by projected FISTA from G (step 1: diag(E_j) A has orthonormal columns).
+        -loss'(f), by projected FISTA from G (step 1 / ||A||^2, the Lipschitz constant's inverse).
         A group whose value is <= beta satisfies its dual constraint. Returns (norms, G)."""
         lam = -loss_gradient(self.loss, self.predictions(self.A @ W), self.y)
         base = self.M * lam[:, None] * self.o
         G, Y, momentum = G.clone(), G.clone(), 1.0
         for _ in range(iters):
-            G_next = (Y - self.E * (self.A @ (self.A.T @ (base + self.E * Y)))).clamp_min(0)
+            G_next = (Y - self.dual_step * self.E * (self.A @ (self.A.T @ (base + self.E * Y)))).clamp_min(0)
             next_momentum = (1 + math.sqrt(1 + 4 * momentum**2)) / 2
             Y = G_next + ((momentum - 1) / next_momentum) * (G_next - G)
             G, momentum = G_next, next_momentum
@@ -178,7 +180,7 @@ def _augmented_lagrangian(program: _Program, W: torch.Tensor, G: torch.Tensor, t
     ``_criteria`` hold on this program; returns W, G, FISTA iterations and success."""
     exact = program if program.A.dtype == torch.float64 else program.to(torch.float64)
     delta, step, iterations, last_violation, within = INITIAL_PENALTY, 1.0, 0, math.inf, math.inf
-    scale = float(torch.linalg.norm(program.A.T @ program.y)) + program.beta
+    scale = float(torch.linalg.norm(program.A.T @ program.y)) * math.sqrt(program.dual_step) + program.beta
     floor = 100 * torch.finfo(program.A.dtype).eps
     for outer in range(max_outer):
         inner_tol = scale * max(tol * 1e-2, floor, min(1e-2 * 0.3**outer, 0.1 * abs(within)))

@@ -92,8 +92,10 @@ def recover_network(whitening: Whitening, neurons: np.ndarray, output_signs: np.
     Spec section 3, per s = (a, b): w = V S^{-1} a, g = ||a|| / sqrt(||s||),
     a_j = b / sqrt(||s||), v_j = sign sqrt(||s||). A neuron with a = 0 is a constant:
     any w, g = 0. ``output_signs`` is (m,) for one output or (m, C) with one nonzero
-    +-1 per row (one-vs-rest classes).
+    +-1 per row (one-vs-rest classes). For the spectral variant the neurons are in the
+    coordinates of ``whitening.U_prime`` = [U S, 1] and are mapped to [U, 1/sqrt(n)] first.
     """
+    neurons = whitening.to_whitened(np.asarray(neurons, dtype=np.float64))
     signs = np.asarray(output_signs, dtype=np.float64)
     signs = signs[:, None] if signs.ndim == 1 else signs
     m, outputs = signs.shape

@@ -3,11 +3,16 @@
 Xc = X - 1 mu^T = U S V^T (compact SVD, rank r), U' = [U, 1/sqrt(n)] with U'^T U' = I.
 The test-time map, BN's analogue of running statistics, is
 u'(x) = [S^{-1} V^T (x - mu); 1/sqrt(n)].
+
+The spectrum-keeping variant (spec section 7) scales the columns back, Z = U' diag(S, sqrt(n))
+= [U S, 1]: the program then sees the centered data in its principal axes, and the group
+norm of a neuron s on Z is that of diag(S, sqrt(n)) s on U' reweighted, which penalizes
+low-singular-value directions more.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -26,6 +31,7 @@ class Whitening:
     U: np.ndarray  # (n, r)
     S: np.ndarray  # (r,)
     V: np.ndarray  # (d, r)
+    column_scale: np.ndarray | None = None  # (r + 1,): the spectral variant's diag(S, sqrt(n))
 
     @property
     def n(self) -> int:
@@ -37,20 +43,35 @@ class Whitening:
 
     @property
     def U_prime(self) -> np.ndarray:
-        """[U, 1/sqrt(n)]: the whitened training data with its bias column, (n, r + 1)."""
-        return np.hstack([self.U, np.full((self.n, 1), 1.0 / np.sqrt(self.n))])
+        """[U, 1/sqrt(n)]: the whitened training data with its bias column, (n, r + 1)
+        (times ``column_scale`` for the spectral variant: [U S, 1])."""
+        return self._scaled(np.hstack([self.U, np.full((self.n, 1), 1.0 / np.sqrt(self.n))]))
+
+    def _scaled(self, rows: np.ndarray) -> np.ndarray:
+        return rows if self.column_scale is None else rows * self.column_scale
+
+    def spectral(self) -> "Whitening":
+        """The spectrum-keeping variant: U' columns scaled by diag(S, sqrt(n))."""
+        return replace(self, column_scale=np.append(self.S, np.sqrt(self.n)))
+
+    def to_whitened(self, neurons: np.ndarray) -> np.ndarray:
+        """Neurons (rows) in the coordinates of ``U_prime`` -> those of plain [U, 1/sqrt(n)]."""
+        return self._scaled(neurons)
 
     def truncated(self, k: int | None) -> "Whitening":
         """The top-k whitening U'_k = [U_k, 1/sqrt(n)] (spec section 7: the explicit form of
         gradient descent's spectral bias); k >= rank or None leaves it unchanged."""
+        if self.column_scale is not None:
+            raise ValueError("truncate before taking the spectral variant")
         mean, U, S, V = self.mean, *truncate_rank(self.U, self.S, self.V, k)
         return Whitening(mean=mean, U=U, S=S, V=V)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        """Rows u'(x) = [S^{-1} V^T (x - mu); 1/sqrt(n)] of new data X (m, d) -> (m, r + 1)."""
+        """Rows u'(x) = [S^{-1} V^T (x - mu); 1/sqrt(n)] of new data X (m, d) -> (m, r + 1)
+        (times ``column_scale`` for the spectral variant)."""
         X = check_matrix(X, "Whitening.transform", columns=self.mean.shape[0])
         coords = (X - self.mean) @ self.V / self.S
-        return np.hstack([coords, np.full((X.shape[0], 1), 1.0 / np.sqrt(self.n))])
+        return self._scaled(np.hstack([coords, np.full((X.shape[0], 1), 1.0 / np.sqrt(self.n))]))
 
 
 def whiten_tensor(X: torch.Tensor, rtol: float = RANK_RTOL) -> tuple[torch.Tensor, ...]:

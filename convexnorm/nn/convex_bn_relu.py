@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from convexnorm.convex.estimators import solve_convex_program
+from convexnorm.convex.estimators import WHITENINGS, solve_convex_program
 from convexnorm.convex.implicit import NativeSolve
 from convexnorm.convex.network import recover_network
 from convexnorm.convex.whitening import Whitening, check_whitening_rank, truncate_rank, u_prime_rows, whiten_tensor
@@ -62,11 +62,14 @@ class ConvexBNReLU(nn.Module):
         solver_args: Mapping[str, Any] | None = None,
         solver: str = "cvxpylayers",
         whitening_rank: int | None = None,
+        whitening: str = "full",
     ) -> None:
         super().__init__()
         check_loss(loss, "ConvexBNReLU")
         check_whitening_rank(whitening_rank, "ConvexBNReLU")
-        self.whitening_rank = whitening_rank
+        if whitening not in WHITENINGS:
+            raise ValueError(f"ConvexBNReLU: whitening must be one of {WHITENINGS}, got {whitening!r}")
+        self.whitening_rank, self.whitening = whitening_rank, whitening
         if solver not in ("cvxpylayers", "torch"):
             raise ValueError(f"ConvexBNReLU: solver must be 'cvxpylayers' or 'torch', got {solver!r}")
         self.solver = solver
@@ -116,6 +119,13 @@ class ConvexBNReLU(nn.Module):
             )
         return (mean, *truncate_rank(U, S, V, self.whitening_rank))
 
+    def _rows(self, coords: Tensor, S_values: Tensor, n: int) -> Tensor:
+        """[coords, 1/sqrt(n)], times diag(S, sqrt(n)) for whitening='spectral'."""
+        rows = u_prime_rows(coords, n)
+        if self.whitening == "spectral":
+            rows = rows * torch.cat([S_values, S_values.new_tensor([n**0.5])])
+        return rows
+
     def _patterns(self, U_prime: Tensor) -> Tensor:
         """(n, P) 0/1 patterns of the fixed gates on U' (gate rows: r coordinates, then bias)."""
         r = U_prime.shape[1] - 1
@@ -152,7 +162,7 @@ class ConvexBNReLU(nn.Module):
         H64, y64 = H.to(solve_on, torch.float64), y.to(solve_on, torch.float64)
         n = H.shape[0]
         mean, U, S_values, V = self._whiten(H64)
-        U_prime = u_prime_rows(U, n)
+        U_prime = self._rows(U, S_values, n)
         S, T = self._solve(U_prime, y64)
 
         def network(rows: Tensor) -> Tensor:
@@ -161,7 +171,7 @@ class ConvexBNReLU(nn.Module):
         if H_query is None:
             predictions = network(U_prime)
         else:
-            predictions = network(u_prime_rows((H_query.to(solve_on, torch.float64) - mean) @ V / S_values, n))
+            predictions = network(self._rows((H_query.to(solve_on, torch.float64) - mean) @ V / S_values, S_values, n))
         predictions = predictions.to(device=device, dtype=dtype)
         if not return_objective:
             return predictions
@@ -178,14 +188,17 @@ class ConvexBNReLU(nn.Module):
         self._check(H_train, y_train, None)
         H64, y64 = H_train.to("cpu", torch.float64), y_train.to("cpu", torch.float64)
         mean, U, S, V = self._whiten(H64)
-        U_prime = u_prime_rows(U, H64.shape[0])
+        U_prime = self._rows(U, S, H64.shape[0])
         masks = self._patterns(U_prime).numpy().T.astype(bool)
         solution = solve_convex_program(U_prime.numpy(), masks, y64.numpy(), float(self.beta), self.loss, solver,
                                         "ConvexBNReLU.freeze")
         whitening = Whitening(mean=mean.numpy(), U=U.numpy(), S=S.numpy(), V=V.numpy())
+        if self.whitening == "spectral":
+            whitening = whitening.spectral()
         return recover_network(whitening, solution.neurons, solution.signs).to(H_train.device)
 
     def extra_repr(self) -> str:
         learnable = isinstance(self.log_beta, nn.Parameter)
         return (f"{self.in_features}, beta={float(self.beta):.3g}, n_patterns={self.n_patterns}, "
-                f"loss={self.loss!r}, learnable_beta={learnable}, solver={self.solver!r}")
+                f"loss={self.loss!r}, learnable_beta={learnable}, solver={self.solver!r}, "
+                f"whitening_rank={self.whitening_rank}, whitening={self.whitening!r}")
