@@ -7,17 +7,28 @@ from convexnorm.convex.estimators import (
     closed_form,
     select_whitening_rank,
 )
-from convexnorm.convex.network import TrainingHistory, nonconvex_objective, recover_network, train_nonconvex
+from convexnorm.convex.conv import ConvexBNConvRegressor
+from convexnorm.convex.network import (
+    TrainingHistory,
+    bn_relu_conv_network,
+    bn_relu_network,
+    nonconvex_objective,
+    recover_network,
+    train_nonconvex,
+)
 from convexnorm.convex.patterns import arrangement_patterns
 from convexnorm.convex.whitening import Whitening, whiten
 
 __all__ = [
     "Certificate",
     "ConvexBNClassifier",
+    "ConvexBNConvRegressor",
     "ConvexBNRegressor",
     "TrainingHistory",
     "Whitening",
     "arrangement_patterns",
+    "bn_relu_conv_network",
+    "bn_relu_network",
     "closed_form",
     "nonconvex_objective",
     "recover_network",

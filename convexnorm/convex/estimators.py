@@ -61,9 +61,11 @@ class ScalarSolution:
     report: dict = field(default_factory=dict)
     warm: tuple | None = None
 
-    def predict(self, U_rows: np.ndarray) -> np.ndarray:
-        """sum_j sign_j (u' . s_j)_+ for whitened rows u' (training or test-time map)."""
-        return np.maximum(U_rows @ self.neurons.T, 0.0) @ self.signs
+    def predict(self, U_rows: np.ndarray, pool: np.ndarray | None = None) -> np.ndarray:
+        """sum_j sign_j (u' . s_j)_+ for whitened rows u' (training or test-time map),
+        summed by ``pool`` (samples x rows) for convolutional programs."""
+        out = np.maximum(U_rows @ self.neurons.T, 0.0) @ self.signs
+        return out if pool is None else pool @ out
 
 
 @dataclass(frozen=True)
@@ -124,17 +126,20 @@ def _solve_native(
 
 def _solve_variables(
     U_prime: np.ndarray, patterns: np.ndarray, y: np.ndarray, beta: float, loss: str, solver: str,
-    owner: str, solver_options: dict | None, warm_start: tuple | None = None,
+    owner: str, solver_options: dict | None, warm_start: tuple | None = None, pool: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict, tuple | None]:
     """S and T of one solve, the solver's report and the native warm-start state.
     For cvxpy, Parameters are treated as constants (cvxpy's parametric canonicalization
     of this program grows as n P^2 r' and suits only small layers). Clarabel's
     'optimal_inaccurate' or failure (seen on logistic programs) is retried with SCS."""
     if solver == "torch":
+        if pool is not None:
+            raise ValueError(f"{owner}: solver='torch' does not solve pooled (convolutional) programs; "
+                             "use 'clarabel' or 'scs'")
         return _solve_native(U_prime, patterns, y, beta, loss, owner, solver_options, warm_start)
-    n, r_prime = U_prime.shape
-    program = convex_bn_program(n, r_prime, len(patterns), loss)
-    program.set_data(U_prime, patterns, y, beta)
+    rows, r_prime = U_prime.shape
+    program = convex_bn_program(len(y), r_prime, len(patterns), loss, constraint_rows=rows)
+    program.set_data(U_prime, patterns, y, beta, pool)
     attempts = [(solver, solver_options or {})] + ([("scs", {})] if solver == "clarabel" else [])
     for index, (name, options) in enumerate(attempts):
         cvxpy_solver, defaults = SOLVERS[name]
@@ -163,13 +168,15 @@ def solve_convex_program(
     owner: str,
     solver_options: dict | None = None,
     warm_start: tuple | None = None,
+    pool: np.ndarray | None = None,
 ) -> ScalarSolution:
-    """Solve over ``patterns``, then polish: solve again over the patterns whose groups are
+    """Solve over ``patterns`` (rows of U' summed by ``pool`` for convolutions), then polish:
+    solve again over the patterns whose groups are
     active (norm above NEURON_RTOL of the largest), so that the residue of inactive groups
     does not perturb the solution; the residue left is dropped. ``warm_start`` is a
     previous solution's ``warm`` state (solver='torch')."""
     args = (y, beta, loss, solver, owner, solver_options)
-    S, T, report, warm = _solve_variables(U_prime, patterns, *args, warm_start=warm_start)
+    S, T, report, warm = _solve_variables(U_prime, patterns, *args, warm_start=warm_start, pool=pool)
     norms = np.maximum(np.linalg.norm(S, axis=0), np.linalg.norm(T, axis=0))
     active = norms > NEURON_RTOL * max(norms.max(), np.finfo(float).tiny)
     if 0 < active.sum() < len(patterns):
@@ -179,21 +186,22 @@ def solve_convex_program(
                                     device=warm[0].device)
             restricted = (warm[0][:, index], warm[1][:, index])
         first = report
-        S, T, report, _ = _solve_variables(U_prime, patterns[active], *args, warm_start=restricted)
+        S, T, report, _ = _solve_variables(U_prime, patterns[active], *args, warm_start=restricted, pool=pool)
         if "iterations" in first:
             report = {**report, "iterations": first["iterations"] + report["iterations"]}
     norms = np.concatenate([np.linalg.norm(S, axis=0), np.linalg.norm(T, axis=0)])
     keep = norms > NEURON_RTOL * max(norms.max(), np.finfo(float).tiny)
     neurons = np.concatenate([S.T, T.T])[keep]
     signs = np.concatenate([np.ones(S.shape[1]), -np.ones(T.shape[1])])[keep]
-    return replace(_evaluated(neurons, signs, U_prime, y, beta, loss), report=report, warm=warm)
+    return replace(_evaluated(neurons, signs, U_prime, y, beta, loss, pool), report=report, warm=warm)
 
 
 def _evaluated(neurons: np.ndarray, signs: np.ndarray, U_prime: np.ndarray, y: np.ndarray, beta: float,
-               loss: str) -> ScalarSolution:
-    """The solution with its exact objective loss(f) + beta sum_j ||s_j||, f = sum_j sign_j (U' s_j)_+."""
+               loss: str, pool: np.ndarray | None = None) -> ScalarSolution:
+    """The solution with its exact objective loss(f) + beta sum_j ||s_j||, f = sum_j sign_j (U' s_j)_+
+    (pooled by ``pool``)."""
     partial = ScalarSolution(neurons, signs, 0.0)
-    fitted = torch.from_numpy(partial.predict(U_prime))
+    fitted = torch.from_numpy(partial.predict(U_prime, pool))
     value = float(torch_loss(loss, fitted, torch.from_numpy(y))) + beta * float(np.linalg.norm(neurons, axis=1).sum())
     return ScalarSolution(neurons, signs, value)
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from convexnorm.convex._validation import check_beta, check_matrix
 from convexnorm.convex.whitening import Whitening
 from convexnorm.losses import check_loss, torch_loss
-from convexnorm.nn.normalization import BatchNorm1d
+from convexnorm.nn.normalization import BatchNorm1d, BatchNorm2d
 
 logger = logging.getLogger("convexnorm")
 
@@ -37,19 +37,57 @@ def bn_relu_network(d: int, width: int, outputs: int = 1) -> nn.Sequential:
     ).double()
 
 
-def _parts(module: nn.Module, owner: str) -> tuple[nn.Linear, nn.Module, nn.Linear]:
+class SumPool2d(nn.Module):
+    """Sum over the spatial positions: (N, C, H, W) -> (N, C)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sum(dim=(2, 3))
+
+
+def bn_relu_conv_network(in_channels: int, width: int, kernel_size: int | tuple[int, int], stride: int = 1,
+                         outputs: int = 1) -> nn.Sequential:
+    """Conv2d (no bias) -> BatchNorm2d (statistics over batch and positions) -> ReLU -> sum
+    pooling -> Linear: the convolutional network of spec section 8, float64."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, kernel_size, stride=stride, bias=False),
+        BatchNorm2d(width, eps=0.0, backend="native"),
+        nn.ReLU(),
+        SumPool2d(),
+        nn.Linear(width, outputs, bias=False),
+    ).double()
+
+
+def _parts(module: nn.Module, owner: str) -> tuple[nn.Module, nn.Module, nn.Linear]:
+    """(first layer, BN, output layer) of a network of ``bn_relu_network`` or
+    ``bn_relu_conv_network`` form."""
     layers = list(module.children()) if isinstance(module, nn.Sequential) else []
-    if (
-        len(layers) != 4
-        or not isinstance(layers[0], nn.Linear)
-        or not isinstance(layers[1], (nn.BatchNorm1d, BatchNorm1d))
-        or not isinstance(layers[2], nn.ReLU)
-        or not isinstance(layers[3], nn.Linear)
-    ):
-        raise ValueError(f"{owner}: expected Sequential(Linear, BatchNorm1d, ReLU, Linear), got {module}")
+    dense = (len(layers) == 4 and isinstance(layers[0], nn.Linear)
+             and isinstance(layers[1], (nn.BatchNorm1d, BatchNorm1d)))
+    conv = (len(layers) == 5 and isinstance(layers[0], nn.Conv2d)
+            and isinstance(layers[1], (nn.BatchNorm2d, BatchNorm2d)) and isinstance(layers[3], SumPool2d))
+    if not (dense or conv) or not isinstance(layers[2], nn.ReLU) or not isinstance(layers[-1], nn.Linear):
+        raise ValueError(f"{owner}: expected Sequential(Linear, BatchNorm1d, ReLU, Linear) or "
+                         f"Sequential(Conv2d, BatchNorm2d, ReLU, SumPool2d, Linear), got {module}")
     if layers[1].weight is None:
-        raise ValueError(f"{owner}: the BatchNorm1d layer must be affine (its weight and bias are penalized)")
-    return layers[0], layers[1], layers[3]
+        raise ValueError(f"{owner}: the BatchNorm layer must be affine (its weight and bias are penalized)")
+    return layers[0], layers[1], layers[-1]
+
+
+def _network_input(first: nn.Module, X, owner: str) -> torch.Tensor:
+    """X as a tensor of the first layer's dtype: (n, d) for Linear, (N, C, H, W) for Conv2d."""
+    if isinstance(first, nn.Conv2d):
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 4 or X.shape[1] != first.in_channels or not np.isfinite(X).all():
+            raise ValueError(f"{owner}: expected finite images (N, {first.in_channels}, H, W), got shape {X.shape}")
+        return torch.as_tensor(X, dtype=first.weight.dtype)
+    return torch.as_tensor(check_matrix(X, owner, columns=first.in_features), dtype=first.weight.dtype)
+
+
+def _channel_moments(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Biased variance and mean per channel over the batch (and positions), and their count."""
+    dims = (0, 2, 3) if h.dim() == 4 else (0,)
+    var, mean = torch.var_mean(h, dim=dims, correction=0)
+    return var, mean, h.numel() // h.shape[1]
 
 
 def set_running_statistics(module: nn.Sequential, X: torch.Tensor) -> None:
@@ -57,37 +95,42 @@ def set_running_statistics(module: nn.Sequential, X: torch.Tensor) -> None:
     mode maps new data exactly as train mode maps X (the test-time map of the spec)."""
     first, bn, _ = _parts(module, "set_running_statistics")
     with torch.no_grad():
-        h = first(X.to(first.weight.dtype))
-        bn.running_mean.copy_(h.mean(0))
-        bn.running_var.copy_(h.var(0, unbiased=False))
+        var, mean, _ = _channel_moments(first(X.to(first.weight.dtype)))
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
         bn.num_batches_tracked.fill_(1)
 
 
 def nonconvex_objective(module: nn.Module, X, y, beta: float, loss: str = "squared") -> torch.Tensor:
     """loss(f(X), y) + (beta/2) sum_j (g_j^2 + a_j^2 + ||v_j||^2), f with batch statistics.
 
-    g = sqrt(n) * bn.weight and a = sqrt(n) * bn.bias (the paper's parametrization); the
-    first layer is not penalized (BN makes f invariant to its scale). Differentiable in
-    the module's parameters; the module's state is not changed.
+    g = sqrt(c) * bn.weight and a = sqrt(c) * bn.bias (the paper's parametrization; c = values
+    per channel: n, or N H' W' for the convolutional network); the first layer is not
+    penalized (BN makes f invariant to its scale). Differentiable in the module's
+    parameters; the module's state is not changed.
     """
     first, bn, last = _parts(module, "nonconvex_objective")
     check_loss(loss, "nonconvex_objective")
     beta = check_beta(beta, "nonconvex_objective")
-    X = torch.as_tensor(check_matrix(X, "nonconvex_objective", columns=first.in_features), dtype=first.weight.dtype)
+    X = _network_input(first, X, "nonconvex_objective")
     y = torch.as_tensor(np.asarray(y, dtype=np.float64), dtype=first.weight.dtype)
-    n = X.shape[0]
     h = first(X)
-    var, mean = torch.var_mean(h, dim=0, correction=0)
-    z = (h - mean) / torch.sqrt(var + bn.eps) * bn.weight + bn.bias
-    f = last(torch.relu(z))
+    var, mean, count = _channel_moments(h)
+    shape = (1, -1) + (1,) * (h.dim() - 2)
+    z = (h - mean.reshape(shape)) / torch.sqrt(var + bn.eps).reshape(shape) * bn.weight.reshape(shape)
+    a = torch.relu(z + bn.bias.reshape(shape))
+    f = last(a.sum(dim=(2, 3)) if a.dim() == 4 else a)
     f = f.squeeze(1) if y.dim() == 1 else f
-    penalty = n * (bn.weight**2).sum() + n * (bn.bias**2).sum() + (last.weight**2).sum()
+    penalty = count * (bn.weight**2).sum() + count * (bn.bias**2).sum() + (last.weight**2).sum()
     return torch_loss(loss, f, y) + 0.5 * beta * penalty
 
 
-def recover_network(whitening: Whitening, neurons: np.ndarray, output_signs: np.ndarray) -> nn.Sequential:
+def recover_network(whitening: Whitening, neurons: np.ndarray, output_signs: np.ndarray,
+                    conv: dict | None = None) -> nn.Sequential:
     """The BN-ReLU network whose train-mode output on the training data is
     sum_j output_signs[j] * (U' s_j)_+ for the rows s_j of ``neurons`` (m, r + 1).
+    With ``conv`` = {"in_channels", "kernel_size", "stride"} the whitening is that of the
+    image patches and the network is ``bn_relu_conv_network`` (filters = w_j reshaped).
 
     Spec section 3, per s = (a, b): w = V S^{-1} a, g = ||a|| / sqrt(||s||),
     a_j = b / sqrt(||s||), v_j = sign sqrt(||s||). A neuron with a = 0 is a constant:
@@ -109,10 +152,13 @@ def recover_network(whitening: Whitening, neurons: np.ndarray, output_signs: np.
     root = np.sqrt(norms)
     g = np.where(constant, 0.0, a_norms / root)
     alpha = b / root
-    module = bn_relu_network(d, m, outputs)
+    if conv is None:
+        module = bn_relu_network(d, m, outputs)
+    else:
+        module = bn_relu_conv_network(conv["in_channels"], m, conv["kernel_size"], conv["stride"], outputs)
     first, bn, last = _parts(module, "recover_network")
     with torch.no_grad():
-        first.weight.copy_(torch.from_numpy(W))
+        first.weight.copy_(torch.from_numpy(W).reshape(first.weight.shape))
         bn.weight.copy_(torch.from_numpy(g / np.sqrt(n)))
         bn.bias.copy_(torch.from_numpy(alpha / np.sqrt(n)))
         last.weight.copy_(torch.from_numpy((signs * root[:, None]).T))
@@ -146,24 +192,28 @@ def train_nonconvex(
     target: float | None = None,
     progress: bool = False,
     callback: Callable[[int, nn.Sequential], None] | None = None,
+    module: nn.Sequential | None = None,
 ) -> tuple[nn.Sequential, TrainingHistory]:
     """Full-batch Adam or SGD on ``nonconvex_objective`` (the baseline the convex program
     is compared with). y is (n,) or (n, C); stops early once the objective <= target.
-    ``callback(step, module)`` runs after every step (module in training mode).
+    ``callback(step, module)`` runs after every step (module in training mode). ``module``
+    trains a given network (e.g. ``bn_relu_conv_network`` on images) instead of a fresh
+    ``bn_relu_network(d, width)``; its parameters are then not re-initialized.
     Returns the module (eval mode, running statistics of X) and its history."""
     check_loss(loss, "train_nonconvex")
     beta = check_beta(beta, "train_nonconvex")
-    X = check_matrix(X, "train_nonconvex")
     y_arr = np.asarray(y, dtype=np.float64)
-    if y_arr.shape[0] != X.shape[0] or y_arr.ndim not in (1, 2):
-        raise ValueError(f"train_nonconvex: y must be (n,) or (n, C) with n = {X.shape[0]}, got {y_arr.shape}")
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"train_nonconvex: optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     if width < 1 or steps < 1:
         raise ValueError("train_nonconvex: width and steps must be positive")
     torch.manual_seed(seed)
-    module = bn_relu_network(X.shape[1], width, 1 if y_arr.ndim == 1 else y_arr.shape[1])
-    Xt = torch.from_numpy(X)
+    if module is None:
+        X = check_matrix(X, "train_nonconvex")
+        module = bn_relu_network(X.shape[1], width, 1 if y_arr.ndim == 1 else y_arr.shape[1])
+    Xt = _network_input(_parts(module, "train_nonconvex")[0], X, "train_nonconvex")
+    if y_arr.shape[0] != Xt.shape[0] or y_arr.ndim not in (1, 2):
+        raise ValueError(f"train_nonconvex: y must be (n,) or (n, C) with n = {Xt.shape[0]}, got {y_arr.shape}")
     opt_cls = torch.optim.Adam if optimizer == "adam" else torch.optim.SGD
     opt = opt_cls(module.parameters(), lr=lr)
     history = TrainingHistory()

@@ -8,6 +8,10 @@ Every data-dependent matrix is a Parameter: DU[i] = D_i U', SU[i] = (2 D_i - I) 
 losses (logistic, hinge on +-1 labels) the labels are folded into DU[i] = diag(y) D_i U',
 so ``output`` is the margin y * f and there is no y parameter. Columns i of the
 variables S and T are s_i and t_i.
+
+Convolutional networks (spec section 8) pool the rows of the patches' U' (N K rows,
+sample-major) into the N samples: DU[i] = Pi D_i U' with Pi = I_N kron 1_K^T, while the
+cone constraints keep all N K rows (``constraint_rows``).
 """
 
 from __future__ import annotations
@@ -39,23 +43,28 @@ class ConvexBNProgram:
     def parameters(self) -> list[cp.Parameter]:
         return [*self.DU, *self.SU, *([self.y] if self.y is not None else []), self.beta]
 
-    def set_data(self, U_prime: np.ndarray, patterns: np.ndarray, y: np.ndarray, beta: float) -> None:
-        """Fill the parameters from U' (n, r'), boolean patterns (P, n), targets and beta."""
+    def set_data(self, U_prime: np.ndarray, patterns: np.ndarray, y: np.ndarray, beta: float,
+                 pool: np.ndarray | None = None) -> None:
+        """Fill the parameters from U' (rows, r'), boolean patterns (P, rows), targets (n,),
+        beta and, for pooled programs, the (n, rows) pooling matrix."""
         y = np.asarray(y, dtype=np.float64)
-        rows = U_prime if self.y is not None else y[:, None] * U_prime
         for i, mask in enumerate(patterns):
-            self.DU[i].value = mask[:, None] * rows
+            active = mask[:, None] * U_prime
+            active = active if pool is None else pool @ active
+            self.DU[i].value = active if self.y is not None else y[:, None] * active
             self.SU[i].value = np.where(mask, 1.0, -1.0)[:, None] * U_prime
         if self.y is not None:
             self.y.value = y
         self.beta.value = float(beta)
 
 
-def convex_bn_program(n: int, r_prime: int, n_patterns: int, loss: str = "squared") -> ConvexBNProgram:
-    """The DPP program for n samples, whitened rank r' = r + 1 and n_patterns patterns."""
+def convex_bn_program(n: int, r_prime: int, n_patterns: int, loss: str = "squared",
+                      constraint_rows: int | None = None) -> ConvexBNProgram:
+    """The DPP program for n samples, whitened rank r' = r + 1 and n_patterns patterns
+    (``constraint_rows``: rows of U' when they are pooled, N K for convolutions; default n)."""
     check_loss(loss, "convex_bn_program")
     DU = tuple(cp.Parameter((n, r_prime), name=f"DU{i}") for i in range(n_patterns))
-    SU = tuple(cp.Parameter((n, r_prime), name=f"SU{i}") for i in range(n_patterns))
+    SU = tuple(cp.Parameter((constraint_rows or n, r_prime), name=f"SU{i}") for i in range(n_patterns))
     y = None if loss in MARGIN_LOSSES else cp.Parameter(n, name="y")
     beta = cp.Parameter(nonneg=True, name="beta")
     S = cp.Variable((r_prime, n_patterns), name="S")
