@@ -74,3 +74,16 @@ def test_conv_bad_input():
     model.fit(images, y)
     with pytest.raises(ValueError, match="images must be"):
         model.predict(np.zeros((2, 3, 1, 3)))
+
+
+def test_conv_certificate_and_grow():
+    images, y = tiny_images()
+    exact = cn.ConvexBNConvRegressor(kernel_size=(1, 2), beta=0.1, patterns="exhaustive").fit(images, y)
+    cert = exact.certify()
+    assert cert.exact and cert.optimal and cert.gap <= 1e-5 * exact.objective_
+    few = cn.ConvexBNConvRegressor(kernel_size=(1, 2), beta=0.1, patterns=3, seed=0).fit(images, y)
+    assert not few.certify(method="probe").optimal  # 3 sampled patterns miss the optimum
+    grown = cn.ConvexBNConvRegressor(kernel_size=(1, 2), beta=0.1, patterns=3, seed=0).fit(images, y, grow=True)
+    assert grown.objective_ < few.objective_ and len(grown.patterns_) > 3
+    assert grown.objective_ >= exact.objective_ * (1 - 1e-6)  # never below the optimum over all patterns
+    assert grown.objective_history_[0] == pytest.approx(few.objective_, rel=1e-9)

@@ -8,6 +8,7 @@ from convexnorm.convex.estimators import (
     select_whitening_rank,
 )
 from convexnorm.convex.conv import ConvexBNConvRegressor
+from convexnorm.convex.layerwise import GreedyConvexBNNetwork
 from convexnorm.convex.network import (
     TrainingHistory,
     bn_relu_conv_network,
@@ -24,6 +25,7 @@ __all__ = [
     "ConvexBNClassifier",
     "ConvexBNConvRegressor",
     "ConvexBNRegressor",
+    "GreedyConvexBNNetwork",
     "TrainingHistory",
     "Whitening",
     "arrangement_patterns",

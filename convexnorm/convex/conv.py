@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from sklearn.base import BaseEstimator, RegressorMixin
 
 from convexnorm.convex._validation import check_beta, check_targets
-from convexnorm.convex.estimators import SOLVERS, ScalarSolution, solve_convex_program
+from convexnorm.convex.estimators import SOLVERS, Certificate, ScalarSolution, _fit_scalar, certify_solution
 from convexnorm.convex.network import recover_network
 from convexnorm.convex.patterns import arrangement_patterns
 from convexnorm.convex.whitening import Whitening, whiten
@@ -42,8 +42,12 @@ class ConvexBNConvRegressor(RegressorMixin, BaseEstimator):
     ``fit(images (N, C, H, W), y)``; ``objective_`` is the convex optimum over
     ``patterns_`` and equals ``nonconvex_objective(to_module(), images, y, beta)``.
     ``patterns`` as in ``arrangement_patterns`` on the N K patch rows ("exhaustive" only
-    for tiny problems); solvers 'clarabel' or 'scs'.
+    for tiny problems); solvers 'clarabel' or 'scs'. ``fit(grow=True)`` and ``certify``
+    work as for ``ConvexBNRegressor`` (spec section 4 with lam spread over each image's
+    patches).
     """
+
+    loss = "squared"
 
     def __init__(self, kernel_size: int | tuple[int, int] = 3, stride: int = 1, beta: float = 1e-3,
                  patterns: str | int = "auto", solver: str = "clarabel", seed: int = 0,
@@ -71,7 +75,8 @@ class ConvexBNConvRegressor(RegressorMixin, BaseEstimator):
         per_image = patches.shape[0] // images.shape[0]
         return self.whitening_.transform(patches), np.kron(np.eye(images.shape[0]), np.ones((1, per_image)))
 
-    def fit(self, images, y) -> "ConvexBNConvRegressor":
+    def fit(self, images, y, grow: bool = False, max_rounds: int = 10, n_probes: int = 2000,
+            max_new_patterns: int = 50, progress: bool = False) -> "ConvexBNConvRegressor":
         owner = "ConvexBNConvRegressor"
         check_beta(self.beta, owner)
         if self.solver not in SOLVERS or self.solver == "torch":
@@ -87,17 +92,26 @@ class ConvexBNConvRegressor(RegressorMixin, BaseEstimator):
             raise ValueError(f"{owner}: {error}") from error
         per_image = patches.shape[0] // images.shape[0]
         pool = np.kron(np.eye(images.shape[0]), np.ones((1, per_image)))
-        solution = solve_convex_program(U_prime, patterns, y, float(self.beta), "squared", self.solver, owner,
-                                        self.solver_options, pool=pool)
-        self._set_fitted(whitening, patterns, solution, images.shape[1:], per_image)
+        solution, patterns, history = _fit_scalar(self, U_prime, patterns, y, grow, max_rounds, n_probes,
+                                                  max_new_patterns, progress, pool=pool)
+        self._set_fitted(whitening, patterns, solution, history, images.shape[1:], per_image)
+        self._training = (y, pool)
         return self
 
+    def certify(self, method: str = "auto", n_probes: int = 2000, seed: int = 0) -> Certificate:
+        """The dual optimality check of the fitted program over all patterns (spec section 4)."""
+        self._check_fitted()
+        y, pool = self._training
+        return certify_solution(self.whitening_.U_prime, y, self.solution_, self.beta, self.loss, method, n_probes,
+                                seed, pool)
+
     def _set_fitted(self, whitening: Whitening, patterns: np.ndarray, solution: ScalarSolution,
-                    image_shape: tuple[int, ...], per_image: int) -> None:
+                    history: list[float], image_shape: tuple[int, ...], per_image: int) -> None:
         self.whitening_ = whitening
         self.patterns_ = patterns
         self.solution_ = solution
         self.objective_ = solution.objective
+        self.objective_history_ = history
         self.solver_report_ = solution.report
         self.n_neurons_ = len(solution.signs)
         self.image_shape_ = tuple(image_shape)

@@ -248,12 +248,16 @@ def certify_solution(
     method: str = "auto",
     n_probes: int = 2000,
     seed: int = 0,
+    pool: np.ndarray | None = None,
 ) -> Certificate:
-    """Spec section 4: is max_{||u|| <= 1} |lam^T (U' u)_+| <= beta, lam = -loss'(f)?"""
+    """Spec section 4: is max_{||u|| <= 1} |lam^T (U' u)_+| <= beta, lam = -loss'(f)?
+    For pooled (convolutional) programs lam^T Pi (U' u)_+ = (Pi^T lam)^T (U' u)_+: the same
+    check with lam spread over each sample's rows."""
     if method not in ("auto", "exact", "probe"):
         raise ValueError(f"certify: method must be 'auto', 'exact' or 'probe', got {method!r}")
-    fitted = solution.predict(U_prime)
-    lam = negative_gradient(loss, torch.from_numpy(fitted), torch.from_numpy(y)).numpy()
+    fitted = solution.predict(U_prime, pool)
+    residual = negative_gradient(loss, torch.from_numpy(fitted), torch.from_numpy(y)).numpy()
+    lam = residual if pool is None else pool.T @ residual
     n, r_prime = U_prime.shape
     enumerable = exhaustive_candidates(n, r_prime) <= MAX_EXHAUSTIVE_CANDIDATES
     if method == "exact" and not enumerable:
@@ -280,7 +284,7 @@ def certify_solution(
         n_probes_used = 2 * n_probes
     lower = None
     if loss == "squared":
-        scaled = lam * min(1.0, beta / best) if best > 0 else lam
+        scaled = residual * min(1.0, beta / best) if best > 0 else residual
         lower = float(0.5 * y @ y - 0.5 * np.sum((scaled - y) ** 2))
     patterns = np.array(violating, dtype=bool).reshape(-1, n)
     if len(patterns):
@@ -299,22 +303,23 @@ def _fit_scalar(
     n_probes: int,
     max_new_patterns: int,
     progress: bool = False,
+    pool: np.ndarray | None = None,
 ) -> tuple[ScalarSolution, np.ndarray, list[float]]:
     """Solve, then (grow=True) add violating patterns and re-solve until none is found."""
     owner = type(estimator).__name__
     args = (estimator.beta, estimator.loss, estimator.solver, owner, estimator.solver_options)
-    solution = solve_convex_program(U_prime, patterns, y, *args)
+    solution = solve_convex_program(U_prime, patterns, y, *args, pool=pool)
     history = [solution.objective]
     if grow:
         for round_index in tqdm(range(max_rounds), desc=f"{owner} grow", disable=not progress, leave=False):
             cert = certify_solution(U_prime, y, solution, estimator.beta, estimator.loss, "probe", n_probes,
-                                    estimator.seed + round_index + 1)
+                                    estimator.seed + round_index + 1, pool)
             known = {bytes(np.packbits(p)) for p in patterns}
             new = [p for p in cert.violating_patterns if bytes(np.packbits(p)) not in known][:max_new_patterns]
             if not new:
                 break
             patterns = np.concatenate([patterns, np.array(new)])
-            solution = solve_convex_program(U_prime, patterns, y, *args, warm_start=solution.warm)
+            solution = solve_convex_program(U_prime, patterns, y, *args, warm_start=solution.warm, pool=pool)
             history.append(solution.objective)
             logger.info("%s: grow round %d, %d patterns, objective %.8g", owner, round_index + 1,
                         len(patterns), solution.objective)
