@@ -6,7 +6,7 @@ printed, with ratios to Clarabel from the same run. Adam (train_nonconvex, width
 solution's neurons) runs until its objective is within 1e-4 of p or the step budget ends.
 The issue's full grid is --sizes 200 1000 5000 --ranks 10 50 --gates 100 1000 (hours on
 2 CPU cores); pass --device cuda for a GPU column.
-Run: python benchmarks/bench_solvers.py [--sizes 200 1000] [--ranks 10] [--gates 100]
+Run: python benchmarks/bench_solvers.py [--sizes 200 1000] [--ranks 10] [--gates 100] [--solvers clarabel torch]
 """
 
 from __future__ import annotations
@@ -32,10 +32,13 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--device", default=None, help="also run solver='torch' on this device")
     parser.add_argument("--adam-steps", type=int, default=20_000)
+    parser.add_argument("--solvers", nargs="+", default=["clarabel", "scs", "torch"],
+                        help="which of clarabel, scs, torch to run (clarabel is always run: it is the reference)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, cvxpy {cvxpy.__version__}, {platform.machine()}, {torch.get_num_threads()} threads, "
           f"beta={args.beta}")
-    columns = ["clarabel", "scs", "torch"] + ([f"torch-{args.device}"] if args.device else []) + ["adam"]
+    chosen = ["clarabel"] + [s for s in ("scs", "torch") if s in args.solvers]
+    columns = chosen + ([f"torch-{args.device}"] if args.device else []) + ["adam"]
     print(f"{'n':>5} {'r':>3} {'P':>5} {'optimum':>10} " + " ".join(f"{c + ' s':>12} {'ratio':>6} {'err':>8}" for c in columns))
     for n, r, gates in itertools.product(args.sizes, args.ranks, args.gates):
         rng = np.random.default_rng(0)
@@ -44,6 +47,7 @@ def main() -> None:
         settings = dict(beta=args.beta, patterns=gates, seed=0)
         runs = {"clarabel": {}, "scs": {"solver": "scs", "solver_options": {"eps_abs": 1e-6, "eps_rel": 1e-6}},
                 "torch": {"solver": "torch", "solver_options": {"tol": 1e-5}}}
+        runs = {name: extra for name, extra in runs.items() if name in chosen}
         if args.device:
             runs[f"torch-{args.device}"] = {"solver": "torch", "solver_options": {"tol": 1e-5, "device": args.device}}
         results = {}

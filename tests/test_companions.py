@@ -255,6 +255,7 @@ def test_learning_rate_sweep_detects_divergence(tmp_path):
                                          batch_size=8, test=(xc, yc), progress=False)
     assert classification["test_accuracy"][0] > 0.8
     paths = [cn.diagnostics.plot_learning_rate_sweep({"linear": classification}, tmp_path / "sweep.png"),
+             cn.diagnostics.plot_learning_rate_sweep({"regression": sweep}, tmp_path / "sweep_loss.png"),
              cn.diagnostics.plot_relative_loss({"linear": relative_loss(make_model(), x, y, [0.1, 1.0],
                                                                         loss_fn=F.mse_loss)}, tmp_path / "rel.png")]
     for path in paths:

@@ -3,6 +3,7 @@ label -> result of the matching ``convexnorm.diagnostics`` function and returns 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -22,15 +23,20 @@ def save_figure(fig, path: str | Path) -> Path:
 
 
 def plot_learning_rate_sweep(sweeps: dict[str, dict], path: str | Path) -> Path:
-    """Test (else training) accuracy over the learning rate, diverged runs marked x."""
+    """Test (else training) accuracy over the learning rate, or the final loss when the
+    targets are not classes; diverged runs marked x."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
+    first = next(iter(sweeps.values()))
+    key = next((k for k in ("test_accuracy", "train_accuracy") if first[k][0] is not None), "final_loss")
     for label, sweep in sweeps.items():
-        key = "test_accuracy" if sweep["test_accuracy"][0] is not None else "train_accuracy"
-        acc = [0.0 if d or a != a else a for a, d in zip(sweep[key], sweep["diverged"])]
-        line, = ax.semilogx(sweep["learning_rates"], acc, marker="o", label=label)
+        values = [math.nan if d else v for v, d in zip(sweep[key], sweep["diverged"])]
+        line, = ax.plot(sweep["learning_rates"], values, marker="o", label=label)
         bad = [lr for lr, d in zip(sweep["learning_rates"], sweep["diverged"]) if d]
-        ax.plot(bad, [0.0] * len(bad), "x", color=line.get_color(), markersize=9)
-    ax.set(xlabel="learning rate", ylabel="accuracy (x: diverged)", title="learning-rate sweep")
+        ax.plot(bad, [0.0 if key != "final_loss" else 1.0] * len(bad), "x", color=line.get_color(), markersize=9)
+    ax.set_xscale("log")
+    if key == "final_loss":
+        ax.set_yscale("log")
+    ax.set(xlabel="learning rate", ylabel=f"{key.replace('_', ' ')} (x: diverged)", title="learning-rate sweep")
     ax.legend()
     return save_figure(fig, path)
 
