@@ -45,7 +45,7 @@ class NativeSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.Tensor, loss: str,
                 options: dict, owner: str) -> torch.Tensor:
-        result = solve_native(A, masks, y, float(beta), loss, **options)
+        result = solve_native(A, masks, y, float(beta), loss, **{"method": "al", **options})
         if not result.converged:
             raise SolverError(f"{owner}: solver='torch' did not meet its tolerances "
                               f"(gap {result.relative_gap}, violation {result.violation:.2e})")

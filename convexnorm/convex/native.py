@@ -198,6 +198,135 @@ def _augmented_lagrangian(program: _Program, W: torch.Tensor, G: torch.Tensor, t
     return W, G, iterations, False
 
 
+#: Interior-point method: growth of the barrier weight t per centering (a sweep of 20 and
+#: 50 on n = 200 gave 141 vs 350 Newton steps), and the fractions of the largest group norm
+#: below which groups are set to zero at the end (the barrier keeps them strictly inside;
+#: the first threshold whose point still meets the certified criteria is used).
+BARRIER_GROWTH = 20.0
+ZERO_GROUP_RTOLS = (1e-3, 1e-4, 1e-5)
+#: Entries of the (groups x k x n) Woodbury factor built at once.
+CHUNK_ENTRIES = 1 << 24
+
+
+def _interior_start(program: _Program, max_iters: int = 10_000) -> torch.Tensor | None:
+    """A W strictly inside every cone E_j * (A W_j) > 0 (batched perceptron from
+    A^T E_j, unit columns), or None when the iteration budget runs out."""
+    A, E = program.A, program.E
+    W = A.T @ E
+    for _ in range(max_iters):
+        norms = torch.linalg.norm(W, dim=0).clamp_min(torch.finfo(W.dtype).tiny)
+        below = E * (A @ W) <= 1e-9 * norms
+        if not below.any():
+            return W / norms
+        W = W + A.T @ (E * below)
+    return None
+
+
+def _smoothed_norms(W: torch.Tensor, c: float) -> tuple[torch.Tensor, ...]:
+    """h(w) = min_tau c tau - log(tau^2 - ||w||^2) per column: value, tau, s, rho with
+    rho = ||w||, s = sqrt(1 + c^2 rho^2), tau = (1 + s) / c; gradient c w / tau, Hessian
+    (c / tau) (I - u u^T + u u^T / s), u = w / rho."""
+    rho = torch.linalg.norm(W, dim=0)
+    s = torch.sqrt(1 + (c * rho) ** 2)
+    tau = (1 + s) / c
+    return c * tau - torch.log(tau**2 - rho**2), tau, s, rho
+
+
+def _barrier(program: _Program, W: torch.Tensor, t: float) -> float:
+    """t (loss + beta sum tau_j) - sum log(E * A W) - sum log(tau_j^2 - ||W_j||^2), tau minimized."""
+    Z = program.A @ W
+    slack = program.E * Z
+    if not bool((slack > 0).all()):
+        return math.inf
+    value = torch_loss(program.loss, program.predictions(Z), program.y)
+    return float(t * value + _smoothed_norms(W, t * program.beta)[0].sum() - torch.log(slack).sum())
+
+
+def _newton_direction(program: _Program, W: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Newton step of the barrier (squared loss) and its gradient. The Hessian is
+    t B^T B + blockdiag(H_j), B W = sum_j o_j M_j * (A W_j); solved through Woodbury with the
+    n x n matrix I / t + sum_j (M_j A) H_j^{-1} (M_j A)^T."""
+    A, M, E, o = program.A, program.M, program.E, program.o
+    n, k = A.shape
+    Z = A @ W
+    slack = E * Z
+    residual = program.predictions(Z) - program.y
+    c = t * program.beta
+    _, tau, s, rho = _smoothed_norms(W, c)
+    grad = t * (A.T @ (M * residual[:, None] * o)) - A.T @ (E / slack) + c * W / tau
+    unit = W / rho.clamp_min(torch.finfo(W.dtype).tiny)
+    outer = torch.einsum("ig,jg->gij", unit, unit)
+    eye = torch.eye(k, dtype=W.dtype, device=W.device)
+    H = torch.einsum("ni,nj,ng->gij", A, A, slack**-2) + (c / tau)[:, None, None] * (eye - outer + outer / s[:, None, None])
+    L, info = torch.linalg.cholesky_ex(H)
+    jitter = 1e-14
+    while bool((info > 0).any()):  # regularize the blocks that lost definiteness to rounding
+        bad = info > 0
+        H[bad] += (jitter * H[bad].diagonal(dim1=1, dim2=2).amax(1))[:, None, None] * eye
+        L, info = torch.linalg.cholesky_ex(H)
+        jitter *= 10
+    step0 = torch.cholesky_solve(-grad.T[:, :, None], L)[:, :, 0].T
+    capacitance = torch.eye(n, dtype=W.dtype, device=W.device) / t
+    chunk = max(1, CHUNK_ENTRIES // (k * n))
+    for start in range(0, M.shape[1], chunk):
+        part = slice(start, start + chunk)
+        factor = torch.linalg.solve_triangular(L[part], A.T.expand(L[part].shape[0], k, n), upper=False)
+        factor = (factor * M.T[part][:, None, :]).reshape(-1, n)
+        capacitance = capacitance + factor.T @ factor
+    z = torch.linalg.solve(capacitance, program.predictions(A @ step0))
+    back = (A.T @ (M * z[:, None] * o)).T
+    return step0 - torch.cholesky_solve(back[:, :, None], L)[:, :, 0].T, grad
+
+
+def _without_residue(program: _Program, W: torch.Tensor, lower_bound: float, tol: float) -> torch.Tensor:
+    """W with the groups below the largest ZERO_GROUP_RTOLS fraction of the largest norm set
+    to zero whose objective stays within tol of ``lower_bound`` (a bound on the optimum,
+    valid for any primal point); W itself if none does."""
+    norms = torch.linalg.norm(W, dim=0)
+    for rtol in ZERO_GROUP_RTOLS:
+        cleaned = torch.where(norms > rtol * norms.max(), W, torch.zeros_like(W))
+        objective = program.objective(cleaned.double())
+        if (objective - lower_bound) / max(abs(objective), 1e-12) <= tol and program.violation(cleaned.double()) == 0:
+            return cleaned
+    return W
+
+
+def _interior_point(program: _Program, tol: float, violation_tol: float, max_outer: int,
+                    max_inner: int) -> tuple[torch.Tensor, torch.Tensor, int, bool, float | None] | None:
+    """Barrier method (squared loss): damped Newton centering of ``_barrier`` for
+    t = 1, 20, 400, ...; multipliers G = 1 / (t E * A W). Stops on the measured criteria of
+    ``_criteria`` (checked once nu / t, nu = groups (n + 2), is within 10 tol of the
+    objective); returns W (residue of the zero groups removed, ``_without_residue``), G, Newton
+    steps, success and the certified lower bound; None when no interior start is found."""
+    W = _interior_start(program)
+    if W is None:
+        return None
+    exact = program if program.A.dtype == torch.float64 else program.to(torch.float64)
+    W = 1e-3 * W
+    n, groups = program.M.shape
+    nu, t, steps = groups * (n + 2), 1.0, 0
+    for _ in range(max_outer):
+        for _ in range(max_inner):
+            direction, grad = _newton_direction(program, W, t)
+            decrement = float(-(grad * direction).sum())
+            steps += 1
+            if decrement / 2 <= 1e-3:
+                break
+            size, current = 1.0, _barrier(program, W, t)
+            while _barrier(program, W + size * direction, t) > current - 0.01 * size * decrement and size > 1e-14:
+                size *= 0.5
+            W = W + size * direction
+        objective = program.objective(W)
+        logger.debug("interior point: t %g, %d Newton steps, objective %.10g", t, steps, objective)
+        if nu / t <= 10 * tol * abs(objective):
+            G = 1.0 / (t * program.E * (program.A @ W))
+            criteria = _criteria(exact, W.double(), G.double())
+            if criteria["optimal_within"] <= tol and criteria["violation"] <= violation_tol:
+                return _without_residue(exact, W, criteria["lower_bound"], tol), G, steps, True, criteria["lower_bound"]
+        t *= BARRIER_GROWTH
+    return W, 1.0 / (t * program.E * (program.A @ W)), steps, False, None
+
+
 def _criteria(program: _Program, W: torch.Tensor, G: torch.Tensor) -> dict:
     """Objective, violation, stationarity and (squared loss) dual bound and relative gap;
     ``optimal_within`` is the gap (squared) or the stationarity (logistic)."""
@@ -224,6 +353,7 @@ def solve_native(
     max_outer: int = 200,
     max_inner: int = 2000,
     warm_start: tuple[torch.Tensor, torch.Tensor] | None = None,
+    method: str = "auto",
 ) -> NativeResult:
     """Solve the program on the device and dtype of ``U_prime`` (masks: n x P, 0/1).
 
@@ -231,9 +361,16 @@ def solve_native(
     (logistic) is <= tol and the relative constraint violation is <= violation_tol;
     otherwise warns after max_outer multiplier updates and reports converged=False.
     ``warm_start`` is a previous (W, G), e.g. with fewer patterns (padded with zeros).
+    ``method``: "ipm" (barrier interior-point method, squared loss, float64; warm starts
+    are not used), "al" (augmented Lagrangian) or "auto" (ipm where it applies, else al).
+    For "ipm", max_outer counts barrier updates and max_inner Newton steps per centering.
     """
     if loss not in ("squared", "logistic"):
         raise ValueError(f"solver='torch' supports the squared and logistic losses, not {loss!r}")
+    if method not in ("auto", "ipm", "al"):
+        raise ValueError(f"solver='torch': method must be 'auto', 'ipm' or 'al', got {method!r}")
+    if method == "ipm" and (loss != "squared" or U_prime.dtype != torch.float64):
+        raise ValueError("solver='torch': method='ipm' needs the squared loss and float64")
     A = U_prime
     y = y.to(A)
     masks = masks.to(A)
@@ -248,8 +385,20 @@ def solve_native(
         for target, source in ((W, W_old), (G, G_old)):
             target[:, :half] = source[:, :half].to(A)
             target[:, P : P + half] = source[:, half:].to(A)
-    W, G, iterations, converged = _augmented_lagrangian(program, W, G, tol, violation_tol, max_outer, max_inner)
+    solved = None
+    if method == "ipm" or (method == "auto" and loss == "squared" and A.dtype == torch.float64):
+        solved = _interior_point(program, tol, violation_tol, max_outer, min(max_inner, 200))
+        if solved is None:
+            logger.info("solver='torch': no interior start found for the interior-point method; using the "
+                        "augmented Lagrangian")
+    if solved is None:
+        solved = (*_augmented_lagrangian(program, W, G, tol, violation_tol, max_outer, max_inner), None)
+    W, G, iterations, converged, lower_bound = solved
     criteria = _criteria(program.to(torch.float64), W.double(), G.double())
+    if criteria["lower_bound"] is not None and lower_bound is not None:
+        # any lower bound met during the solve is valid for the final point as well
+        criteria["lower_bound"] = max(criteria["lower_bound"], lower_bound)
+        criteria["relative_gap"] = (criteria["objective"] - criteria["lower_bound"]) / max(abs(criteria["objective"]), 1e-12)
     if not converged:
         warnings.warn(
             f"solver='torch' stopped after {max_outer} multiplier updates without meeting its tolerances "
