@@ -119,7 +119,8 @@ def _solve_native(
         raise ValueError(f"{owner}: {error}") from error
     P = patterns.shape[0]
     W = result.W.double().cpu().numpy()
-    report = {"solver": "torch", "converged": result.converged, "relative_gap": result.relative_gap,
+    report = {"solver": "torch", "method": result.method, "converged": result.converged,
+              "relative_gap": result.relative_gap,
               "stationarity": result.stationarity, "violation": result.violation, "iterations": result.iterations}
     return W[:, :P], W[:, P:], report, (result.W, result.G)
 
@@ -171,15 +172,16 @@ def solve_convex_program(
     pool: np.ndarray | None = None,
 ) -> ScalarSolution:
     """Solve over ``patterns`` (rows of U' summed by ``pool`` for convolutions), then polish:
-    solve again over the patterns whose groups are
-    active (norm above NEURON_RTOL of the largest), so that the residue of inactive groups
-    does not perturb the solution; the residue left is dropped. ``warm_start`` is a
-    previous solution's ``warm`` state (solver='torch')."""
+    solve again over the patterns whose groups are active (norm above NEURON_RTOL of the
+    largest), so that the residue of inactive groups does not perturb the solution; the
+    residue left is dropped. The native interior-point method removes its residue itself
+    (certified), so its solutions are not re-solved. ``warm_start`` is a previous
+    solution's ``warm`` state (solver='torch')."""
     args = (y, beta, loss, solver, owner, solver_options)
     S, T, report, warm = _solve_variables(U_prime, patterns, *args, warm_start=warm_start, pool=pool)
     norms = np.maximum(np.linalg.norm(S, axis=0), np.linalg.norm(T, axis=0))
     active = norms > NEURON_RTOL * max(norms.max(), np.finfo(float).tiny)
-    if 0 < active.sum() < len(patterns):
+    if 0 < active.sum() < len(patterns) and report.get("method") != "ipm":
         restricted = None
         if warm is not None:
             index = torch.as_tensor(np.concatenate([np.flatnonzero(active), len(patterns) + np.flatnonzero(active)]),

@@ -59,6 +59,7 @@ class NativeResult:
     violation: float
     iterations: int
     converged: bool
+    method: str = "al"
 
 
 class _Program:
@@ -385,14 +386,14 @@ def solve_native(
         for target, source in ((W, W_old), (G, G_old)):
             target[:, :half] = source[:, :half].to(A)
             target[:, P : P + half] = source[:, half:].to(A)
-    solved = None
+    solved, used = None, "ipm"
     if method == "ipm" or (method == "auto" and loss == "squared" and A.dtype == torch.float64):
         solved = _interior_point(program, tol, violation_tol, max_outer, min(max_inner, 200))
         if solved is None:
             logger.info("solver='torch': no interior start found for the interior-point method; using the "
                         "augmented Lagrangian")
     if solved is None:
-        solved = (*_augmented_lagrangian(program, W, G, tol, violation_tol, max_outer, max_inner), None)
+        solved, used = (*_augmented_lagrangian(program, W, G, tol, violation_tol, max_outer, max_inner), None), "al"
     W, G, iterations, converged, lower_bound = solved
     criteria = _criteria(program.to(torch.float64), W.double(), G.double())
     if criteria["lower_bound"] is not None and lower_bound is not None:
@@ -407,4 +408,4 @@ def solve_native(
             RuntimeWarning, stacklevel=2,
         )
     return NativeResult(W, G, criteria["objective"], criteria["lower_bound"], criteria["relative_gap"],
-                        criteria["stationarity"], criteria["violation"], iterations, converged)
+                        criteria["stationarity"], criteria["violation"], iterations, converged, used)
