@@ -83,6 +83,10 @@ class _Program:
     def to(self, dtype: torch.dtype) -> "_Program":
         return _Program(self.A.to(dtype), self.M.to(dtype), self.o.to(dtype), self.y.to(dtype), self.beta, self.loss)
 
+    def double(self) -> "_Program":
+        """This program in float64 (itself when it already is): where the criteria are measured."""
+        return self if self.A.dtype == torch.float64 else self.to(torch.float64)
+
     def dual_norms(self, W: torch.Tensor, G: torch.Tensor, iters: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
         """min over G_j >= 0 of ||A^T (o_j M_j * lam + E_j * G_j)|| for every group j, lam =
         -loss'(f), by projected FISTA from G (step 1 / ||A||^2, the Lipschitz constant's inverse).
@@ -176,11 +180,13 @@ def _fista(program: _Program, W: torch.Tensor, G: torch.Tensor, delta: float, st
 
 
 def _augmented_lagrangian(program: _Program, W: torch.Tensor, G: torch.Tensor, tol: float, violation_tol: float,
-                          max_outer: int, max_inner: int) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+                          max_outer: int, max_inner: int) -> tuple[torch.Tensor, torch.Tensor, int, bool, dict | None]:
     """Multiplier updates G <- (G - delta C)_+ around FISTA solves, until the criteria of
-    ``_criteria`` hold on this program; returns W, G, FISTA iterations and success."""
-    exact = program if program.A.dtype == torch.float64 else program.to(torch.float64)
+    ``_criteria`` hold on this program; returns W, G, FISTA iterations, success and the
+    criteria of the returned point (None if no update ran)."""
+    exact = program.double()
     delta, step, iterations, last_violation, within = INITIAL_PENALTY, 1.0, 0, math.inf, math.inf
+    criteria = None
     scale = float(torch.linalg.norm(program.A.T @ program.y)) * math.sqrt(program.dual_step) + program.beta
     floor = 100 * torch.finfo(program.A.dtype).eps
     for outer in range(max_outer):
@@ -192,11 +198,11 @@ def _augmented_lagrangian(program: _Program, W: torch.Tensor, G: torch.Tensor, t
         logger.debug("augmented Lagrangian: outer %d, %d FISTA steps, delta %g, within %.2e, violation %.2e",
                      outer, used, delta, criteria["optimal_within"], criteria["violation"])
         if criteria["optimal_within"] <= tol and criteria["violation"] <= violation_tol:
-            return W, G, iterations, True
+            return W, G, iterations, True, criteria
         if criteria["violation"] > 0.25 * last_violation and criteria["violation"] > violation_tol:
             delta = min(delta * PENALTY_GROWTH, MAX_PENALTY)
         last_violation, within = criteria["violation"], criteria["optimal_within"]
-    return W, G, iterations, False
+    return W, G, iterations, False, criteria
 
 
 #: Interior-point method: growth of the barrier weight t per centering (a sweep of 20 and
@@ -286,27 +292,27 @@ def _without_residue(program: _Program, W: torch.Tensor, lower_bound: float, tol
     norms = torch.linalg.norm(W, dim=0)
     for rtol in ZERO_GROUP_RTOLS:
         cleaned = torch.where(norms > rtol * norms.max(), W, torch.zeros_like(W))
-        objective = program.objective(cleaned.double())
-        if (objective - lower_bound) / max(abs(objective), 1e-12) <= tol and program.violation(cleaned.double()) == 0:
+        if _relative_gap(program.objective(cleaned), lower_bound) <= tol and program.violation(cleaned) == 0:
             return cleaned
     return W
 
 
 def _interior_point(program: _Program, tol: float, violation_tol: float, max_outer: int,
-                    max_inner: int) -> tuple[torch.Tensor, torch.Tensor, int, bool, float | None] | None:
-    """Barrier method (squared loss): damped Newton centering of ``_barrier`` for
+                    max_inner: int) -> tuple[torch.Tensor, torch.Tensor, int, bool, dict | None] | None:
+    """Barrier method (squared loss, float64): damped Newton centering of ``_barrier`` for
     t = 1, 20, 400, ...; multipliers G = 1 / (t E * A W). Stops on the measured criteria of
     ``_criteria`` (checked once nu / t, nu = groups (n + 2), is within 10 tol of the
     objective); returns W (residue of the zero groups removed, ``_without_residue``), G, Newton
-    steps, success and the certified lower bound; None when no interior start is found."""
+    steps, success and the criteria of W with the certified lower bound (None without
+    success); None when no interior start is found."""
     W = _interior_start(program)
     if W is None:
         return None
-    exact = program if program.A.dtype == torch.float64 else program.to(torch.float64)
     W = 1e-3 * W
     n, groups = program.M.shape
-    nu, t, steps = groups * (n + 2), 1.0, 0
+    nu, t, steps = groups * (n + 2), 1.0 / BARRIER_GROWTH, 0
     for _ in range(max_outer):
+        t *= BARRIER_GROWTH
         for _ in range(max_inner):
             direction, grad = _newton_direction(program, W, t)
             decrement = float(-(grad * direction).sum())
@@ -317,30 +323,50 @@ def _interior_point(program: _Program, tol: float, violation_tol: float, max_out
             while _barrier(program, W + size * direction, t) > current - 0.01 * size * decrement and size > 1e-14:
                 size *= 0.5
             W = W + size * direction
+        G = 1.0 / (t * program.E * (program.A @ W))
         objective = program.objective(W)
         logger.debug("interior point: t %g, %d Newton steps, objective %.10g", t, steps, objective)
         if nu / t <= 10 * tol * abs(objective):
-            G = 1.0 / (t * program.E * (program.A @ W))
-            criteria = _criteria(exact, W.double(), G.double())
+            criteria = _criteria(program, W, G)
             if criteria["optimal_within"] <= tol and criteria["violation"] <= violation_tol:
-                return _without_residue(exact, W, criteria["lower_bound"], tol), G, steps, True, criteria["lower_bound"]
-        t *= BARRIER_GROWTH
-    return W, 1.0 / (t * program.E * (program.A @ W)), steps, False, None
+                cleaned = _without_residue(program, W, criteria["lower_bound"], tol)
+                return cleaned, G, steps, True, _criteria(program, cleaned, G, criteria["lower_bound"])
+    return W, G, steps, False, None
 
 
-def _criteria(program: _Program, W: torch.Tensor, G: torch.Tensor) -> dict:
+def _relative_gap(objective: float, lower_bound: float) -> float:
+    return (objective - lower_bound) / max(abs(objective), 1e-12)
+
+
+def _criteria(program: _Program, W: torch.Tensor, G: torch.Tensor, lower_bound: float | None = None) -> dict:
     """Objective, violation, stationarity and (squared loss) dual bound and relative gap;
-    ``optimal_within`` is the gap (squared) or the stationarity (logistic)."""
+    ``optimal_within`` is the gap (squared) or the stationarity (logistic). ``lower_bound``:
+    a bound already certified (it holds for any W), used instead of computing one."""
     objective = program.objective(W)
     out = {"objective": objective, "violation": program.violation(W), "stationarity": program.stationarity(W, G),
            "lower_bound": None, "relative_gap": None}
     if program.loss == "squared":
-        out["lower_bound"] = program.dual_bound(W, G)
-        out["relative_gap"] = (objective - out["lower_bound"]) / max(abs(objective), 1e-12)
+        out["lower_bound"] = program.dual_bound(W, G) if lower_bound is None else lower_bound
+        out["relative_gap"] = _relative_gap(objective, out["lower_bound"])
         out["optimal_within"] = out["relative_gap"]
     else:
         out["optimal_within"] = out["stationarity"]
     return out
+
+
+def _padded_warm_start(warm_start: tuple[torch.Tensor, torch.Tensor] | None, n: int, k: int, P: int,
+                       like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W, G) for P patterns: zeros, or a previous (W, G) with fewer patterns, its S and T
+    halves placed at the start of the new S and T halves."""
+    W = torch.zeros(k, 2 * P, dtype=like.dtype, device=like.device)
+    G = torch.zeros(n, 2 * P, dtype=like.dtype, device=like.device)
+    if warm_start is not None:
+        W_old, G_old = warm_start
+        half = W_old.shape[1] // 2
+        for target, source in ((W, W_old), (G, G_old)):
+            target[:, :half] = source[:, :half].to(like)
+            target[:, P : P + half] = source[:, half:].to(like)
+    return W, G
 
 
 def solve_native(
@@ -360,7 +386,7 @@ def solve_native(
 
     Stops when the relative duality gap (squared loss) or the relative stationarity
     (logistic) is <= tol and the relative constraint violation is <= violation_tol;
-    otherwise warns after max_outer multiplier updates and reports converged=False.
+    otherwise warns after max_outer outer iterations and reports converged=False.
     ``warm_start`` is a previous (W, G), e.g. with fewer patterns (padded with zeros).
     ``method``: "ipm" (barrier interior-point method, squared loss, float64; warm starts
     are not used), "al" (augmented Lagrangian) or "auto" (ipm where it applies, else al).
@@ -378,14 +404,6 @@ def solve_native(
     n, k = A.shape
     P = masks.shape[1]
     program = _Program.from_patterns(A, masks, y, beta, loss)
-    W = torch.zeros(k, 2 * P, dtype=A.dtype, device=A.device)
-    G = torch.zeros(n, 2 * P, dtype=A.dtype, device=A.device)
-    if warm_start is not None:
-        W_old, G_old = warm_start
-        half = W_old.shape[1] // 2
-        for target, source in ((W, W_old), (G, G_old)):
-            target[:, :half] = source[:, :half].to(A)
-            target[:, P : P + half] = source[:, half:].to(A)
     solved, used = None, "ipm"
     if method == "ipm" or (method == "auto" and loss == "squared" and A.dtype == torch.float64):
         solved = _interior_point(program, tol, violation_tol, max_outer, min(max_inner, 200))
@@ -393,16 +411,15 @@ def solve_native(
             logger.info("solver='torch': no interior start found for the interior-point method; using the "
                         "augmented Lagrangian")
     if solved is None:
-        solved, used = (*_augmented_lagrangian(program, W, G, tol, violation_tol, max_outer, max_inner), None), "al"
-    W, G, iterations, converged, lower_bound = solved
-    criteria = _criteria(program.to(torch.float64), W.double(), G.double())
-    if criteria["lower_bound"] is not None and lower_bound is not None:
-        # any lower bound met during the solve is valid for the final point as well
-        criteria["lower_bound"] = max(criteria["lower_bound"], lower_bound)
-        criteria["relative_gap"] = (criteria["objective"] - criteria["lower_bound"]) / max(abs(criteria["objective"]), 1e-12)
+        W, G = _padded_warm_start(warm_start, n, k, P, A)
+        solved, used = _augmented_lagrangian(program, W, G, tol, violation_tol, max_outer, max_inner), "al"
+    W, G, iterations, converged, criteria = solved
+    if criteria is None:
+        criteria = _criteria(program.double(), W.double(), G.double())
     if not converged:
         warnings.warn(
-            f"solver='torch' stopped after {max_outer} multiplier updates without meeting its tolerances "
+            f"solver='torch' stopped after {max_outer} outer iterations ({used}: "
+            f"{'barrier' if used == 'ipm' else 'multiplier'} updates) without meeting its tolerances "
             f"(relative gap {criteria['relative_gap']}, stationarity {criteria['stationarity']:.2e}, "
             f"violation {criteria['violation']:.2e}); raise max_outer/max_inner or loosen tol",
             RuntimeWarning, stacklevel=2,
