@@ -36,6 +36,11 @@ def image_patches(images: np.ndarray, kernel_size: int | tuple[int, int], stride
     return columns.transpose(1, 2).reshape(-1, columns.shape[1]).numpy()
 
 
+def patch_pooling(images: int, positions: int) -> np.ndarray:
+    """Pi = I_N kron 1_K^T (N x N K): sums each image's K sample-major patch rows."""
+    return np.kron(np.eye(images), np.ones((1, positions)))
+
+
 class ConvexBNConvRegressor(RegressorMixin, BaseEstimator):
     """Exact convex training of ``bn_relu_conv_network`` (squared loss, scalar output).
 
@@ -72,8 +77,7 @@ class ConvexBNConvRegressor(RegressorMixin, BaseEstimator):
     def _rows(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Whitened patch rows of new images (test-time map) and their pooling matrix."""
         patches = image_patches(images, self.kernel_size, self.stride)
-        per_image = patches.shape[0] // images.shape[0]
-        return self.whitening_.transform(patches), np.kron(np.eye(images.shape[0]), np.ones((1, per_image)))
+        return self.whitening_.transform(patches), patch_pooling(images.shape[0], self.n_positions_)
 
     def fit(self, images, y, grow: bool = False, max_rounds: int = 10, n_probes: int = 2000,
             max_new_patterns: int = 50, progress: bool = False) -> "ConvexBNConvRegressor":
@@ -91,19 +95,19 @@ class ConvexBNConvRegressor(RegressorMixin, BaseEstimator):
         except (ValueError, RuntimeError) as error:
             raise ValueError(f"{owner}: {error}") from error
         per_image = patches.shape[0] // images.shape[0]
-        pool = np.kron(np.eye(images.shape[0]), np.ones((1, per_image)))
         solution, patterns, history = _fit_scalar(self, U_prime, patterns, y, grow, max_rounds, n_probes,
-                                                  max_new_patterns, progress, pool=pool)
+                                                  max_new_patterns, progress,
+                                                  pool=patch_pooling(images.shape[0], per_image))
         self._set_fitted(whitening, patterns, solution, history, images.shape[1:], per_image)
-        self._training = (y, pool)
+        self._targets = y
         return self
 
     def certify(self, method: str = "auto", n_probes: int = 2000, seed: int = 0) -> Certificate:
         """The dual optimality check of the fitted program over all patterns (spec section 4)."""
         self._check_fitted()
-        y, pool = self._training
-        return certify_solution(self.whitening_.U_prime, y, self.solution_, self.beta, self.loss, method, n_probes,
-                                seed, pool)
+        pool = patch_pooling(len(self._targets), self.n_positions_)
+        return certify_solution(self.whitening_.U_prime, self._targets, self.solution_, self.beta, self.loss, method,
+                                n_probes, seed, pool)
 
     def _set_fitted(self, whitening: Whitening, patterns: np.ndarray, solution: ScalarSolution,
                     history: list[float], image_shape: tuple[int, ...], per_image: int) -> None:

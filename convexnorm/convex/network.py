@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from convexnorm.convex._validation import check_beta, check_matrix
 from convexnorm.convex.whitening import Whitening
 from convexnorm.losses import check_loss, torch_loss
+from convexnorm.nn._channels import channel_affine, channel_view
 from convexnorm.nn.normalization import BatchNorm1d, BatchNorm2d
 
 logger = logging.getLogger("convexnorm")
@@ -116,9 +117,8 @@ def nonconvex_objective(module: nn.Module, X, y, beta: float, loss: str = "squar
     y = torch.as_tensor(np.asarray(y, dtype=np.float64), dtype=first.weight.dtype)
     h = first(X)
     var, mean, count = _channel_moments(h)
-    shape = (1, -1) + (1,) * (h.dim() - 2)
-    z = (h - mean.reshape(shape)) / torch.sqrt(var + bn.eps).reshape(shape) * bn.weight.reshape(shape)
-    a = torch.relu(z + bn.bias.reshape(shape))
+    z = (h - channel_view(mean, h.dim())) / channel_view(torch.sqrt(var + bn.eps), h.dim())
+    a = torch.relu(channel_affine(z, bn.weight, bn.bias))
     f = last(a.sum(dim=(2, 3)) if a.dim() == 4 else a)
     f = f.squeeze(1) if y.dim() == 1 else f
     penalty = count * (bn.weight**2).sum() + count * (bn.bias**2).sum() + (last.weight**2).sum()

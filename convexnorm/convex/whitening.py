@@ -45,7 +45,11 @@ class Whitening:
     def U_prime(self) -> np.ndarray:
         """[U, 1/sqrt(n)]: the whitened training data with its bias column, (n, r + 1)
         (times ``column_scale`` for the spectral variant: [U S, 1])."""
-        return self._scaled(np.hstack([self.U, np.full((self.n, 1), 1.0 / np.sqrt(self.n))]))
+        return self._rows(self.U)
+
+    def _rows(self, coords: np.ndarray) -> np.ndarray:
+        """[coords, 1/sqrt(n)], times ``column_scale`` for the spectral variant."""
+        return self._scaled(np.hstack([coords, np.full((coords.shape[0], 1), 1.0 / np.sqrt(self.n))]))
 
     def _scaled(self, rows: np.ndarray) -> np.ndarray:
         return rows if self.column_scale is None else rows * self.column_scale
@@ -71,7 +75,7 @@ class Whitening:
         (times ``column_scale`` for the spectral variant)."""
         X = check_matrix(X, "Whitening.transform", columns=self.mean.shape[0])
         coords = (X - self.mean) @ self.V / self.S
-        return self._scaled(np.hstack([coords, np.full((X.shape[0], 1), 1.0 / np.sqrt(self.n))]))
+        return self._rows(coords)
 
 
 def whiten_tensor(X: torch.Tensor, rtol: float = RANK_RTOL) -> tuple[torch.Tensor, ...]:

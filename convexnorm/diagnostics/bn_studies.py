@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from convexnorm.nn._channels import channel_groups
+
 #: One SGD step diverges when the loss grows by more than this factor (Bjorck et al.).
 DIVERGENCE_RATIO = 1e3
 
@@ -42,9 +44,9 @@ def relative_loss(model: nn.Module, inputs: Tensor, targets: Tensor, step_sizes:
     return {"step_sizes": list(map(float, step_sizes)), "relative_loss": ratios, "diverged": diverged}
 
 
-def _channel_moments(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel (dim 1; the last dim of a 2D input) mean and std over everything else."""
-    channels = x.detach().transpose(0, 1).reshape(x.shape[1], -1)
+def _channel_moments(channels: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and (biased) std of each row of ``channel_groups(x)``: per channel (dim 1; the
+    last dim of a 2D input) over everything else."""
     return channels.mean(dim=1), channels.std(dim=1, unbiased=False)
 
 
@@ -70,7 +72,7 @@ def activation_statistics(model: nn.Module, inputs: Tensor,
     ``mean_abs_mean`` and ``mean_std``. The model's mode decides batch or running statistics."""
     stats = []
     for name, out in _record(model, inputs, modules, use_input=False):
-        mean, std = _channel_moments(out)
+        mean, std = _channel_moments(channel_groups(out))
         stats.append({"name": name, "mean": mean, "std": std,
                       "mean_abs_mean": float(mean.abs().mean()), "mean_std": float(std.mean())})
     return stats
@@ -121,9 +123,9 @@ def channel_singularities(model: nn.Module, inputs: Tensor, modules: tuple[type,
     negative, constant when std <= constant_tol * sqrt(mean^2 + std^2)."""
     layers = []
     for name, x in _record(model, inputs, modules, use_input=True):
-        channels = x.transpose(0, 1).reshape(x.shape[1], -1)
+        channels = channel_groups(x)
         negative = (channels < 0).to(x.dtype).mean(dim=1)
-        mean, std = _channel_moments(x)
+        mean, std = _channel_moments(channels)
         dead = negative >= dead_fraction
         constant = std <= constant_tol * torch.sqrt(mean**2 + std**2)
         layers.append({"name": name, "negative_fraction": negative, "mean": mean, "std": std,

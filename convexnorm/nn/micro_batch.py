@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from convexnorm.nn._channels import channel_affine, channel_groups, channel_view
+
 #: Said when batch statistics are asked of a single sample.
 SINGLE_SAMPLE_HINT = ("use estimated statistics (convexnorm.nn.EstimatedBatchNorm1d/2d, "
                       "BatchChannelNorm2d(estimated_stats=True)) or BN preconditioning (convexnorm.optim.BNP)")
@@ -89,22 +91,18 @@ class _EstimatedBatchNorm(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         _check_batch_input(type(self).__name__, input, self._input_dims, self.num_features)
-        shape = (1, -1) + (1,) * (input.dim() - 2)
         if self.training:
             with torch.no_grad():
-                channels = input.detach().transpose(0, 1).reshape(self.num_features, -1)
+                channels = channel_groups(input.detach())
                 self.num_batches_tracked.add_(1)
                 rate = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 old_mean = self.running_mean.clone()
                 spread = ((channels - old_mean[:, None].to(channels)) ** 2).mean(dim=1)
                 self.running_mean.mul_(1 - rate).add_(rate * channels.mean(dim=1).to(self.running_mean))
                 self.running_var.mul_(1 - rate).add_(rate * spread.to(self.running_var))
-        mean = self.running_mean.to(input).reshape(shape)
-        scale = torch.rsqrt(self.running_var.to(input) + self.eps).reshape(shape)
-        out = (input - mean) * scale
-        if self.affine:
-            out = out * self.weight.reshape(shape) + self.bias.reshape(shape)
-        return out
+        mean = channel_view(self.running_mean.to(input), input.dim())
+        scale = channel_view(torch.rsqrt(self.running_var.to(input) + self.eps), input.dim())
+        return channel_affine((input - mean) * scale, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
@@ -149,12 +147,10 @@ class BatchChannelNorm2d(nn.Module):
             raise ValueError(f"BatchChannelNorm2d: batch statistics need more than one sample in training "
                              f"(got batch size {input.shape[0]}); {SINGLE_SAMPLE_HINT}")
         out = F.group_norm(self.batch_norm(input), self.num_groups, eps=self.eps)
-        if self.affine:
-            per_channel = self.num_channels // self.num_groups
-            shape = (1, -1, 1, 1)
-            out = (out * self.weight.repeat_interleave(per_channel).reshape(shape)
-                   + self.bias.repeat_interleave(per_channel).reshape(shape))
-        return out
+        if not self.affine:
+            return out
+        per_channel = self.num_channels // self.num_groups
+        return channel_affine(out, self.weight.repeat_interleave(per_channel), self.bias.repeat_interleave(per_channel))
 
     def extra_repr(self) -> str:
         return (f"{self.num_channels}, num_groups={self.num_groups}, eps={self.eps}, affine={self.affine}, "

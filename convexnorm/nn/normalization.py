@@ -21,6 +21,7 @@ import cvxpy as cp
 import torch
 from torch import Tensor, nn
 
+from convexnorm.nn._channels import channel_affine, channel_groups, channel_view
 from convexnorm.nn._solve import solve_program
 from convexnorm.nn.micro_batch import SINGLE_SAMPLE_HINT
 from convexnorm.programs import NormalizationProgram, standardization_program
@@ -30,26 +31,8 @@ BACKENDS = ("cvxpylayers", "native")
 ProgramBuilder = Callable[[int], "NormalizationProgram | tuple[cp.Problem, cp.Parameter, cp.Variable]"]
 
 
-def _channel_groups(x: Tensor) -> Tensor:
-    """(N, C, *) -> (C, N * prod(*)): each channel over the batch and positions."""
-    return x.transpose(0, 1).reshape(x.shape[1], -1)
-
-
 def _ungroup_channels(z: Tensor, shape: torch.Size) -> Tensor:
     return z.reshape(shape[1], shape[0], *shape[2:]).transpose(0, 1)
-
-
-def _channel_view(t: Tensor, ndim: int) -> Tensor:
-    """A per-channel vector shaped to broadcast over (N, C, *)."""
-    return t.reshape(1, -1, *([1] * (ndim - 2)))
-
-
-def _channel_affine(y: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
-    if weight is not None:
-        y = y * _channel_view(weight, y.ndim)
-    if bias is not None:
-        y = y + _channel_view(bias, y.ndim)
-    return y
 
 
 class _NormBase(nn.Module):
@@ -208,7 +191,7 @@ class _BatchNorm(_Standardize):
         self._check_channels(input, self.num_features)
         self._check_finite(input)
         if self.training or self.running_mean is None:
-            groups = _channel_groups(input)
+            groups = channel_groups(input)
             if self.training and groups.shape[1] <= 1:
                 raise ValueError(
                     f"{self._name}: expected more than 1 value per channel when training, "
@@ -219,10 +202,10 @@ class _BatchNorm(_Standardize):
                 self._update_running_stats(groups)
         else:
             self._check_variance(self.running_var, "channel (running variance)")
-            mean = _channel_view(self.running_mean, input.dim())
-            var = _channel_view(self.running_var, input.dim())
+            mean = channel_view(self.running_mean, input.dim())
+            var = channel_view(self.running_var, input.dim())
             normalized = (input - mean) * torch.rsqrt(var + self.eps)
-        return _channel_affine(normalized, self.weight, self.bias)
+        return channel_affine(normalized, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return (
@@ -322,7 +305,7 @@ class GroupNorm(_Standardize):
         self._check_finite(input)
         groups = input.reshape(input.shape[0] * self.num_groups, -1)
         out = self._normalize(groups).reshape(input.shape)
-        return _channel_affine(out, self.weight, self.bias)
+        return channel_affine(out, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, {super().extra_repr()}"
@@ -384,11 +367,11 @@ class ProgramNorm(_NormBase):
         self._check_channels(input, self.num_channels)
         self._check_finite(input)
         if self.num_groups is None:
-            out = _ungroup_channels(self._normalize(_channel_groups(input)), input.shape)
+            out = _ungroup_channels(self._normalize(channel_groups(input)), input.shape)
         else:
             groups = input.reshape(input.shape[0] * self.num_groups, -1)
             out = self._normalize(groups).reshape(input.shape)
-        return _channel_affine(out, self.weight, self.bias)
+        return channel_affine(out, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"{self.num_channels}, num_groups={self.num_groups}, affine={self.affine}"

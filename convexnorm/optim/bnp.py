@@ -18,6 +18,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor, nn
 
+from convexnorm.nn._channels import channel_groups
+
 
 class _InputStatistics:
     """Running mean and second moment of a layer's input features: a prior of mean 0 and
@@ -82,7 +84,7 @@ class BNP:
             return
         x = inputs[0].detach()
         if isinstance(layer, nn.Conv2d):
-            features = x.transpose(0, 1).reshape(x.shape[1], -1).T
+            features = channel_groups(x).T
         else:
             features = x.reshape(-1, x.shape[-1])
         if not torch.isfinite(features).all():
