@@ -14,17 +14,10 @@ import platform
 import time
 
 import cvxpy
-import numpy as np
 import torch
 
 import convexnorm as cn
-
-
-def problem(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, d))
-    y = np.sin(2 * X[:, 0]) + X[:, 1] * X[:, 2] + 0.1 * rng.standard_normal(n)
-    return X, y
+from _data import regression_problem
 
 
 def timed(fn):
@@ -47,7 +40,7 @@ def main() -> None:
     print(f"{'n':>5} {'P':>4} {'optimum p':>10} {'clarabel s':>10} {'scs s':>8} {'scs/clar':>8} {'scs err':>8} "
           f"{'adam s':>8} {'adam/clar':>9} {'adam best/p':>11} {'adam steps':>10}")
     for n in args.sizes:
-        X, y = problem(n, args.d, args.seed)
+        X, y = regression_problem(n, args.d, args.seed)
         settings = dict(beta=args.beta, patterns=args.gates, seed=args.seed)
         clarabel, t_clarabel = timed(lambda: cn.ConvexBNRegressor(**settings).fit(X, y))
         scs, t_scs = timed(lambda: cn.ConvexBNRegressor(**settings, solver="scs",

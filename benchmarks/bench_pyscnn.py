@@ -24,6 +24,7 @@ from scnn.regularizers import NeuronGL1
 from scnn.solvers import AL
 
 import convexnorm as cn
+from _data import regression_problem
 from convexnorm.convex.native import solve_native
 
 
@@ -52,9 +53,7 @@ def main() -> None:
     print(f"{'n':>5} {'native s':>9} {'native obj':>12} {'viol':>8} {'pyscnn s':>9} {'pyscnn obj':>12} {'viol':>8} "
           f"{'pyscnn/native':>13}")
     for n in args.sizes:
-        rng = np.random.default_rng(0)
-        X = rng.standard_normal((n, args.d))
-        y = np.sin(2 * X[:, 0]) + X[:, 1] * X[:, 2] + 0.1 * rng.standard_normal(n)
+        X, y = regression_problem(n, args.d)
         U_prime = cn.whiten(X).U_prime
         gates = np.random.default_rng(1).standard_normal((U_prime.shape[1], args.gates))
         patterns = cn.arrangement_patterns(U_prime, (U_prime @ gates >= 0).T)  # distinct, nonzero: same program

@@ -18,10 +18,10 @@ import time
 import warnings
 
 import cvxpy
-import numpy as np
 import torch
 
 import convexnorm as cn
+from _data import regression_problem
 
 
 def main() -> None:
@@ -42,9 +42,7 @@ def main() -> None:
     columns = chosen + ([f"torch-{args.device}"] if args.device else []) + ["adam"]
     print(f"{'n':>5} {'r':>3} {'P':>5} {'optimum':>10} " + " ".join(f"{c + ' s':>12} {'ratio':>6} {'err':>8}" for c in columns))
     for n, r, gates in itertools.product(args.sizes, args.ranks, args.gates):
-        rng = np.random.default_rng(0)
-        X = rng.standard_normal((n, r))
-        y = np.sin(2 * X[:, 0]) + X[:, 1] * X[:, 2] + 0.1 * rng.standard_normal(n)
+        X, y = regression_problem(n, r)
         settings = dict(beta=args.beta, patterns=gates, seed=0)
         runs = {"clarabel": {}, "scs": {"solver": "scs", "solver_options": {"eps_abs": 1e-6, "eps_rel": 1e-6}},
                 "torch": {"solver": "torch", "solver_options": {"tol": 1e-5}}}
