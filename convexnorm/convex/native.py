@@ -5,7 +5,12 @@ With A = U' (n x k), patterns M (n x P), signs E = 2M - 1 and the groups W = [S,
 
     min_W  loss(f) + beta sum_j ||W_j||   s.t.  E_j * (A W_j) >= 0,   f = sum_j o_j M_j * (A W_j).
 
-Augmented Lagrangian with multipliers G >= 0 (n x 2P) and penalty delta:
+Two methods. Squared loss in float64: a primal-dual interior-point method (Mehrotra
+predictor-corrector, Nesterov-Todd scaling of the orthant and second-order cones,
+``_interior_point``) whose Newton equations are solved per group with the coupling through
+the predictions added by Woodbury (``_NewtonSystem``). Otherwise (logistic loss, float32,
+warm starts for the block): an augmented Lagrangian with multipliers G >= 0 (n x 2P) and
+penalty delta: with multipliers G >= 0 (n x 2P) and penalty delta:
 
     L(W, G) = loss(f) + beta sum_j ||W_j|| + (delta / 2) ||(G / delta - C(W))_+||^2,  C = E * (A W),
 
@@ -35,6 +40,8 @@ from dataclasses import dataclass
 
 import torch
 
+from convexnorm.convex._cones import (jordan_divide, jordan_product, nt_scaling, orthant_max_step, shift_into_cones,
+                                      soc_max_step)
 from convexnorm.losses import loss_gradient, torch_loss
 
 logger = logging.getLogger("convexnorm")
@@ -205,133 +212,201 @@ def _augmented_lagrangian(program: _Program, W: torch.Tensor, G: torch.Tensor, t
     return W, G, iterations, False, criteria
 
 
-#: Interior-point method: growth of the barrier weight t per centering (a sweep of 20 and
-#: 50 on n = 200 gave 141 vs 350 Newton steps), and the fractions of the largest group norm
-#: below which groups are set to zero at the end (the barrier keeps them strictly inside;
-#: the first threshold whose point still meets the certified criteria is used).
-BARRIER_GROWTH = 20.0
+#: Interior-point method: fraction of the step to the cone boundary taken, exponent of
+#: Mehrotra's centering sigma = (mu_affine / mu)^3, and the fractions of the largest group
+#: norm below which groups are set to zero at the end (the first threshold whose point still
+#: meets the certified criteria is used).
+STEP_FRACTION = 0.99
+CENTERING_EXPONENT = 3
 ZERO_GROUP_RTOLS = (1e-3, 1e-4, 1e-5)
-#: Entries of the (groups x k x n) Woodbury factor built at once.
+#: Entries of the (n x patterns k) Woodbury factor built at once.
 CHUNK_ENTRIES = 1 << 24
 
 
-def _interior_start(program: _Program, max_iters: int = 10_000) -> torch.Tensor | None:
-    """A W strictly inside every cone E_j * (A W_j) > 0 (batched perceptron from
-    A^T E_j, unit columns), or None when the iteration budget runs out."""
-    A, E = program.A, program.E
-    W = A.T @ E
-    for _ in range(max_iters):
-        norms = torch.linalg.norm(W, dim=0).clamp_min(torch.finfo(W.dtype).tiny)
-        below = E * (A @ W) <= 1e-9 * norms
-        if not below.any():
-            return W / norms
-        W = W + A.T @ (E * below)
-    return None
+class _Breakdown(ArithmeticError):
+    """The Newton system lost definiteness beyond regularization (the iterate is at the
+    limit of float64)."""
 
 
-def _smoothed_norms(W: torch.Tensor, c: float) -> tuple[torch.Tensor, ...]:
-    """h(w) = min_tau c tau - log(tau^2 - ||w||^2) per column: value, tau, s, rho with
-    rho = ||w||, s = sqrt(1 + c^2 rho^2), tau = (1 + s) / c; gradient c w / tau, Hessian
-    (c / tau) (I - u u^T + u u^T / s), u = w / rho."""
-    rho = torch.linalg.norm(W, dim=0)
-    s = torch.sqrt(1 + (c * rho) ** 2)
-    tau = (1 + s) / c
-    return c * tau - torch.log(tau**2 - rho**2), tau, s, rho
-
-
-def _barrier(program: _Program, W: torch.Tensor, t: float) -> float:
-    """t (loss + beta sum tau_j) - sum log(E * A W) - sum log(tau_j^2 - ||W_j||^2), tau minimized."""
-    Z = program.A @ W
-    slack = program.E * Z
-    if not bool((slack > 0).all()):
-        return math.inf
-    value = torch_loss(program.loss, program.predictions(Z), program.y)
-    return float(t * value + _smoothed_norms(W, t * program.beta)[0].sum() - torch.log(slack).sum())
-
-
-def _newton_direction(program: _Program, W: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Newton step of the barrier (squared loss) and its gradient. The Hessian is
-    t B^T B + blockdiag(H_j), B W = sum_j o_j M_j * (A W_j); solved through Woodbury with the
-    n x n matrix I / t + sum_j (M_j A) H_j^{-1} (M_j A)^T."""
-    A, M, E, o = program.A, program.M, program.E, program.o
-    n, k = A.shape
-    Z = A @ W
-    slack = E * Z
-    residual = program.predictions(Z) - program.y
-    c = t * program.beta
-    _, tau, s, rho = _smoothed_norms(W, c)
-    grad = t * (A.T @ (M * residual[:, None] * o)) - A.T @ (E / slack) + c * W / tau
-    unit = W / rho.clamp_min(torch.finfo(W.dtype).tiny)
-    outer = torch.einsum("ig,jg->gij", unit, unit)
-    eye = torch.eye(k, dtype=W.dtype, device=W.device)
-    H = torch.einsum("ni,nj,ng->gij", A, A, slack**-2) + (c / tau)[:, None, None] * (eye - outer + outer / s[:, None, None])
+def _cholesky(H: torch.Tensor) -> torch.Tensor:
+    """Batched Cholesky factor; blocks that lost definiteness to rounding get a diagonal
+    shift of up to 1e-8 of their largest diagonal entry, else _Breakdown."""
     L, info = torch.linalg.cholesky_ex(H)
     jitter = 1e-14
-    while bool((info > 0).any()):  # regularize the blocks that lost definiteness to rounding
+    while bool((info > 0).any()):
+        if jitter > 1e-8:
+            raise _Breakdown("the Newton system is not positive definite")
         bad = info > 0
-        H[bad] += (jitter * H[bad].diagonal(dim1=1, dim2=2).amax(1))[:, None, None] * eye
+        H = H.clone()
+        H[bad] += (jitter * H[bad].diagonal(dim1=-2, dim2=-1).amax(-1))[..., None, None] * torch.eye(
+            H.shape[-1], dtype=H.dtype, device=H.device)
         L, info = torch.linalg.cholesky_ex(H)
         jitter *= 10
-    step0 = torch.cholesky_solve(-grad.T[:, :, None], L)[:, :, 0].T
-    capacitance = torch.eye(n, dtype=W.dtype, device=W.device) / t
-    chunk = max(1, CHUNK_ENTRIES // (k * n))
-    for start in range(0, M.shape[1], chunk):
-        part = slice(start, start + chunk)
-        factor = torch.linalg.solve_triangular(L[part], A.T.expand(L[part].shape[0], k, n), upper=False)
-        factor = (factor * M.T[part][:, None, :]).reshape(-1, n)
-        capacitance = capacitance + factor.T @ factor
-    z = torch.linalg.solve(capacitance, program.predictions(A @ step0))
-    back = (A.T @ (M * z[:, None] * o)).T
-    return step0 - torch.cholesky_solve(back[:, :, None], L)[:, :, 0].T, grad
+    return L
 
 
-def _without_residue(program: _Program, W: torch.Tensor, lower_bound: float, tol: float) -> torch.Tensor:
+class _NewtonSystem:
+    """P + G^T V^-2 G factorized for one primal-dual iterate (V its Nesterov-Todd scaling).
+
+    Per group j the variables are x_j = (tau_j, W_j); G x = (-E * (A W), -(tau, W)) (orthant
+    rows, then the cone (tau_j, W_j) in SOC); P = B^T B with B x = sum_j o_j M_j * (A W_j).
+    G^T V^-2 G is block diagonal: H_j = V_j^-2 + [0, A^T diag(z_j / s_j) A]. B^T B is added
+    by Woodbury with the n x n matrix C = I + sum_j M_j A Q_j A^T M_j, Q_j the W block of
+    H_j^-1; the S and T groups of a pattern share its mask, so C = I + sum_i F_i F_i^T with
+    F_i = M_i * (A R_i), R_i R_i^T = Q_i + Q_{i+P} (half the flops of one factor per group).
+    """
+
+    def __init__(self, program: _Program, orthant_weight: torch.Tensor, cone_inverse: torch.Tensor) -> None:
+        """orthant_weight: z / s (n x groups); cone_inverse: V^-1 of the cones (groups x m x m)."""
+        A, masks = program.A, program.M[:, : program.M.shape[1] // 2]
+        n, k = A.shape
+        patterns = masks.shape[1]
+        self.program, self.orthant_weight, self.cone_inverse = program, orthant_weight, cone_inverse
+        self.cone_weight = cone_inverse @ cone_inverse
+        outer = (A[:, :, None] * A[:, None, :]).reshape(n, k * k)
+        H = self.cone_weight.clone()
+        H[:, 1:, 1:] += (orthant_weight.T @ outer).reshape(-1, k, k)
+        self.L = _cholesky(H)
+        Q = torch.cholesky_inverse(self.L)[:, 1:, 1:]
+        R = _cholesky(Q[:patterns] + Q[patterns:])
+        capacitance = torch.eye(n, dtype=A.dtype, device=A.device)
+        chunk = max(1, CHUNK_ENTRIES // (k * n))
+        for start in range(0, patterns, chunk):
+            part = slice(start, start + chunk)
+            F = (masks[:, part, None] * torch.einsum("nk,pkl->npl", A, R[part])).reshape(n, -1)
+            capacitance = torch.addmm(capacitance, F, F.T)
+        self.LC = _cholesky(capacitance)
+
+    def _block_solve(self, b_tau: torch.Tensor, b_W: torch.Tensor) -> torch.Tensor:
+        return torch.cholesky_solve(torch.cat([b_tau[None], b_W]).T[:, :, None], self.L)[:, :, 0].T
+
+    def solve_x(self, b_W: torch.Tensor, b_tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P + G^T V^-2 G)^-1 (b_W, b_tau) by Woodbury."""
+        p = self.program
+        u = self._block_solve(b_tau, b_W)
+        correction = torch.cholesky_solve(p.predictions(p.A @ u[1:])[:, None], self.LC)[:, 0]
+        u = u - self._block_solve(torch.zeros_like(b_tau), p.A.T @ (p.M * correction[:, None] * p.o))
+        return u[1:], u[0]
+
+    def solve(self, b_x: tuple, b_z: tuple, d: tuple) -> tuple[torch.Tensor, ...]:
+        """The Newton equations P dx + G^T dz = b_x, G dx + ds = b_z, V dz + V^-1 ds = d
+        (d = lambda \\ (complementarity right-hand side)); returns dW, dtau, dz, ds (orthant
+        and cone parts)."""
+        (b_W, b_tau), (b_orthant, b_cone), (d_orthant, d_cone) = b_x, b_z, d
+        root = self.orthant_weight.sqrt()
+        v_orthant = self.orthant_weight * b_orthant - root * d_orthant
+        v_cone = _batched(self.cone_weight, b_cone) - _batched(self.cone_inverse, d_cone)
+        g_W, g_tau = _G_transpose(self.program, v_orthant, v_cone)
+        dW, dtau = self.solve_x(b_W + g_W, b_tau + g_tau)
+        Gx_orthant, Gx_cone = _G(self.program, dW, dtau)
+        dz_orthant = self.orthant_weight * (Gx_orthant - b_orthant) + root * d_orthant
+        dz_cone = _batched(self.cone_weight, Gx_cone - b_cone) + _batched(self.cone_inverse, d_cone)
+        return dW, dtau, dz_orthant, dz_cone, b_orthant - Gx_orthant, b_cone - Gx_cone
+
+
+def _batched(matrices: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """Column j of the result = matrices[j] @ columns[:, j]."""
+    return torch.einsum("gij,jg->ig", matrices, columns)
+
+
+def _G(program: _Program, W: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """G x: (-E * (A W), -(tau, W))."""
+    return -program.E * (program.A @ W), -torch.cat([tau[None], W])
+
+
+def _G_transpose(program: _Program, v_orthant: torch.Tensor, v_cone: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """G^T v: W part -A^T (E * v_orthant) - v_cone[1:], tau part -v_cone[0]."""
+    return -program.A.T @ (program.E * v_orthant) - v_cone[1:], -v_cone[0]
+
+
+def _without_residue(program: _Program, W: torch.Tensor, lower_bound: float, tol: float,
+                     violation_tol: float) -> torch.Tensor:
     """W with the groups below the largest ZERO_GROUP_RTOLS fraction of the largest norm set
     to zero whose objective stays within tol of ``lower_bound`` (a bound on the optimum,
     valid for any primal point); W itself if none does."""
     norms = torch.linalg.norm(W, dim=0)
     for rtol in ZERO_GROUP_RTOLS:
         cleaned = torch.where(norms > rtol * norms.max(), W, torch.zeros_like(W))
-        if _relative_gap(program.objective(cleaned), lower_bound) <= tol and program.violation(cleaned) == 0:
+        if (_relative_gap(program.objective(cleaned), lower_bound) <= tol
+                and program.violation(cleaned) <= violation_tol):
             return cleaned
     return W
 
 
-def _interior_point(program: _Program, tol: float, violation_tol: float, max_outer: int,
-                    max_inner: int) -> tuple[torch.Tensor, torch.Tensor, int, bool, dict | None] | None:
-    """Barrier method (squared loss, float64): damped Newton centering of ``_barrier`` for
-    t = 1, 20, 400, ...; multipliers G = 1 / (t E * A W). Stops on the measured criteria of
-    ``_criteria`` (checked once nu / t, nu = groups (n + 2), is within 10 tol of the
-    objective); returns W (residue of the zero groups removed, ``_without_residue``), G, Newton
-    steps, success and the criteria of W with the certified lower bound (None without
-    success); None when no interior start is found."""
-    W = _interior_start(program)
-    if W is None:
-        return None
-    W = 1e-3 * W
+def _interior_point(program: _Program, tol: float, violation_tol: float,
+                    max_iterations: int) -> tuple[torch.Tensor, torch.Tensor, int, bool, dict | None]:
+    """Primal-dual interior-point method (squared loss, float64) for
+
+        min 1/2 ||B W - y||^2 + beta sum_j tau_j   s.t.  E * (A W) >= 0,  (tau_j, W_j) in SOC,
+
+    Mehrotra predictor-corrector with Nesterov-Todd scaling and CVXOPT's initial point
+    (Vandenberghe, "The CVXOPT linear and quadratic cone program solvers", sections 5-6;
+    the Newton equations of ``_NewtonSystem``). Once the complementarity s^T z is within tol
+    of the objective it stops on the measured criteria of ``_criteria`` (the multipliers of
+    the orthant are the program's G); returns W (residue of the zero groups removed,
+    ``_without_residue``), G, iterations, success and the criteria of W (None when it
+    stopped early)."""
+    A, y, beta = program.A, program.y, program.beta
     n, groups = program.M.shape
-    nu, t, steps = groups * (n + 2), 1.0 / BARRIER_GROWTH, 0
-    for _ in range(max_outer):
-        t *= BARRIER_GROWTH
-        for _ in range(max_inner):
-            direction, grad = _newton_direction(program, W, t)
-            decrement = float(-(grad * direction).sum())
-            steps += 1
-            if decrement / 2 <= 1e-3:
-                break
-            size, current = 1.0, _barrier(program, W, t)
-            while _barrier(program, W + size * direction, t) > current - 0.01 * size * decrement and size > 1e-14:
-                size *= 0.5
-            W = W + size * direction
-        G = 1.0 / (t * program.E * (program.A @ W))
-        objective = program.objective(W)
-        logger.debug("interior point: t %g, %d Newton steps, objective %.10g", t, steps, objective)
-        if nu / t <= 10 * tol * abs(objective):
-            criteria = _criteria(program, W, G)
+    m = A.shape[1] + 1
+    degree = n * groups + groups
+    identity = torch.eye(m, dtype=A.dtype, device=A.device).expand(groups, m, m)
+    start = _NewtonSystem(program, torch.ones_like(program.M), identity)
+    W, tau = start.solve_x(A.T @ (program.M * y[:, None] * program.o), torch.full_like(program.o, -beta))
+    Gx_orthant, Gx_cone = _G(program, W, tau)
+    s_orthant, s_cone = shift_into_cones(-Gx_orthant, -Gx_cone)
+    z_orthant, z_cone = shift_into_cones(Gx_orthant, Gx_cone)
+    iteration = 0
+    for iteration in range(max_iterations):
+        f = program.predictions(A @ W)
+        g_W, g_tau = _G_transpose(program, z_orthant, z_cone)
+        r_x = (A.T @ (program.M * (f - y)[:, None] * program.o) + g_W, beta + g_tau)
+        Gx_orthant, Gx_cone = _G(program, W, tau)
+        r_z = (Gx_orthant + s_orthant, Gx_cone + s_cone)
+        gap = float((s_orthant * z_orthant).sum() + (s_cone * z_cone).sum())
+        objective = float(0.5 * ((f - y) ** 2).sum() + beta * tau.sum())
+        logger.debug("interior point: iteration %d, objective %.10g, s^T z %.3e", iteration, objective, gap)
+        if gap <= tol * abs(objective):
+            criteria = _criteria(program, W, z_orthant)
             if criteria["optimal_within"] <= tol and criteria["violation"] <= violation_tol:
-                cleaned = _without_residue(program, W, criteria["lower_bound"], tol)
-                return cleaned, G, steps, True, _criteria(program, cleaned, G, criteria["lower_bound"])
-    return W, G, steps, False, None
+                cleaned = _without_residue(program, W, criteria["lower_bound"], tol, violation_tol)
+                return cleaned, z_orthant, iteration, True, _criteria(program, cleaned, z_orthant, criteria["lower_bound"])
+        mu = gap / degree
+        scale_cone, scale_cone_inverse = nt_scaling(s_cone, z_cone)
+        lam_orthant, lam_cone = (s_orthant * z_orthant).sqrt(), _batched(scale_cone, z_cone)
+        try:
+            system = _NewtonSystem(program, z_orthant / s_orthant, scale_cone_inverse)
+        except _Breakdown:
+            break
+
+        def direction(weight: float, c_orthant: torch.Tensor, c_cone: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return system.solve((-weight * r_x[0], -weight * r_x[1]), (-weight * r_z[0], -weight * r_z[1]),
+                                (c_orthant / lam_orthant, jordan_divide(lam_cone, c_cone)))
+
+        def max_step(d: tuple[torch.Tensor, ...]) -> float:
+            return min(orthant_max_step(s_orthant, d[4]), orthant_max_step(z_orthant, d[2]),
+                       soc_max_step(s_cone, d[5]), soc_max_step(z_cone, d[3]))
+
+        lam_square = -jordan_product(lam_cone, lam_cone)
+        affine = direction(1.0, -lam_orthant**2, lam_square)
+        alpha = min(1.0, max_step(affine))
+        _, _, dz_orthant, dz_cone, ds_orthant, ds_cone = affine
+        mu_affine = float(((s_orthant + alpha * ds_orthant) * (z_orthant + alpha * dz_orthant)).sum()
+                          + ((s_cone + alpha * ds_cone) * (z_cone + alpha * dz_cone)).sum()) / degree
+        sigma = min(1.0, max(0.0, mu_affine / mu)) ** CENTERING_EXPONENT
+        second_cone = jordan_product(_batched(scale_cone_inverse, ds_cone), _batched(scale_cone, dz_cone))
+        identity_element = torch.zeros_like(lam_cone)
+        identity_element[0] = 1
+        combined = direction(1 - sigma, -lam_orthant**2 - ds_orthant * dz_orthant + sigma * mu,
+                             lam_square - second_cone + sigma * mu * identity_element)
+        alpha = min(1.0, STEP_FRACTION * max_step(combined))
+        if not math.isfinite(alpha) or alpha < 1e-12:
+            break
+        dW, dtau, dz_orthant, dz_cone, ds_orthant, ds_cone = combined
+        W, tau = W + alpha * dW, tau + alpha * dtau
+        s_orthant, s_cone = s_orthant + alpha * ds_orthant, s_cone + alpha * ds_cone
+        z_orthant, z_cone = z_orthant + alpha * dz_orthant, z_cone + alpha * dz_cone
+    return W, z_orthant, iteration, False, None
 
 
 def _relative_gap(objective: float, lower_bound: float) -> float:
@@ -388,9 +463,9 @@ def solve_native(
     (logistic) is <= tol and the relative constraint violation is <= violation_tol;
     otherwise warns after max_outer outer iterations and reports converged=False.
     ``warm_start`` is a previous (W, G), e.g. with fewer patterns (padded with zeros).
-    ``method``: "ipm" (barrier interior-point method, squared loss, float64; warm starts
-    are not used), "al" (augmented Lagrangian) or "auto" (ipm where it applies, else al).
-    For "ipm", max_outer counts barrier updates and max_inner Newton steps per centering.
+    ``method``: "ipm" (primal-dual interior-point method, squared loss, float64; warm
+    starts are not used), "al" (augmented Lagrangian) or "auto" (ipm where it applies, else
+    al). For "ipm", max_outer counts interior-point iterations (max_inner is not used).
     """
     if loss not in ("squared", "logistic"):
         raise ValueError(f"solver='torch' supports the squared and logistic losses, not {loss!r}")
@@ -404,22 +479,18 @@ def solve_native(
     n, k = A.shape
     P = masks.shape[1]
     program = _Program.from_patterns(A, masks, y, beta, loss)
-    solved, used = None, "ipm"
     if method == "ipm" or (method == "auto" and loss == "squared" and A.dtype == torch.float64):
-        solved = _interior_point(program, tol, violation_tol, max_outer, min(max_inner, 200))
-        if solved is None:
-            logger.info("solver='torch': no interior start found for the interior-point method; using the "
-                        "augmented Lagrangian")
-    if solved is None:
+        used, solved = "ipm", _interior_point(program, tol, violation_tol, max_outer)
+    else:
         W, G = _padded_warm_start(warm_start, n, k, P, A)
-        solved, used = _augmented_lagrangian(program, W, G, tol, violation_tol, max_outer, max_inner), "al"
+        used, solved = "al", _augmented_lagrangian(program, W, G, tol, violation_tol, max_outer, max_inner)
     W, G, iterations, converged, criteria = solved
     if criteria is None:
         criteria = _criteria(program.double(), W.double(), G.double())
     if not converged:
+        steps = "interior-point iterations" if used == "ipm" else "outer iterations (multiplier updates)"
         warnings.warn(
-            f"solver='torch' stopped after {max_outer} outer iterations ({used}: "
-            f"{'barrier' if used == 'ipm' else 'multiplier'} updates) without meeting its tolerances "
+            f"solver='torch' stopped after {iterations} {steps} without meeting its tolerances "
             f"(relative gap {criteria['relative_gap']}, stationarity {criteria['stationarity']:.2e}, "
             f"violation {criteria['violation']:.2e}); raise max_outer/max_inner or loosen tol",
             RuntimeWarning, stacklevel=2,
