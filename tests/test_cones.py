@@ -99,3 +99,17 @@ def test_newton_system_matches_the_dense_kkt_solve() -> None:
     assert torch.allclose(torch.cat([dtau[None], dW]).T.reshape(-1), solution[:nx], atol=1e-9)
     assert torch.allclose(flat(dz_o, dz_c), solution[nx:nx + no + nc], atol=1e-9)
     assert torch.allclose(flat(ds_o, ds_c), solution[nx + no + nc:], atol=1e-9)
+
+
+def test_newton_blocks_regularized_only_within_rounding() -> None:
+    """A block singular to rounding gets a tiny diagonal shift; an indefinite one raises
+    _Breakdown, which stops the interior-point method instead of returning a wrong step."""
+    import pytest
+
+    from convexnorm.convex.native import _Breakdown, _cholesky
+
+    singular = torch.tensor([[[1.0, 1.0], [1.0, 1.0]]], dtype=torch.float64)
+    L = _cholesky(singular)
+    assert torch.allclose(L @ L.transpose(1, 2), singular, atol=1e-6)
+    with pytest.raises(_Breakdown):
+        _cholesky(torch.tensor([[[1.0, 0.0], [0.0, -1.0]]], dtype=torch.float64))

@@ -135,3 +135,20 @@ def test_interior_point_and_augmented_lagrangian_agree() -> None:
         solve_native(A, masks, torch.from_numpy(y), 0.1, method="newton")
     with pytest.raises(ValueError, match="ipm"):
         solve_native(A.float(), masks.float(), torch.from_numpy(y).float(), 0.1, method="ipm")
+
+
+def test_zero_solution_is_certified_at_once() -> None:
+    """y = 0, or beta above every group's dual norm at lam = y: W = 0 is optimal (the
+    certificate's bound equals its objective) and returned without iterating."""
+    from convexnorm.convex.native import solve_native
+
+    X, y = data()
+    U_prime = cn.whiten(X).U_prime
+    A = torch.from_numpy(U_prime)
+    masks = torch.from_numpy(cn.arrangement_patterns(U_prime, 20, seed=0).T.astype(float))
+    for target, beta in ((np.zeros_like(y), 0.1), (y, 1e3)):
+        result = solve_native(A, masks, torch.from_numpy(target), beta)
+        assert result.converged and result.iterations == 0 and not bool(result.W.any())
+        assert result.objective == pytest.approx(0.5 * float(np.sum(target**2)), abs=1e-12)
+        reference = cn.ConvexBNRegressor(beta=beta, patterns=20, seed=0).fit(X, target)
+        assert result.objective <= reference.objective_ + 1e-9

@@ -139,7 +139,7 @@ class _Program:
         """Largest constraint violation, relative to the largest ||A W_j||."""
         Z = self.A @ W
         scale = float(torch.linalg.norm(Z, dim=0).max())
-        return float((-self.E * Z).clamp_min(0).max()) / scale if scale > 0 else 0.0
+        return abs(float((-self.E * Z).clamp_min(0).max())) / scale if scale > 0 else 0.0
 
     def stationarity(self, W: torch.Tensor, G: torch.Tensor) -> float:
         """Relative gradient-mapping norm of the Lagrangian loss(f) - <G, C> + beta sum ||W_j||."""
@@ -344,12 +344,16 @@ def _interior_point(program: _Program, tol: float, violation_tol: float,
     the Newton equations of ``_NewtonSystem``). Once the complementarity s^T z is within tol
     of the objective it stops on the measured criteria of ``_criteria`` (the multipliers of
     the orthant are the program's G); returns W (residue of the zero groups removed,
-    ``_without_residue``), G, iterations, success and the criteria of W (None when it
-    stopped early)."""
+    ``_without_residue``), G, iterations, success and the criteria of W. W = 0 is returned
+    at once when it is certified optimal."""
     A, y, beta = program.A, program.y, program.beta
     n, groups = program.M.shape
     m = A.shape[1] + 1
     degree = n * groups + groups
+    zero = torch.zeros_like(program.M[: m - 1])
+    at_zero = _criteria(program, zero, torch.zeros_like(program.M))
+    if at_zero["optimal_within"] <= tol:  # beta above every group's dual norm at lam = y: W = 0 is optimal
+        return zero, torch.zeros_like(program.M), 0, True, at_zero
     identity = torch.eye(m, dtype=A.dtype, device=A.device).expand(groups, m, m)
     start = _NewtonSystem(program, torch.ones_like(program.M), identity)
     W, tau = start.solve_x(A.T @ (program.M * y[:, None] * program.o), torch.full_like(program.o, -beta))
@@ -406,7 +410,9 @@ def _interior_point(program: _Program, tol: float, violation_tol: float,
         W, tau = W + alpha * dW, tau + alpha * dtau
         s_orthant, s_cone = s_orthant + alpha * ds_orthant, s_cone + alpha * ds_cone
         z_orthant, z_cone = z_orthant + alpha * dz_orthant, z_cone + alpha * dz_cone
-    return W, z_orthant, iteration, False, None
+    criteria = _criteria(program, W, z_orthant)  # out of iterations or at float64's limit: maybe done anyway
+    converged = criteria["optimal_within"] <= tol and criteria["violation"] <= violation_tol
+    return W, z_orthant, iteration, converged, criteria
 
 
 def _relative_gap(objective: float, lower_bound: float) -> float:
