@@ -4,8 +4,9 @@ For each (n, r, gates): the first solver's optimum p (Clarabel's by default) is 
 reference; each solver's wall time (ConvexBNRegressor.fit, with the polishing re-solve)
 and relative objective error are printed, with ratios to the reference from the same run. Adam (train_nonconvex, width = the
 solution's neurons) runs until its objective is within 1e-4 of p or the step budget ends.
-The issue's full grid is --sizes 200 1000 5000 --ranks 10 50 --gates 100 1000 (hours on
-2 CPU cores); pass --device cuda for a GPU column.
+The issue's full grid is --sizes 200 1000 5000 --ranks 10 50 --gates 100 1000 (Clarabel
+and SCS take hours per cell at n = 5000 on 2 CPU cores; the native solver alone about 37
+minutes for the n = 1000 and 5000 cells); pass --device cuda for a GPU column.
 Run: python benchmarks/bench_solvers.py [--sizes 200 1000] [--ranks 10] [--gates 100] [--solvers clarabel torch]
 """
 
