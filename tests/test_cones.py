@@ -3,11 +3,12 @@ dense float64 references."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from convexnorm.convex._cones import (boost, jordan_divide, jordan_product, nt_scaling, orthant_max_step, reflect,
                                       shift_into_cones, soc_det, soc_max_step)
-from convexnorm.convex.native import _NewtonSystem, _Program, _batched
+from convexnorm.convex.native import _coupling_matrix, _dense_coupling, _NewtonSystem, _Program, _batched
 
 
 def interior(m: int, count: int, generator: torch.Generator) -> torch.Tensor:
@@ -57,9 +58,11 @@ def test_max_steps_reach_the_boundary() -> None:
     assert torch.equal(orthant, torch.tensor([1.5, 5.5]))
 
 
-def test_newton_system_matches_the_dense_kkt_solve() -> None:
-    """_NewtonSystem.solve (block elimination, Woodbury, pattern pairs) == the dense solve of
-    P dx + G^T dz = b_x, G dx + ds = b_z, V dz + V^-1 ds = d."""
+@pytest.mark.parametrize("route", ["woodbury", "dense"])
+def test_newton_system_matches_the_dense_kkt_solve(route: str) -> None:
+    """_NewtonSystem.solve (block elimination, then Woodbury over pattern pairs or the whole
+    matrix with B^T B) == the dense solve of P dx + G^T dz = b_x, G dx + ds = b_z,
+    V dz + V^-1 ds = d."""
     generator = torch.Generator().manual_seed(3)
     n, k, P = 7, 3, 4
     A = torch.linalg.qr(torch.randn(n, k, generator=generator, dtype=torch.float64))[0]
@@ -69,7 +72,8 @@ def test_newton_system_matches_the_dense_kkt_solve() -> None:
     s, z = interior(m, groups, generator), interior(m, groups, generator)
     weight = torch.rand(n, groups, generator=generator, dtype=torch.float64) + 0.5
     V, V_inverse = nt_scaling(s, z)
-    system = _NewtonSystem(program, weight, V_inverse)
+    assert _dense_coupling(program) is None  # 2P(k+1) = 32 > n = 7: Woodbury is the cheaper side
+    system = _NewtonSystem(program, weight, V_inverse, _coupling_matrix(program) if route == "dense" else None)
     b_W, b_tau = torch.randn(k, groups, generator=generator, dtype=torch.float64), torch.randn(groups, generator=generator, dtype=torch.float64)
     b_o, b_c = torch.randn(n, groups, generator=generator, dtype=torch.float64), torch.randn(m, groups, generator=generator, dtype=torch.float64)
     d_o, d_c = torch.randn(n, groups, generator=generator, dtype=torch.float64), torch.randn(m, groups, generator=generator, dtype=torch.float64)
@@ -104,8 +108,6 @@ def test_newton_system_matches_the_dense_kkt_solve() -> None:
 def test_newton_blocks_regularized_only_within_rounding() -> None:
     """A block singular to rounding gets a tiny diagonal shift; an indefinite one raises
     _Breakdown, which stops the interior-point method instead of returning a wrong step."""
-    import pytest
-
     from convexnorm.convex.native import _Breakdown, _cholesky
 
     singular = torch.tensor([[[1.0, 1.0], [1.0, 1.0]]], dtype=torch.float64)

@@ -254,9 +254,12 @@ class _NewtonSystem:
     by Woodbury with the n x n matrix C = I + sum_j M_j A Q_j A^T M_j, Q_j the W block of
     H_j^-1; the S and T groups of a pattern share its mask, so C = I + sum_i F_i F_i^T with
     F_i = M_i * (A R_i), R_i R_i^T = Q_i + Q_{i+P} (half the flops of one factor per group).
+    With ``coupling`` (the constant dense B^T B of ``_dense_coupling``, used where it is the
+    cheaper side: many samples, few patterns) the whole matrix is factorized instead.
     """
 
-    def __init__(self, program: _Program, orthant_weight: torch.Tensor, cone_inverse: torch.Tensor) -> None:
+    def __init__(self, program: _Program, orthant_weight: torch.Tensor, cone_inverse: torch.Tensor,
+                 coupling: torch.Tensor | None = None) -> None:
         """orthant_weight: z / s (n x groups); cone_inverse: V^-1 of the cones (groups x m x m)."""
         A, masks = program.A, program.M[:, : program.M.shape[1] // 2]
         n, k = A.shape
@@ -266,6 +269,14 @@ class _NewtonSystem:
         outer = (A[:, :, None] * A[:, None, :]).reshape(n, k * k)
         H = self.cone_weight.clone()
         H[:, 1:, 1:] += (orthant_weight.T @ outer).reshape(-1, k, k)
+        self.dense = None
+        if coupling is not None:
+            groups, m = H.shape[0], k + 1
+            full = coupling.clone()
+            index = torch.arange(groups, device=A.device)
+            full.view(groups, m, groups, m)[index, :, index, :] += H
+            self.dense = _cholesky(full)
+            return
         self.L = _cholesky(H)
         Q = torch.cholesky_inverse(self.L)[:, 1:, 1:]
         R = _cholesky(Q[:patterns] + Q[patterns:])
@@ -281,8 +292,12 @@ class _NewtonSystem:
         return torch.cholesky_solve(torch.cat([b_tau[None], b_W]).T[:, :, None], self.L)[:, :, 0].T
 
     def solve_x(self, b_W: torch.Tensor, b_tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(P + G^T V^-2 G)^-1 (b_W, b_tau) by Woodbury."""
+        """(P + G^T V^-2 G)^-1 (b_W, b_tau) by Woodbury (or the dense factor)."""
         p = self.program
+        if self.dense is not None:
+            u = torch.cholesky_solve(torch.cat([b_tau[None], b_W]).T.reshape(-1, 1), self.dense)
+            u = u.reshape(b_tau.shape[0], -1).T
+            return u[1:], u[0]
         u = self._block_solve(b_tau, b_W)
         correction = torch.cholesky_solve(p.predictions(p.A @ u[1:])[:, None], self.LC)[:, 0]
         u = u - self._block_solve(torch.zeros_like(b_tau), p.A.T @ (p.M * correction[:, None] * p.o))
@@ -302,6 +317,27 @@ class _NewtonSystem:
         dz_orthant = self.orthant_weight * (Gx_orthant - b_orthant) + root * d_orthant
         dz_cone = _batched(self.cone_weight, Gx_cone - b_cone) + _batched(self.cone_inverse, d_cone)
         return dW, dtau, dz_orthant, dz_cone, b_orthant - Gx_orthant, b_cone - Gx_cone
+
+
+def _dense_coupling(program: _Program) -> torch.Tensor | None:
+    """B^T B (groups (k+1) square, x ordered (tau_j, W_j) per group) where factorizing the
+    whole Newton matrix, (groups (k+1))^3 / 3 flops, is cheaper than the Woodbury route,
+    n^2 P k + n^3 / 3 flops per iteration (B is constant: B^T B is formed once); else None."""
+    (n, k), groups = program.A.shape, program.M.shape[1]
+    size = groups * (k + 1)
+    if size**3 / 3 >= n * n * (groups // 2) * k + n**3 / 3 or size * size > 4 * CHUNK_ENTRIES:
+        return None
+    return _coupling_matrix(program)
+
+
+def _coupling_matrix(program: _Program) -> torch.Tensor:
+    """B^T B of the loss, B x = sum_j o_j M_j * (A W_j) with x = (tau_j, W_j) per group."""
+    A, M, o = program.A, program.M, program.o
+    (n, k), groups = A.shape, M.shape[1]
+    B = torch.zeros(n, groups, k + 1, dtype=A.dtype, device=A.device)
+    B[:, :, 1:] = (M * o)[:, :, None] * A[:, None, :]
+    B = B.reshape(n, groups * (k + 1))
+    return B.T @ B
 
 
 def _batched(matrices: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
@@ -355,7 +391,8 @@ def _interior_point(program: _Program, tol: float, violation_tol: float,
     if at_zero["optimal_within"] <= tol:  # beta above every group's dual norm at lam = y: W = 0 is optimal
         return zero, torch.zeros_like(program.M), 0, True, at_zero
     identity = torch.eye(m, dtype=A.dtype, device=A.device).expand(groups, m, m)
-    start = _NewtonSystem(program, torch.ones_like(program.M), identity)
+    coupling = _dense_coupling(program)
+    start = _NewtonSystem(program, torch.ones_like(program.M), identity, coupling)
     W, tau = start.solve_x(A.T @ (program.M * y[:, None] * program.o), torch.full_like(program.o, -beta))
     Gx_orthant, Gx_cone = _G(program, W, tau)
     s_orthant, s_cone = shift_into_cones(-Gx_orthant, -Gx_cone)
@@ -379,7 +416,7 @@ def _interior_point(program: _Program, tol: float, violation_tol: float,
         scale_cone, scale_cone_inverse = nt_scaling(s_cone, z_cone)
         lam_orthant, lam_cone = (s_orthant * z_orthant).sqrt(), _batched(scale_cone, z_cone)
         try:
-            system = _NewtonSystem(program, z_orthant / s_orthant, scale_cone_inverse)
+            system = _NewtonSystem(program, z_orthant / s_orthant, scale_cone_inverse, coupling)
         except _Breakdown:
             break
 
