@@ -10,7 +10,7 @@ predictor-corrector, Nesterov-Todd scaling of the orthant and second-order cones
 ``_interior_point``) whose Newton equations are solved per group with the coupling through
 the predictions added by Woodbury (``_NewtonSystem``). Otherwise (logistic loss, float32,
 warm starts for the block): an augmented Lagrangian with multipliers G >= 0 (n x 2P) and
-penalty delta: with multipliers G >= 0 (n x 2P) and penalty delta:
+penalty delta:
 
     L(W, G) = loss(f) + beta sum_j ||W_j|| + (delta / 2) ||(G / delta - C(W))_+||^2,  C = E * (A W),
 
@@ -111,6 +111,10 @@ class _Program:
     def predictions(self, Z: torch.Tensor) -> torch.Tensor:
         return (self.M * Z) @ self.o
 
+    def predictions_adjoint(self, v: torch.Tensor) -> torch.Tensor:
+        """B^T v for B W = predictions(A W): column j is o_j A^T (M_j * v)."""
+        return self.A.T @ (self.M * v[:, None] * self.o)
+
     def smooth(self, W: torch.Tensor, G: torch.Tensor, delta: float,
                gradient: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Value (and gradient) of loss(f) + (delta/2) ||(G/delta - C)_+||^2."""
@@ -204,7 +208,7 @@ def _augmented_lagrangian(program: _Program, W: torch.Tensor, G: torch.Tensor, t
         criteria = _criteria(exact, W.double(), G.double())
         logger.debug("augmented Lagrangian: outer %d, %d FISTA steps, delta %g, within %.2e, violation %.2e",
                      outer, used, delta, criteria["optimal_within"], criteria["violation"])
-        if criteria["optimal_within"] <= tol and criteria["violation"] <= violation_tol:
+        if _meets(criteria, tol, violation_tol):
             return W, G, iterations, True, criteria
         if criteria["violation"] > 0.25 * last_violation and criteria["violation"] > violation_tol:
             delta = min(delta * PENALTY_GROWTH, MAX_PENALTY)
@@ -300,7 +304,7 @@ class _NewtonSystem:
             return u[1:], u[0]
         u = self._block_solve(b_tau, b_W)
         correction = torch.cholesky_solve(p.predictions(p.A @ u[1:])[:, None], self.LC)[:, 0]
-        u = u - self._block_solve(torch.zeros_like(b_tau), p.A.T @ (p.M * correction[:, None] * p.o))
+        u = u - self._block_solve(torch.zeros_like(b_tau), p.predictions_adjoint(correction))
         return u[1:], u[0]
 
     def solve(self, b_x: tuple, b_z: tuple, d: tuple) -> tuple[torch.Tensor, ...]:
@@ -370,7 +374,7 @@ def _without_residue(program: _Program, W: torch.Tensor, lower_bound: float, tol
 
 
 def _interior_point(program: _Program, tol: float, violation_tol: float,
-                    max_iterations: int) -> tuple[torch.Tensor, torch.Tensor, int, bool, dict | None]:
+                    max_iterations: int) -> tuple[torch.Tensor, torch.Tensor, int, bool, dict]:
     """Primal-dual interior-point method (squared loss, float64) for
 
         min 1/2 ||B W - y||^2 + beta sum_j tau_j   s.t.  E * (A W) >= 0,  (tau_j, W_j) in SOC,
@@ -380,20 +384,20 @@ def _interior_point(program: _Program, tol: float, violation_tol: float,
     the Newton equations of ``_NewtonSystem``). Once the complementarity s^T z is within tol
     of the objective it stops on the measured criteria of ``_criteria`` (the multipliers of
     the orthant are the program's G); returns W (residue of the zero groups removed,
-    ``_without_residue``), G, iterations, success and the criteria of W. W = 0 is returned
-    at once when it is certified optimal."""
+    ``_without_residue`` whenever it succeeds), G, iterations, success and the criteria of W.
+    W = 0 is returned at once when it is certified optimal."""
     A, y, beta = program.A, program.y, program.beta
     n, groups = program.M.shape
     m = A.shape[1] + 1
     degree = n * groups + groups
-    zero = torch.zeros_like(program.M[: m - 1])
-    at_zero = _criteria(program, zero, torch.zeros_like(program.M))
-    if at_zero["optimal_within"] <= tol:  # beta above every group's dual norm at lam = y: W = 0 is optimal
-        return zero, torch.zeros_like(program.M), 0, True, at_zero
+    zero, no_multipliers = torch.zeros_like(program.M[: m - 1]), torch.zeros_like(program.M)
+    W, converged, criteria = _certified(program, zero, no_multipliers, tol, violation_tol)
+    if converged:  # beta above every group's dual norm at lam = y: W = 0 is optimal
+        return W, no_multipliers, 0, True, criteria
     identity = torch.eye(m, dtype=A.dtype, device=A.device).expand(groups, m, m)
     coupling = _dense_coupling(program)
     start = _NewtonSystem(program, torch.ones_like(program.M), identity, coupling)
-    W, tau = start.solve_x(A.T @ (program.M * y[:, None] * program.o), torch.full_like(program.o, -beta))
+    W, tau = start.solve_x(program.predictions_adjoint(y), torch.full_like(program.o, -beta))
     Gx_orthant, Gx_cone = _G(program, W, tau)
     s_orthant, s_cone = shift_into_cones(-Gx_orthant, -Gx_cone)
     z_orthant, z_cone = shift_into_cones(Gx_orthant, Gx_cone)
@@ -401,17 +405,16 @@ def _interior_point(program: _Program, tol: float, violation_tol: float,
     for iteration in range(max_iterations):
         f = program.predictions(A @ W)
         g_W, g_tau = _G_transpose(program, z_orthant, z_cone)
-        r_x = (A.T @ (program.M * (f - y)[:, None] * program.o) + g_W, beta + g_tau)
+        r_x = (program.predictions_adjoint(f - y) + g_W, beta + g_tau)
         Gx_orthant, Gx_cone = _G(program, W, tau)
         r_z = (Gx_orthant + s_orthant, Gx_cone + s_cone)
         gap = float((s_orthant * z_orthant).sum() + (s_cone * z_cone).sum())
         objective = float(0.5 * ((f - y) ** 2).sum() + beta * tau.sum())
         logger.debug("interior point: iteration %d, objective %.10g, s^T z %.3e", iteration, objective, gap)
         if gap <= tol * abs(objective):
-            criteria = _criteria(program, W, z_orthant)
-            if criteria["optimal_within"] <= tol and criteria["violation"] <= violation_tol:
-                cleaned = _without_residue(program, W, criteria["lower_bound"], tol, violation_tol)
-                return cleaned, z_orthant, iteration, True, _criteria(program, cleaned, z_orthant, criteria["lower_bound"])
+            cleaned, converged, criteria = _certified(program, W, z_orthant, tol, violation_tol)
+            if converged:
+                return cleaned, z_orthant, iteration, True, criteria
         mu = gap / degree
         scale_cone, scale_cone_inverse = nt_scaling(s_cone, z_cone)
         lam_orthant, lam_cone = (s_orthant * z_orthant).sqrt(), _batched(scale_cone, z_cone)
@@ -447,9 +450,25 @@ def _interior_point(program: _Program, tol: float, violation_tol: float,
         W, tau = W + alpha * dW, tau + alpha * dtau
         s_orthant, s_cone = s_orthant + alpha * ds_orthant, s_cone + alpha * ds_cone
         z_orthant, z_cone = z_orthant + alpha * dz_orthant, z_cone + alpha * dz_cone
-    criteria = _criteria(program, W, z_orthant)  # out of iterations or at float64's limit: maybe done anyway
-    converged = criteria["optimal_within"] <= tol and criteria["violation"] <= violation_tol
+    # out of iterations or at float64's limit: the last point may still meet the criteria
+    W, converged, criteria = _certified(program, W, z_orthant, tol, violation_tol)
     return W, z_orthant, iteration, converged, criteria
+
+
+def _meets(criteria: dict, tol: float, violation_tol: float) -> bool:
+    return criteria["optimal_within"] <= tol and criteria["violation"] <= violation_tol
+
+
+def _certified(program: _Program, W: torch.Tensor, G: torch.Tensor, tol: float,
+               violation_tol: float) -> tuple[torch.Tensor, bool, dict]:
+    """(W, success, criteria) for the squared-loss program: when the criteria of W hold, W
+    with the residue of its zero groups removed (``_without_residue``) and its criteria under
+    the same certified bound."""
+    criteria = _criteria(program, W, G)
+    if not _meets(criteria, tol, violation_tol):
+        return W, False, criteria
+    cleaned = _without_residue(program, W, criteria["lower_bound"], tol, violation_tol)
+    return cleaned, True, _criteria(program, cleaned, G, criteria["lower_bound"])
 
 
 def _relative_gap(objective: float, lower_bound: float) -> float:
