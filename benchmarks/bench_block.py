@@ -19,7 +19,7 @@ import cvxpylayers
 import diffcp
 import torch
 
-from convexnorm.convex.estimators import solve_convex_program
+from convexnorm.convex.solve import solve_convex_program
 from convexnorm.convex.whitening import u_prime_rows, whiten_tensor
 from convexnorm.nn import ConvexBNReLU
 

@@ -41,7 +41,7 @@ def main() -> None:
           f"{'adam s':>8} {'adam/clar':>9} {'adam best/p':>11} {'adam steps':>10}")
     for n in args.sizes:
         X, y = regression_problem(n, args.d, args.seed)
-        settings = dict(beta=args.beta, patterns=args.gates, seed=args.seed)
+        settings = dict(beta=args.beta, patterns=args.gates, random_state=args.seed)
         clarabel, t_clarabel = timed(lambda: cn.ConvexBNRegressor(**settings).fit(X, y))
         scs, t_scs = timed(lambda: cn.ConvexBNRegressor(**settings, solver="scs",
                                                         solver_options={"eps_abs": 1e-4, "eps_rel": 1e-4}).fit(X, y))

@@ -44,7 +44,7 @@ def main() -> None:
     print(f"{'n':>5} {'r':>3} {'P':>5} {'optimum':>10} " + " ".join(f"{c + ' s':>12} {'ratio':>6} {'err':>8}" for c in columns))
     for n, r, gates in itertools.product(args.sizes, args.ranks, args.gates):
         X, y = regression_problem(n, r)
-        settings = dict(beta=args.beta, patterns=gates, seed=0)
+        settings = dict(beta=args.beta, patterns=gates, random_state=0)
         runs = {"clarabel": {}, "scs": {"solver": "scs", "solver_options": {"eps_abs": 1e-6, "eps_rel": 1e-6}},
                 "torch": {"solver": "torch", "solver_options": {"tol": 1e-5}}}
         runs = {name: extra for name, extra in runs.items() if name in chosen}

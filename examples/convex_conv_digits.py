@@ -39,8 +39,9 @@ def main() -> None:
     images, y = digits.images[keep][:, None] / 16.0, np.where(digits.target[keep] == 8, 1.0, -1.0)
     X_train, X_test, y_train, y_test = train_test_split(images, y, test_size=0.3, random_state=0)
     start = time.perf_counter()
-    model = cn.ConvexBNConvRegressor(kernel_size=3, stride=2, beta=BETA, patterns=PATTERNS, seed=0)
-    model.fit(X_train, y_train, grow=True, max_rounds=ROUNDS)
+    model = cn.ConvexBNConvRegressor(kernel_size=3, stride=2, beta=BETA, patterns=PATTERNS, random_state=0,
+                                     grow=True, max_rounds=ROUNDS)
+    model.fit(X_train, y_train)
     seconds = time.perf_counter() - start
     net = model.to_module()
     recovered = cn.nonconvex_objective(net, X_train, y_train, BETA).item()

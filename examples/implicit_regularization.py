@@ -54,15 +54,15 @@ def main() -> None:
           f"beta {BETA}, {PATTERNS} sampled patterns")
     rows = []
     start = time.perf_counter()
-    full = cn.ConvexBNRegressor(beta=BETA, patterns=PATTERNS, seed=0).fit(X_train, y_train)
+    full = cn.ConvexBNRegressor(beta=BETA, patterns=PATTERNS, random_state=0).fit(X_train, y_train)
     rows.append((f"convex, full whitening (k = {rank})", full, time.perf_counter() - start))
     start = time.perf_counter()
-    best, scores = cn.select_whitening_rank(cn.ConvexBNRegressor(beta=BETA, patterns=PATTERNS, seed=0),
+    best, scores = cn.select_whitening_rank(cn.ConvexBNRegressor(beta=BETA, patterns=PATTERNS, random_state=0),
                                             X_train, y_train, X_val, y_val, RANKS)
-    truncated = cn.ConvexBNRegressor(beta=BETA, patterns=PATTERNS, seed=0, whitening_rank=best).fit(X_train, y_train)
+    truncated = cn.ConvexBNRegressor(beta=BETA, patterns=PATTERNS, random_state=0, whitening_rank=best).fit(X_train, y_train)
     rows.append((f"convex, whitening_rank = {best} (validation)", truncated, time.perf_counter() - start))
     start = time.perf_counter()
-    spectral = cn.ConvexBNRegressor(beta=BETA, patterns=PATTERNS, seed=0, whitening="spectral").fit(X_train, y_train)
+    spectral = cn.ConvexBNRegressor(beta=BETA, patterns=PATTERNS, random_state=0, whitening="spectral").fit(X_train, y_train)
     rows.append(("convex, whitening='spectral'", spectral, time.perf_counter() - start))
     print("validation R^2 per whitening rank: " + ", ".join(f"k={k}: {s:.3f}" for k, s in scores.items()))
     width = max(model.n_neurons_ for _, model, _ in rows)

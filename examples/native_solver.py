@@ -31,7 +31,7 @@ def main() -> None:
     models = {}
     for solver in ("torch", "clarabel"):
         start = time.perf_counter()
-        model = cn.ConvexBNRegressor(beta=BETA, patterns=PATTERNS, seed=SEED, solver=solver).fit(X_train, y_train)
+        model = cn.ConvexBNRegressor(beta=BETA, patterns=PATTERNS, random_state=SEED, solver=solver).fit(X_train, y_train)
         seconds = time.perf_counter() - start
         models[solver] = model
         report = model.solver_report_[0]

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from sklearn.exceptions import NotFittedError
 import torch
 import torch.nn.functional as F
 
@@ -52,7 +53,7 @@ def test_sampled_conv_model_on_digit_images_recovers_its_objective():
     digits = load_digits()
     keep = np.isin(digits.target, (0, 1))
     images, y = digits.images[keep][:40, None] / 16.0, np.where(digits.target[keep][:40] == 1, 1.0, -1.0)
-    model = cn.ConvexBNConvRegressor(kernel_size=3, stride=2, beta=0.5, patterns=20, seed=0).fit(images, y)
+    model = cn.ConvexBNConvRegressor(kernel_size=3, stride=2, beta=0.5, patterns=20, random_state=0).fit(images, y)
     assert model.n_positions_ == 9 and model.whitening_.n == 40 * 9
     value = cn.nonconvex_objective(model.to_module(), images, y, 0.5).item()
     assert abs(value - model.objective_) <= 1e-5 * model.objective_
@@ -60,7 +61,7 @@ def test_sampled_conv_model_on_digit_images_recovers_its_objective():
 
 def test_conv_bad_input():
     images, y = tiny_images()
-    with pytest.raises(ValueError, match="images must be"):
+    with pytest.raises(ValueError, match=r"images \(N, C, H, W\)"):
         cn.ConvexBNConvRegressor(kernel_size=(1, 2)).fit(images[:, 0], y)
     with pytest.raises(ValueError, match="solver"):
         cn.ConvexBNConvRegressor(kernel_size=(1, 2), solver="torch").fit(images, y)
@@ -69,11 +70,13 @@ def test_conv_bad_input():
     with pytest.raises(ValueError, match="NaN"):
         cn.ConvexBNConvRegressor(kernel_size=(1, 2)).fit(bad, y)
     model = cn.ConvexBNConvRegressor(kernel_size=(1, 2), beta=0.1, patterns=10)
-    with pytest.raises(ValueError, match="call fit"):
+    with pytest.raises(NotFittedError):
         model.predict(images)
     model.fit(images, y)
-    with pytest.raises(ValueError, match="images must be"):
+    with pytest.raises(ValueError, match="ConvexBNConvRegressor: X has 3 features, but .* expecting 1"):
         model.predict(np.zeros((2, 3, 1, 3)))
+    with pytest.raises(ValueError, match="images must be"):
+        model.predict(np.zeros((2, 1, 2, 3)))
 
 
 def test_conv_certificate_and_grow():
@@ -81,9 +84,9 @@ def test_conv_certificate_and_grow():
     exact = cn.ConvexBNConvRegressor(kernel_size=(1, 2), beta=0.1, patterns="exhaustive").fit(images, y)
     cert = exact.certify()
     assert cert.exact and cert.optimal and cert.gap <= 1e-5 * exact.objective_
-    few = cn.ConvexBNConvRegressor(kernel_size=(1, 2), beta=0.1, patterns=3, seed=0).fit(images, y)
+    few = cn.ConvexBNConvRegressor(kernel_size=(1, 2), beta=0.1, patterns=3, random_state=0).fit(images, y)
     assert not few.certify(method="probe").optimal  # 3 sampled patterns miss the optimum
-    grown = cn.ConvexBNConvRegressor(kernel_size=(1, 2), beta=0.1, patterns=3, seed=0).fit(images, y, grow=True)
+    grown = cn.ConvexBNConvRegressor(kernel_size=(1, 2), beta=0.1, patterns=3, random_state=0, grow=True).fit(images, y)
     assert grown.objective_ < few.objective_ and len(grown.patterns_) > 3
     assert grown.objective_ >= exact.objective_ * (1 - 1e-6)  # never below the optimum over all patterns
     assert grown.objective_history_[0] == pytest.approx(few.objective_, rel=1e-9)

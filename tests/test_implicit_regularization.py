@@ -37,9 +37,9 @@ def regression_data(n=40, d=4, seed=0):
 
 def test_truncated_whitening_with_full_rank_is_the_plain_model():
     X, y = regression_data()
-    plain = cn.ConvexBNRegressor(beta=0.1, patterns=30, seed=1).fit(X, y)
+    plain = cn.ConvexBNRegressor(beta=0.1, patterns=30, random_state=1).fit(X, y)
     for k in (4, 10):
-        full = cn.ConvexBNRegressor(beta=0.1, patterns=30, seed=1, whitening_rank=k).fit(X, y)
+        full = cn.ConvexBNRegressor(beta=0.1, patterns=30, random_state=1, whitening_rank=k).fit(X, y)
         assert full.whitening_.rank == 4
         assert abs(full.objective_ - plain.objective_) <= 1e-9 * plain.objective_
         np.testing.assert_allclose(full.predict(X), plain.predict(X), atol=1e-8)
@@ -48,7 +48,7 @@ def test_truncated_whitening_with_full_rank_is_the_plain_model():
 @pytest.mark.parametrize("k", [1, 2])
 def test_truncated_model_recovers_its_objective(k):
     X, y = regression_data()
-    model = cn.ConvexBNRegressor(beta=0.1, patterns=30, seed=1, whitening_rank=k).fit(X, y)
+    model = cn.ConvexBNRegressor(beta=0.1, patterns=30, random_state=1, whitening_rank=k).fit(X, y)
     assert model.whitening_.rank == k and model.whitening_.U_prime.shape == (40, k + 1)
     net = model.to_module()
     value = cn.nonconvex_objective(net, X, y, beta=0.1).item()
@@ -90,7 +90,7 @@ def test_spectral_variant_is_the_program_on_the_principal_axes(solver):
     import cvxpy as cp
 
     X, y = regression_data(n=30)
-    model = cn.ConvexBNRegressor(beta=0.1, patterns=12, seed=2, whitening="spectral", solver=solver).fit(X, y)
+    model = cn.ConvexBNRegressor(beta=0.1, patterns=12, random_state=2, whitening="spectral", solver=solver).fit(X, y)
     plain = cn.whiten(X)
     Z = np.hstack([plain.U * plain.S, np.ones((30, 1))])
     np.testing.assert_allclose(model.whitening_.U_prime, Z, atol=1e-12)

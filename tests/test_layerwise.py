@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from sklearn.exceptions import NotFittedError
 import torch
 
 import convexnorm as cn
@@ -48,5 +49,5 @@ def test_one_block_is_the_two_layer_model_and_classifier_blocks():
     assert np.array_equal(clf.blocks_[-1].classes_[out.argmax(1).numpy()], clf.predict(X))
     with pytest.raises(ValueError, match="n_blocks"):
         cn.GreedyConvexBNNetwork(n_blocks=0).fit(X, y)
-    with pytest.raises(ValueError, match="call fit"):
+    with pytest.raises(NotFittedError):
         cn.GreedyConvexBNNetwork().predict(X)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
+from sklearn.utils.validation import validate_data
 
 
 def check_matrix(X, owner: str, columns: int | None = None) -> np.ndarray:
@@ -29,7 +32,40 @@ def check_targets(y, n: int, owner: str) -> np.ndarray:
     return y
 
 
-def check_beta(beta: float, owner: str) -> float:
-    if not (np.isfinite(beta) and beta > 0):
-        raise ValueError(f"{owner}: beta must be a positive number, got {beta}")
-    return float(beta)
+def check_positive(value, owner: str, name: str, allow_zero: bool = False) -> float:
+    """A finite real number > 0 (>= 0 with allow_zero) as a float; bools, complex numbers,
+    strings and arrays get a ValueError naming ``owner`` and ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not np.isfinite(value) \
+            or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{owner}: {name} must be a finite real number {bound}, got {value!r}")
+    return float(value)
+
+
+def check_beta(beta, owner: str) -> float:
+    return check_positive(beta, owner, "beta")
+
+
+def check_count(value, owner: str, name: str, minimum: int = 1) -> int:
+    """An integer >= minimum (bools refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_options(options, owner: str, name: str) -> dict:
+    """None or a dict of keyword options."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict) or not all(isinstance(key, str) for key in options):
+        raise ValueError(f"{owner}: {name} must be None or a dict of keyword options, got {options!r}")
+    return dict(options)
+
+
+def validated(estimator, X, y="no_validation", **kwargs):
+    """scikit-learn's ``validate_data`` with its errors prefixed by the estimator's name."""
+    try:
+        return validate_data(estimator, X, y, **kwargs)
+    except (TypeError, ValueError) as error:
+        kind = TypeError if isinstance(error, TypeError) and not isinstance(error, ValueError) else ValueError
+        raise kind(f"{type(estimator).__name__}: {error}") from error

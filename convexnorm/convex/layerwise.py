@@ -1,4 +1,4 @@
-"""Greedy layer-wise convex training of a deep BN-ReLU MLP (spec: convex-bn.md section 8).
+"""Greedy layer-wise convex training of a deep BN-ReLU MLP (docs/math.md, section 8).
 
 With the lower layers fixed, training the last BN-ReLU-linear block is the two-layer
 convex program on the activations of the layer below. Applied greedily: block 1 is the
@@ -13,75 +13,106 @@ whose last block is globally optimal (over its patterns) given the blocks below.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, clone
+from sklearn.base import BaseEstimator, TransformerMixin, clone
+from sklearn.utils import TransformerTags
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.validation import check_is_fitted
 
-from convexnorm.convex._validation import check_matrix
-from convexnorm.convex.estimators import ConvexBNClassifier, ConvexBNRegressor
+from convexnorm.convex._validation import check_count, validated
+from convexnorm.convex.estimators import ConvexBNClassifier, ConvexBNRegressor, unchanged_on_failure
 
 
-class GreedyConvexBNNetwork(BaseEstimator):
+class GreedyConvexBNNetwork(TransformerMixin, BaseEstimator):
     """``n_blocks`` convex BN-ReLU blocks, each a clone of ``estimator`` (a
-    ``ConvexBNRegressor`` or ``ConvexBNClassifier``, seed advanced per block) fitted on the
-    previous block's activations with the same targets.
+    ``ConvexBNRegressor``, the default, or a ``ConvexBNClassifier``; an integer random_state
+    of the estimator is advanced by one per block) fitted on the previous block's activations
+    with the same targets. A regressor or a classifier as its estimator is.
 
     Fitted: ``blocks_`` (the fitted estimators), ``hidden_`` (the kept hidden layers, eval
     mode), ``objectives_`` (each block's convex objective), ``objective_`` (the last one),
-    ``widths_`` (neurons per block).
+    ``widths_`` (neurons per block), ``classes_`` for a classifier.
     """
 
     def __init__(self, estimator: ConvexBNRegressor | ConvexBNClassifier | None = None, n_blocks: int = 2) -> None:
         self.estimator = estimator
         self.n_blocks = n_blocks
 
-    def fit(self, X, y, **fit_params) -> "GreedyConvexBNNetwork":
-        owner = "GreedyConvexBNNetwork"
-        if not isinstance(self.n_blocks, int) or self.n_blocks < 1:
-            raise ValueError(f"{owner}: n_blocks must be a positive integer, got {self.n_blocks!r}")
+    def _template(self) -> ConvexBNRegressor | ConvexBNClassifier:
         template = self.estimator if self.estimator is not None else ConvexBNRegressor()
         if not isinstance(template, (ConvexBNRegressor, ConvexBNClassifier)):
-            raise ValueError(f"{owner}: estimator must be a ConvexBNRegressor or ConvexBNClassifier")
-        features = check_matrix(X, owner)
-        blocks, hidden = [], []
-        for index in range(self.n_blocks):
-            block = clone(template).set_params(seed=template.seed + index).fit(features, y, **fit_params)
-            blocks.append(block)
-            if index + 1 < self.n_blocks:
-                layer = block.to_module()[:3]
-                hidden.append(layer)
-                with torch.no_grad():
-                    features = layer(torch.from_numpy(features)).numpy()
-        self.blocks_, self.hidden_ = blocks, hidden
-        self.objectives_ = [b.objective_ for b in blocks]
-        self.objective_ = self.objectives_[-1]
-        self.widths_ = [b.n_neurons_ for b in blocks]
-        return self
+            raise ValueError("GreedyConvexBNNetwork: estimator must be a ConvexBNRegressor or ConvexBNClassifier, "
+                             f"got {template!r}")
+        return template
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "blocks_"):
-            raise ValueError("GreedyConvexBNNetwork: call fit before using the model")
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        try:
+            inner = self._template().__sklearn_tags__()
+        except ValueError:
+            return tags
+        tags.estimator_type = inner.estimator_type
+        tags.classifier_tags, tags.regressor_tags = inner.classifier_tags, inner.regressor_tags
+        tags.target_tags, tags.input_tags = inner.target_tags, inner.input_tags
+        tags.transformer_tags = TransformerTags(preserves_dtype=["float64"])  # transform: the last block's input
+        return tags
+
+    def fit(self, X, y) -> "GreedyConvexBNNetwork":
+        owner = "GreedyConvexBNNetwork"
+        with unchanged_on_failure(self):
+            check_count(self.n_blocks, owner, "n_blocks")
+            template = self._template()
+            classifier = isinstance(template, ConvexBNClassifier)
+            features, y = validated(self, X, y, dtype=np.float64, ensure_min_samples=2, y_numeric=not classifier)
+            state = template.random_state
+            blocks, hidden = [], []
+            for index in range(self.n_blocks):
+                # an int seed advances per block; a RandomState advances by itself; None stays None
+                seed = state + index if isinstance(state, numbers.Integral) else state
+                block = clone(template).set_params(random_state=seed).fit(features, y)
+                blocks.append(block)
+                if index + 1 < self.n_blocks:
+                    layer = block.to_module()[:3]
+                    hidden.append(layer)
+                    with torch.no_grad():
+                        features = layer(torch.from_numpy(features)).numpy()
+            self.blocks_, self.hidden_ = blocks, hidden
+            self.objectives_ = [b.objective_ for b in blocks]
+            self.objective_ = self.objectives_[-1]
+            self.widths_ = [b.n_neurons_ for b in blocks]
+            if classifier:
+                self.classes_ = blocks[-1].classes_
+        return self
 
     def transform(self, X) -> np.ndarray:
         """The last block's input: X through the kept hidden layers (eval mode)."""
-        self._check_fitted()
-        features = check_matrix(X, "GreedyConvexBNNetwork.transform", columns=self.blocks_[0].n_features_in_)
+        check_is_fitted(self)
+        features = validated(self, X, reset=False, dtype=np.float64)
         with torch.no_grad():
             for layer in self.hidden_:
                 features = layer(torch.from_numpy(features)).numpy()
         return features
 
     def predict(self, X) -> np.ndarray:
-        self._check_fitted()
-        return self.blocks_[-1].predict(self.transform(X))
+        features = self.transform(X)
+        return self.blocks_[-1].predict(features)
+
+    @available_if(lambda self: isinstance(self._template(), ConvexBNClassifier))
+    def decision_function(self, X) -> np.ndarray:
+        """The last block's decision function (only with a ConvexBNClassifier estimator)."""
+        features = self.transform(X)
+        return self.blocks_[-1].decision_function(features)
 
     def score(self, X, y) -> float:
         """The last block's score (R^2 or accuracy) on the transformed X."""
-        self._check_fitted()
-        return self.blocks_[-1].score(self.transform(X), y)
+        features = self.transform(X)
+        return self.blocks_[-1].score(features, y)
 
     def to_module(self) -> torch.nn.Sequential:
         """The whole network as one ``torch.nn.Sequential`` (eval mode)."""
-        self._check_fitted()
+        check_is_fitted(self)
         layers = [module for layer in self.hidden_ for module in layer]
         return torch.nn.Sequential(*layers, *self.blocks_[-1].to_module()).eval()

@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
 
 from convexnorm.convex._cones import (jordan_divide, jordan_product, nt_scaling, orthant_max_step, shift_into_cones,
                                       soc_max_step)
+from convexnorm.convex._validation import check_count, check_positive
 from convexnorm.losses import loss_gradient, torch_loss
 
 logger = logging.getLogger("convexnorm")
@@ -523,7 +523,8 @@ def solve_native(
 
     Stops when the relative duality gap (squared loss) or the relative stationarity
     (logistic) is <= tol and the relative constraint violation is <= violation_tol;
-    otherwise warns after max_outer outer iterations and reports converged=False.
+    otherwise stops after max_outer outer iterations and reports converged=False (the
+    callers raise SolverError unless the user accepts inaccurate solutions).
     ``warm_start`` is a previous (W, G), e.g. with fewer patterns (padded with zeros).
     ``method``: "ipm" (primal-dual interior-point method, squared loss, float64; warm
     starts are not used), "al" (augmented Lagrangian) or "auto" (ipm where it applies, else
@@ -533,6 +534,12 @@ def solve_native(
         raise ValueError(f"solver='torch' supports the squared and logistic losses, not {loss!r}")
     if method not in ("auto", "ipm", "al"):
         raise ValueError(f"solver='torch': method must be 'auto', 'ipm' or 'al', got {method!r}")
+    for name, value in (("tol", tol), ("violation_tol", violation_tol)):
+        check_positive(value, "solver='torch'", name)
+    check_count(max_outer, "solver='torch'", "max_outer")
+    check_count(max_inner, "solver='torch'", "max_inner")
+    if U_prime.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"solver='torch': dtype must be torch.float32 or torch.float64, got {U_prime.dtype}")
     if method == "ipm" and (loss != "squared" or U_prime.dtype != torch.float64):
         raise ValueError("solver='torch': method='ipm' needs the squared loss and float64")
     A = U_prime
@@ -549,13 +556,5 @@ def solve_native(
     W, G, iterations, converged, criteria = solved
     if criteria is None:
         criteria = _criteria(program.double(), W.double(), G.double())
-    if not converged:
-        steps = "interior-point iterations" if used == "ipm" else "outer iterations (multiplier updates)"
-        warnings.warn(
-            f"solver='torch' stopped after {iterations} {steps} without meeting its tolerances "
-            f"(relative gap {criteria['relative_gap']}, stationarity {criteria['stationarity']:.2e}, "
-            f"violation {criteria['violation']:.2e}); raise max_outer/max_inner or loosen tol",
-            RuntimeWarning, stacklevel=2,
-        )
     return NativeResult(W, G, criteria["objective"], criteria["lower_bound"], criteria["relative_gap"],
                         criteria["stationarity"], criteria["violation"], iterations, converged, used)

@@ -147,8 +147,8 @@ def recover_network(whitening: Whitening, neurons: np.ndarray, output_signs: np.
     a, b = neurons[:, :r], neurons[:, r]
     a_norms = np.linalg.norm(a, axis=1)
     constant = a_norms <= 1e-12 * np.maximum(norms, np.finfo(float).tiny)
-    W = (a / whitening.S) @ whitening.V.T
-    W[constant] = whitening.V[:, 0] / whitening.S[0]
+    a_first = np.where(constant[:, None], np.eye(1, r), a)  # a constant neuron: any direction, g = 0
+    W = whitening.first_layer(a_first)
     root = np.sqrt(norms)
     g = np.where(constant, 0.0, a_norms / root)
     alpha = b / root
@@ -163,7 +163,7 @@ def recover_network(whitening: Whitening, neurons: np.ndarray, output_signs: np.
         bn.bias.copy_(torch.from_numpy(alpha / np.sqrt(n)))
         last.weight.copy_(torch.from_numpy((signs * root[:, None]).T))
         h_mean = torch.from_numpy(whitening.mean @ W.T)
-        h_var = torch.from_numpy(np.linalg.norm((W @ whitening.V) * whitening.S, axis=1) ** 2 / n)
+        h_var = torch.from_numpy(np.linalg.norm(a_first, axis=1) ** 2 / n)  # h = Xc w = U a on the training data
         bn.running_mean.copy_(h_mean)
         bn.running_var.copy_(h_var)
         bn.num_batches_tracked.fill_(1)

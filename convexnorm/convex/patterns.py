@@ -14,6 +14,7 @@ import logging
 import math
 
 import numpy as np
+from sklearn.utils import check_random_state
 
 logger = logging.getLogger("convexnorm")
 
@@ -59,23 +60,31 @@ def _enumerate(U_prime: np.ndarray) -> np.ndarray:
     return _distinct(np.concatenate(found))
 
 
-def sample_patterns(U_prime: np.ndarray, n_gates: int, seed: int = 0) -> np.ndarray:
-    """Distinct nonzero patterns 1[U' h >= 0] of n_gates Gaussian gates h (seeded)."""
-    gates = np.random.default_rng(seed).standard_normal((U_prime.shape[1], n_gates))
+def sample_patterns(U_prime: np.ndarray, n_gates: int, seed=0) -> np.ndarray:
+    """Distinct nonzero patterns 1[U' h >= 0] of n_gates Gaussian gates h (``seed``: an int,
+    a numpy RandomState or None, as scikit-learn's random_state)."""
+    gates = check_random_state(seed).standard_normal((U_prime.shape[1], n_gates))
     return _distinct((U_prime @ gates >= 0).T)
 
 
-def arrangement_patterns(U_prime: np.ndarray, patterns: str | int | np.ndarray = "auto", seed: int = 0) -> np.ndarray:
+def arrangement_patterns(U_prime: np.ndarray, patterns: str | int | np.ndarray = "auto", seed=0) -> np.ndarray:
     """Distinct nonzero arrangement patterns of U' as a boolean (P, n) array.
 
     ``patterns``: "exhaustive" (all of them, by enumeration; ValueError when that needs
     more than MAX_EXHAUSTIVE_CANDIDATES candidates), an int (that many sampled gate
     vectors, seeded), "auto" (exhaustive when it fits, else AUTO_SAMPLES gates), or a
-    boolean (P, n) array of given patterns (for instance a ConvexBNReLU block's).
+    boolean (P, n) array of given patterns (for instance a ConvexBNReLU block's). ``seed``:
+    an int, a numpy RandomState or None.
     """
     U_prime = np.asarray(U_prime, dtype=np.float64)
+    if U_prime.ndim != 2 or U_prime.shape[0] < 1 or U_prime.shape[1] < 1:
+        raise ValueError(f"arrangement_patterns: U_prime must be a nonempty 2D array, got shape {U_prime.shape}")
+    if not np.isfinite(U_prime).all():
+        raise ValueError("arrangement_patterns: U_prime contains NaN or Inf")
     n, r_prime = U_prime.shape
     if isinstance(patterns, np.ndarray):
+        if patterns.dtype.kind not in "biuf" or not np.isin(patterns, (0, 1)).all():
+            raise ValueError("arrangement_patterns: given patterns must be 0/1 or boolean")
         if patterns.ndim != 2 or patterns.shape[1] != n:
             raise ValueError(f"arrangement_patterns: given patterns must be (P, {n}), got {patterns.shape}")
         return _distinct(patterns.astype(bool))

@@ -4,6 +4,12 @@ Xc = X - 1 mu^T = U S V^T (compact SVD, rank r), U' = [U, 1/sqrt(n)] with U'^T U
 The test-time map, BN's analogue of running statistics, is
 u'(x) = [S^{-1} V^T (x - mu); 1/sqrt(n)].
 
+With ``scale_features`` the columns are divided by their standard deviations first
+(Xc D^-1 = U S V^T, u'(x) = [S^{-1} V^T D^{-1} (x - mu); 1/sqrt(n)]): the network's
+first layer absorbs any column scaling, so the program is unchanged, but the rank
+decision no longer depends on the units of the features (a feature measured in 1e-6
+units is not dropped as numerical noise).
+
 The spectrum-keeping variant (spec section 7) scales the columns back, Z = U' diag(S, sqrt(n))
 = [U S, 1]: the program then sees the centered data in its principal axes, and the group
 norm of a neuron s on Z is that of diag(S, sqrt(n)) s on U' reweighted, which penalizes
@@ -14,11 +20,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import logging
+
 import numpy as np
 import torch
 
 from convexnorm.convex._validation import check_matrix
 
+logger = logging.getLogger("convexnorm")
+
+#: "full": the program on U' (docs/math.md section 3); "spectral": on U' diag(S, sqrt(n)) = [U S, 1]
+#: (section 7, keeps the spectrum: an explicit spectral bias).
+WHITENINGS = ("full", "spectral")
 #: Singular values below RANK_RTOL * S[0] are dropped.
 RANK_RTOL = 1e-10
 
@@ -32,6 +45,7 @@ class Whitening:
     S: np.ndarray  # (r,)
     V: np.ndarray  # (d, r)
     column_scale: np.ndarray | None = None  # (r + 1,): the spectral variant's diag(S, sqrt(n))
+    feature_scale: np.ndarray | None = None  # (d,): D, the features' standard deviations (scale_features)
 
     @property
     def n(self) -> int:
@@ -67,15 +81,23 @@ class Whitening:
         gradient descent's spectral bias); k >= rank or None leaves it unchanged."""
         if self.column_scale is not None:
             raise ValueError("truncate before taking the spectral variant")
-        mean, U, S, V = self.mean, *truncate_rank(self.U, self.S, self.V, k)
-        return Whitening(mean=mean, U=U, S=S, V=V)
+        U, S, V = truncate_rank(self.U, self.S, self.V, k)
+        return replace(self, U=U, S=S, V=V)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         """Rows u'(x) = [S^{-1} V^T (x - mu); 1/sqrt(n)] of new data X (m, d) -> (m, r + 1)
         (times ``column_scale`` for the spectral variant)."""
         X = check_matrix(X, "Whitening.transform", columns=self.mean.shape[0])
-        coords = (X - self.mean) @ self.V / self.S
-        return self._rows(coords)
+        return self._rows(self.scaled_features(X - self.mean) @ self.V / self.S)
+
+    def scaled_features(self, values: np.ndarray) -> np.ndarray:
+        """Rows of feature values (or first-layer weights) times D^-1 (unchanged without
+        ``feature_scale``)."""
+        return values if self.feature_scale is None else values / self.feature_scale
+
+    def first_layer(self, coords: np.ndarray) -> np.ndarray:
+        """Weights w (rows) with Xc w = U c for coordinates c (rows, r): w = D^-1 V S^-1 c."""
+        return self.scaled_features((coords / self.S) @ self.V.T)
 
 
 def whiten_tensor(X: torch.Tensor, rtol: float = RANK_RTOL) -> tuple[torch.Tensor, ...]:
@@ -86,6 +108,11 @@ def whiten_tensor(X: torch.Tensor, rtol: float = RANK_RTOL) -> tuple[torch.Tenso
     if S.numel() == 0 or S[0] == 0:
         raise ValueError("all samples are identical; the centered data has rank 0")
     rank = int((S > rtol * S[0]).sum())
+    noise = 100 * torch.finfo(S.dtype).eps * max(X.shape) * S[0]
+    if rank < S.numel() and bool(S[rank] > noise):
+        logger.warning("whitening: dropped %d direction(s) of the centered data with singular values down to "
+                       "%.3g of the largest (below rtol=%g, above rounding noise); if a feature's units are tiny, "
+                       "rescale it", S.numel() - rank, float(S[rank] / S[0]), rtol)
     return mean, U[:, :rank], S[:rank], Vh[:rank].T
 
 
@@ -107,13 +134,21 @@ def u_prime_rows(coords: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([coords, coords.new_full((coords.shape[0], 1), n**-0.5)], dim=1)
 
 
-def whiten(X: np.ndarray, rtol: float = RANK_RTOL) -> Whitening:
-    """Center X (n, d) and take its compact SVD, dropping singular values below rtol * S[0]."""
+def whiten(X: np.ndarray, rtol: float = RANK_RTOL, scale_features: bool = False) -> Whitening:
+    """Center X (n, d) and take its compact SVD, dropping singular values below rtol * S[0];
+    with ``scale_features`` the columns are first divided by their standard deviations
+    (constant columns by 1), which makes the rank independent of the features' units."""
     X = check_matrix(X, "whiten")
     if X.shape[0] < 2:
         raise ValueError(f"whiten: need at least 2 samples, got {X.shape[0]}")
+    if not (np.isfinite(rtol) and 0 <= rtol < 1):
+        raise ValueError(f"whiten: rtol must be in [0, 1), got {rtol}")
+    scale = None
+    if scale_features:
+        scale = X.std(axis=0)
+        scale = np.where(scale > 0, scale, 1.0)
     try:
-        mean, U, S, V = (t.numpy() for t in whiten_tensor(torch.from_numpy(X), rtol))
+        mean, U, S, V = (t.numpy() for t in whiten_tensor(torch.from_numpy(X if scale is None else X / scale), rtol))
     except ValueError as error:
         raise ValueError(f"whiten: {error}") from error
-    return Whitening(mean=mean, U=U, S=S, V=V)
+    return Whitening(mean=mean if scale is None else mean * scale, U=U, S=S, V=V, feature_scale=scale)

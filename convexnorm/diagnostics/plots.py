@@ -1,31 +1,39 @@
-"""PNG figures of the diagnostics (matplotlib, Agg backend). Each helper takes a dict
-label -> result of the matching ``convexnorm.diagnostics`` function and returns the path."""
+"""PNG figures of the diagnostics. Each helper takes a dict label -> result of the matching
+``convexnorm.diagnostics`` function and returns the path. Figures are plain
+``matplotlib.figure.Figure`` objects rendered by Agg: the user's pyplot backend and state are
+never touched."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+
+def _figure(**options):
+    """A new (figure, axes) outside pyplot (subplots options as keyword arguments)."""
+    fig = Figure(figsize=options.pop("figsize", (5, 3.5)))
+    return fig, fig.subplots(**options)
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    """Lay out, write as PNG (parent folders created) and close ``fig``."""
+    """Lay out and write ``fig`` as PNG (parent folders created); a pyplot figure is closed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    if getattr(fig.canvas, "manager", None) is not None:  # made by pyplot: release it there
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
     return path
 
 
 def plot_learning_rate_sweep(sweeps: dict[str, dict], path: str | Path) -> Path:
     """Test (else training) accuracy over the learning rate, or the final loss when the
     targets are not classes; diverged runs marked x."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = _figure(figsize=(5, 3.5))
     first = next(iter(sweeps.values()))
     key = next((k for k in ("test_accuracy", "train_accuracy") if first[k][0] is not None), "final_loss")
     for label, sweep in sweeps.items():
@@ -43,7 +51,7 @@ def plot_learning_rate_sweep(sweeps: dict[str, dict], path: str | Path) -> Path:
 
 def plot_relative_loss(results: dict[str, dict], path: str | Path) -> Path:
     """loss_after / loss_before of one step over the step size, log-log, divergence line."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = _figure(figsize=(5, 3.5))
     low, high = 1.0, 1e4
     for label, result in results.items():
         ratios = [min(r, 1e40) for r in result["relative_loss"]]  # inf (overflow) drawn at 1e40
@@ -67,7 +75,7 @@ def _per_layer(ax, stats: dict[str, list[dict]], solid: tuple[str, str], dashed:
 
 def plot_activation_statistics(stats: dict[str, list[dict]], path: str | Path) -> Path:
     """Mean channel std and mean |channel mean| per layer (log scale)."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = _figure(figsize=(5, 3.5))
     _per_layer(ax, stats, ("mean_std", "std"), ("mean_abs_mean", "|mean|"))
     ax.set_yscale("log")
     ax.set(xlabel="layer", ylabel="activation statistic (channel average)", title="activations at initialization")
@@ -77,7 +85,7 @@ def plot_activation_statistics(stats: dict[str, list[dict]], path: str | Path) -
 
 def plot_gradient_statistics(stats: dict[str, dict], path: str | Path) -> Path:
     """Histogram of the pairwise cosines of the last layer's per-sample gradients."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = _figure(figsize=(5, 3.5))
     for label, result in stats.items():
         ax.hist(result["cosines"].cpu().numpy(), bins=40, range=(-1, 1), alpha=0.5,
                 label=f"{label} (alignment {result['alignment']:.2f})")
@@ -88,7 +96,7 @@ def plot_gradient_statistics(stats: dict[str, dict], path: str | Path) -> Path:
 
 def plot_channel_singularities(stats: dict[str, list[dict]], path: str | Path) -> Path:
     """Fraction of dead and of constant channels per layer."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = _figure(figsize=(5, 3.5))
     _per_layer(ax, stats, ("dead_fraction", "dead"), ("constant_fraction", "constant"))
     ax.set(xlabel="layer", ylabel="fraction of channels", ylim=(-0.05, 1.05), title="elimination singularities")
     ax.legend(fontsize=8)
@@ -97,7 +105,7 @@ def plot_channel_singularities(stats: dict[str, list[dict]], path: str | Path) -
 
 def plot_spectral_bias(result: dict, path: str | Path) -> Path:
     """Fitted fraction of each singular direction's target component over GD steps."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = _figure(figsize=(5, 3.5))
     for i in result["directions"]:
         ax.plot(result["steps"], result["fit"][:, i], label=f"u_{i + 1} (s = {result['singular_values'][i]:.3g})")
     ax.axhline(1.0, color="gray", linestyle="--")

@@ -1,14 +1,39 @@
-"""torch.nn modules built on convex programs, and the micro-batch normalizations."""
+"""torch.nn modules built on convex programs, and the micro-batch normalizations.
 
-from convexnorm.nn.convex_bn_relu import ConvexBNReLU
-from convexnorm.nn.micro_batch import (
-    BatchChannelNorm2d,
-    EstimatedBatchNorm1d,
-    EstimatedBatchNorm2d,
-    WeightStandardization,
-    WSConv2d,
-)
-from convexnorm.nn.normalization import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm, ProgramNorm
+Names are imported on first use (PEP 562): ``convexnorm.convex`` builds on the layers of
+``convexnorm.nn.normalization`` while ``ConvexBNReLU`` builds on ``convexnorm.convex``, and
+importing one submodule must not import the other side.
+"""
 
-__all__ = ["BatchChannelNorm2d", "BatchNorm1d", "BatchNorm2d", "ConvexBNReLU", "EstimatedBatchNorm1d",
-           "EstimatedBatchNorm2d", "GroupNorm", "LayerNorm", "ProgramNorm", "WSConv2d", "WeightStandardization"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ConvexBNReLU": "convexnorm.nn.convex_bn_relu",
+    "BatchChannelNorm2d": "convexnorm.nn.micro_batch",
+    "EstimatedBatchNorm1d": "convexnorm.nn.micro_batch",
+    "EstimatedBatchNorm2d": "convexnorm.nn.micro_batch",
+    "WeightStandardization": "convexnorm.nn.micro_batch",
+    "WSConv2d": "convexnorm.nn.micro_batch",
+    "BatchNorm1d": "convexnorm.nn.normalization",
+    "BatchNorm2d": "convexnorm.nn.normalization",
+    "GroupNorm": "convexnorm.nn.normalization",
+    "LayerNorm": "convexnorm.nn.normalization",
+    "ProgramNorm": "convexnorm.nn.normalization",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'convexnorm.nn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from convexnorm.convex.estimators import WHITENINGS, solve_convex_program
 from convexnorm.convex.implicit import NativeSolve
 from convexnorm.convex.network import recover_network
-from convexnorm.convex.whitening import Whitening, check_whitening_rank, truncate_rank, u_prime_rows, whiten_tensor
+from convexnorm.convex.solve import solve_convex_program
+from convexnorm.convex.whitening import (WHITENINGS, Whitening, check_whitening_rank, truncate_rank, u_prime_rows,
+                                         whiten_tensor)
 from convexnorm.errors import SolverError
 from convexnorm.losses import MARGIN_LOSSES, check_loss, torch_loss
 from convexnorm.nn._solve import call_program

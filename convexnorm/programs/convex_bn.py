@@ -7,7 +7,9 @@ Every data-dependent matrix is a Parameter: DU[i] = D_i U', SU[i] = (2 D_i - I) 
 (products passed as one parameter each, as DPP requires), y and beta. For the margin
 losses (logistic, hinge on +-1 labels) the labels are folded into DU[i] = diag(y) D_i U',
 so ``output`` is the margin y * f and there is no y parameter. Columns i of the
-variables S and T are s_i and t_i.
+variables S and T are s_i and t_i. The hinge loss is written with slacks,
+sum xi s.t. xi >= 1 - y * f, xi >= 0, so that the multipliers alpha of the margin
+constraints (``margin``) give the certificate's dual variable lam = y * alpha.
 
 Convolutional networks (spec section 8) pool the rows of the patches' U' (N K rows,
 sample-major) into the N samples: DU[i] = Pi D_i U' with Pi = I_N kron 1_K^T, while the
@@ -34,6 +36,7 @@ class ConvexBNProgram:
     S: cp.Variable
     T: cp.Variable
     output: cp.Expression
+    margin: cp.Constraint | None = None
 
     @property
     def variables(self) -> tuple[cp.Variable, cp.Variable]:
@@ -73,6 +76,14 @@ def convex_bn_program(n: int, r_prime: int, n_patterns: int, loss: str = "square
     penalty = cp.sum(cp.norm(S, 2, axis=0)) + cp.sum(cp.norm(T, 2, axis=0))
     constraints = [SU[i] @ S[:, i] >= 0 for i in range(n_patterns)]
     constraints += [SU[i] @ T[:, i] >= 0 for i in range(n_patterns)]
-    problem = cp.Problem(cp.Minimize(cvxpy_loss(loss, output, y) + beta * penalty), constraints)
+    margin = None
+    if loss == "hinge":
+        slack = cp.Variable(n, nonneg=True, name="xi")
+        margin = slack >= 1 - output
+        constraints.append(margin)
+        data_loss = cp.sum(slack)
+    else:
+        data_loss = cvxpy_loss(loss, output, y)
+    problem = cp.Problem(cp.Minimize(data_loss + beta * penalty), constraints)
     assert problem.is_dpp()
-    return ConvexBNProgram(problem, DU, SU, y, beta, S, T, output)
+    return ConvexBNProgram(problem, DU, SU, y, beta, S, T, output, margin)

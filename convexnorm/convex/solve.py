@@ -1,0 +1,198 @@
+"""Solving the convex BN-ReLU program over a set of patterns (docs/math.md, section 3).
+
+One home for the choice of solver: cvxpy with Clarabel or SCS (with the retries below) or the
+native PyTorch solver (``native.py``), followed by polishing and the removal of solver
+residue. The estimators and the block's ``freeze`` call ``solve_convex_program``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field, replace
+
+import cvxpy as cp
+import numpy as np
+import torch
+
+from convexnorm.convex.native import solve_native
+from convexnorm.errors import SolverError
+from convexnorm.losses import torch_loss
+from convexnorm.programs import convex_bn_program
+
+logger = logging.getLogger("convexnorm")
+
+#: cvxpy solvers and their defaults.
+SOLVERS = {
+    "clarabel": (cp.CLARABEL, {}),
+    "scs": (cp.SCS, {"eps_abs": 1e-7, "eps_rel": 1e-7, "max_iters": 200_000}),
+    "torch": (None, {}),
+}
+#: Clarabel is asked for 1e-10 first (at its own 1e-8 default the hinge program's objective
+#: moved by up to 1e-6 relative between equivalent solves); where it cannot get there
+#: ('optimal_inaccurate') the program is solved again at Clarabel's defaults, then with SCS.
+TIGHT_CLARABEL = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10}
+#: Groups with ||s_i|| below this fraction of max(largest group, ||y|| / ||U'||) are zero
+#: (interior-point residue); dropping them changed the objective by < 1e-7 relative in our checks.
+NEURON_RTOL = 1e-6
+#: solver_options key that keeps an inaccurate native solve (with a RuntimeWarning) instead of
+#: raising SolverError.
+ACCEPT_INACCURATE = "accept_inaccurate"
+
+
+@dataclass(frozen=True)
+class ScalarSolution:
+    """One scalar-output convex model: neurons s_j (rows) with output signs +-1, the
+    solver's report (status or measured optimality), the dual multipliers of the margin
+    constraints times y (hinge loss: the certificate's lam) and, for solver='torch', the
+    full (W, G) iterate used to warm-start a later solve."""
+
+    neurons: np.ndarray  # (m, r + 1)
+    signs: np.ndarray  # (m,)
+    objective: float
+    report: dict = field(default_factory=dict)
+    warm: tuple | None = None
+    dual: np.ndarray | None = None
+
+    def predict(self, U_rows: np.ndarray, pool: np.ndarray | None = None) -> np.ndarray:
+        """sum_j sign_j (u' . s_j)_+ for whitened rows u' (training or test-time map),
+        summed by ``pool`` (samples x rows) for convolutional programs."""
+        out = np.maximum(U_rows @ self.neurons.T, 0.0) @ self.signs
+        return out if pool is None else pool @ out
+
+
+def _solve_native(
+    U_prime: np.ndarray, patterns: np.ndarray, y: np.ndarray, beta: float, loss: str, owner: str,
+    solver_options: dict | None, warm_start: tuple | None,
+) -> tuple[np.ndarray, np.ndarray, dict, tuple]:
+    """solver='torch': the native solver on solver_options['device'] (default CPU), float64
+    unless solver_options['dtype'] says otherwise; other options go to solve_native. A solve
+    that misses its tolerances raises SolverError unless solver_options['accept_inaccurate']."""
+    options = dict(solver_options or {})
+    device = torch.device(options.pop("device", "cpu"))
+    dtype = options.pop("dtype", torch.float64)
+    accept = bool(options.pop(ACCEPT_INACCURATE, False))
+    A = torch.as_tensor(U_prime, dtype=dtype, device=device)
+    masks = torch.as_tensor(patterns.T, dtype=dtype, device=device)
+    try:
+        result = solve_native(A, masks, torch.as_tensor(y, dtype=dtype, device=device), beta, loss,
+                              warm_start=warm_start, **options)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{owner}: {error}") from error
+    if not result.converged:
+        message = (f"{owner}: solver='torch' stopped after {result.iterations} iterations without meeting its "
+                   f"tolerances (relative gap {result.relative_gap}, stationarity {result.stationarity:.2e}, "
+                   f"violation {result.violation:.2e})")
+        if not accept:
+            raise SolverError(f"{message}; raise max_outer or loosen tol in solver_options, or pass "
+                              f"solver_options={{'{ACCEPT_INACCURATE}': True}} to keep the inaccurate solution")
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+    P = patterns.shape[0]
+    W = result.W.double().cpu().numpy()
+    report = {"solver": "torch", "method": result.method, "converged": result.converged,
+              "relative_gap": result.relative_gap,
+              "stationarity": result.stationarity, "violation": result.violation, "iterations": result.iterations}
+    return W[:, :P], W[:, P:], report, (result.W, result.G)
+
+
+def _solve_variables(
+    U_prime: np.ndarray, patterns: np.ndarray, y: np.ndarray, beta: float, loss: str, solver: str,
+    owner: str, solver_options: dict | None, warm_start: tuple | None = None, pool: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict, tuple | None, np.ndarray | None]:
+    """S and T of one solve, the solver's report, the native warm-start state and (hinge loss)
+    lam = y * alpha from the margin constraints' multipliers. For cvxpy, Parameters are
+    treated as constants (cvxpy's parametric canonicalization of this program grows as
+    n P^2 r' and suits only small layers). Clarabel's 'optimal_inaccurate' or failure is
+    retried (TIGHT_CLARABEL)."""
+    if solver == "torch":
+        if pool is not None:
+            raise ValueError(f"{owner}: solver='torch' does not solve pooled (convolutional) programs; "
+                             "use 'clarabel' or 'scs'")
+        return (*_solve_native(U_prime, patterns, y, beta, loss, owner, solver_options, warm_start), None)
+    rows, r_prime = U_prime.shape
+    program = convex_bn_program(len(y), r_prime, len(patterns), loss, constraint_rows=rows)
+    program.set_data(U_prime, patterns, y, beta, pool)
+    user = solver_options or {}
+    attempts = [(solver, user)]
+    if solver == "clarabel":
+        attempts = [(solver, {**TIGHT_CLARABEL, **user}), (solver, user), ("scs", {})]
+    for index, (name, options) in enumerate(attempts):
+        cvxpy_solver, defaults = SOLVERS[name]
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Solution may be inaccurate", category=UserWarning)
+                # warm_start=False: cvxpy would otherwise reuse the previous attempt's solver settings
+                program.problem.solve(solver=cvxpy_solver, ignore_dpp=True, warm_start=False,
+                                      **{**defaults, **options})
+            status = program.problem.status
+        except cp.error.SolverError as error:
+            status = f"failed ({error})"
+        except TypeError as error:
+            raise ValueError(f"{owner}: solver_options not accepted by {name!r}: {error}") from error
+        if status == cp.OPTIMAL:
+            report = {"solver": name, "status": status, "solve_time": program.problem.solver_stats.solve_time}
+            dual = None if program.margin is None else y * np.asarray(program.margin.dual_value, dtype=float)
+            return program.S.value, program.T.value, report, None, dual
+        retry = index + 1 < len(attempts) and status != cp.INFEASIBLE and status != cp.UNBOUNDED
+        if not retry:
+            break
+        logger.info("%s: %s returned %r, solving again with %s", owner, name, status, attempts[index + 1][0])
+    raise SolverError(f"{owner}: solver {name!r} returned status {status!r}")
+
+
+def _zero_threshold(norms: np.ndarray, U_prime: np.ndarray, y: np.ndarray) -> float:
+    """Group norms at or below this are zero: NEURON_RTOL of the larger of the largest norm and
+    ||y|| / ||U'||_2 * sqrt(n / rows) (the size of a neuron that fits y; rows = n K for pooled
+    programs), so that a solution made only of solver residue has no neurons."""
+    rows = U_prime.shape[0]
+    reference = np.linalg.norm(y) / max(np.linalg.norm(U_prime, 2), 1e-300) * np.sqrt(len(y) / rows)
+    return NEURON_RTOL * max(float(norms.max(initial=0.0)), reference, np.finfo(float).tiny)
+
+
+def solve_convex_program(
+    U_prime: np.ndarray,
+    patterns: np.ndarray,
+    y: np.ndarray,
+    beta: float,
+    loss: str,
+    solver: str,
+    owner: str,
+    solver_options: dict | None = None,
+    warm_start: tuple | None = None,
+    pool: np.ndarray | None = None,
+) -> ScalarSolution:
+    """Solve over ``patterns`` (rows of U' summed by ``pool`` for convolutions), then polish:
+    solve again over the patterns whose groups are active (norm above ``_zero_threshold``),
+    so that the residue of inactive groups does not perturb the solution; the residue left is
+    dropped. The native interior-point method removes its residue itself (certified), so its
+    solutions are not re-solved. ``warm_start`` is a previous solution's ``warm`` state
+    (solver='torch')."""
+    args = (y, beta, loss, solver, owner, solver_options)
+    S, T, report, warm, dual = _solve_variables(U_prime, patterns, *args, warm_start=warm_start, pool=pool)
+    norms = np.maximum(np.linalg.norm(S, axis=0), np.linalg.norm(T, axis=0))
+    active = norms > _zero_threshold(norms, U_prime, y)
+    if 0 < active.sum() < len(patterns) and report.get("method") != "ipm":
+        restricted = None
+        if warm is not None:
+            index = torch.as_tensor(np.concatenate([np.flatnonzero(active), len(patterns) + np.flatnonzero(active)]),
+                                    device=warm[0].device)
+            restricted = (warm[0][:, index], warm[1][:, index])
+        first = report
+        S, T, report, _, dual = _solve_variables(U_prime, patterns[active], *args, warm_start=restricted, pool=pool)
+        if "iterations" in first:
+            report = {**report, "iterations": first["iterations"] + report["iterations"]}
+    norms = np.concatenate([np.linalg.norm(S, axis=0), np.linalg.norm(T, axis=0)])
+    keep = norms > _zero_threshold(norms, U_prime, y)
+    neurons = np.concatenate([S.T, T.T])[keep]
+    signs = np.concatenate([np.ones(S.shape[1]), -np.ones(T.shape[1])])[keep]
+    return replace(_evaluated(neurons, signs, U_prime, y, beta, loss, pool), report=report, warm=warm, dual=dual)
+
+
+def _evaluated(neurons: np.ndarray, signs: np.ndarray, U_prime: np.ndarray, y: np.ndarray, beta: float,
+               loss: str, pool: np.ndarray | None = None) -> ScalarSolution:
+    """The solution with its exact objective loss(f) + beta sum_j ||s_j||, f = sum_j sign_j (U' s_j)_+
+    (pooled by ``pool``)."""
+    partial = ScalarSolution(neurons, signs, 0.0)
+    fitted = torch.from_numpy(partial.predict(U_prime, pool))
+    value = float(torch_loss(loss, fitted, torch.from_numpy(y))) + beta * float(np.linalg.norm(neurons, axis=1).sum())
+    return ScalarSolution(neurons, signs, value)
