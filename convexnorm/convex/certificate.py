@@ -96,13 +96,13 @@ def dual_value(U_prime: np.ndarray, lam: np.ndarray, u: np.ndarray) -> np.ndarra
 def cone_dual_value(U_prime: np.ndarray, mask: np.ndarray, lam: np.ndarray) -> tuple[float, np.ndarray]:
     """max of lam^T (U' u)_+ over unit u in the cone of pattern ``mask``: ||Pi_K(U'^T D lam)||
     by nonnegative least squares (Lawson-Hanson). Returns (value attained, unit u); the value
-    is that of the returned u, 0 with u = 0 when the projection is zero."""
+    is that of the returned u, 0 with u = 0 when the projection is zero (to rounding)."""
     signed = np.where(mask, 1.0, -1.0)[:, None] * U_prime
     c = U_prime.T @ (mask * lam)
     multipliers, _ = nnls(signed.T, -c, maxiter=50 * max(len(mask), 10))
     projection = c + signed.T @ multipliers
     size = np.linalg.norm(projection)
-    if size <= 1e-300:
+    if size <= 1e-10 * np.linalg.norm(c) or size <= 1e-300:  # rounding residue: the cone is {0} or c is in its polar
         return 0.0, np.zeros_like(c)
     u = projection / size
     return float(dual_value(U_prime, lam, u)), u

@@ -24,7 +24,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from convexnorm.convex._validation import check_beta, check_count, check_options, validated
+from convexnorm._validation import check_beta, check_count, check_options, validated
 from convexnorm.convex.certificate import Certificate
 from convexnorm.convex.estimators import (SOLVERS, ScalarSolution, _fit_scalar, certify_solution,
                                           unchanged_on_failure)

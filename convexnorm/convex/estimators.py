@@ -24,7 +24,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from convexnorm.convex._validation import (check_beta, check_count, check_matrix, check_options, check_targets,
+from convexnorm._validation import (check_beta, check_count, check_matrix, check_options, check_targets,
                                             validated)
 from convexnorm.convex.certificate import GROW_RTOL, Certificate, can_certify_exactly, certify_multipliers
 from convexnorm.convex.network import recover_network

@@ -1,4 +1,4 @@
-"""Gradients of the native solution by implicit differentiation (issue #5).
+"""Gradients of the native solution by implicit differentiation (docs/math.md, section 9).
 
 At a solution W of the convex BN-ReLU program with active groups J (W_j != 0) and active
 constraint rows R (multiplier G > 0), the KKT conditions
@@ -75,7 +75,10 @@ class NativeSolve(torch.autograd.Function):
 
         jacobian = jacrev(residual, argnums=0)(z, A, y, beta)
         grad_z = torch.cat([grad_W[:, active].reshape(-1), torch.zeros(int(rows.sum()), dtype=z.dtype, device=z.device)])
-        v = torch.linalg.lstsq(jacobian.T, grad_z[:, None]).solution[:, 0]
+        # gelsd (SVD): torch's default driver on the CPU, gelsy, gives answers that differ by ~1e-13
+        # between identical calls, which breaks reentrancy (repeated backward passes must agree)
+        driver = "gelsd" if jacobian.device.type == "cpu" else None
+        v = torch.linalg.lstsq(jacobian.T, grad_z[:, None], driver=driver).solution[:, 0]
         _, pullback = vjp(lambda A_, y_, beta_: residual(z, A_, y_, beta_), A, y, beta)
         grad_A, grad_y, grad_beta = pullback(-v)
         return grad_A, grad_y, grad_beta, None, None, None, None

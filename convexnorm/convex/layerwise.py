@@ -22,7 +22,7 @@ from sklearn.utils import TransformerTags
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
-from convexnorm.convex._validation import check_count, validated
+from convexnorm._validation import check_count, validated
 from convexnorm.convex.estimators import ConvexBNClassifier, ConvexBNRegressor, unchanged_on_failure
 
 

@@ -41,7 +41,7 @@ import torch
 
 from convexnorm.convex._cones import (jordan_divide, jordan_product, nt_scaling, orthant_max_step, shift_into_cones,
                                       soc_max_step)
-from convexnorm.convex._validation import check_count, check_positive
+from convexnorm._validation import check_count, check_positive
 from convexnorm.losses import loss_gradient, torch_loss
 
 logger = logging.getLogger("convexnorm")

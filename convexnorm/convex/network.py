@@ -1,6 +1,6 @@
 """The non-convex two-layer BN-ReLU network: recovery, objective and SGD baseline.
 
-Spec: convex-bn.md sections 2 and 3. The network is
+docs/math.md, sections 2 and 3. The network is
 ``Sequential(Linear(d, m, bias=False), BatchNorm1d(m, eps=0), ReLU(), Linear(m, C, bias=False))``
 with convexnorm's BatchNorm1d (torch refuses eps=0 in training). The paper's
 BN_{g,a}(h) = g (h - mean h) / ||h - mean h|| + a / sqrt(n) is torch's BN with
@@ -10,7 +10,9 @@ weight = g / sqrt(n) and bias = a / sqrt(n).
 from __future__ import annotations
 
 import logging
+import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -19,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from convexnorm.convex._validation import check_beta, check_matrix
+from convexnorm._validation import check_beta, check_count, check_matrix, check_positive
 from convexnorm.convex.whitening import Whitening
 from convexnorm.losses import check_loss, torch_loss
 from convexnorm.nn._channels import channel_affine, channel_view
@@ -29,7 +31,13 @@ logger = logging.getLogger("convexnorm")
 
 
 def bn_relu_network(d: int, width: int, outputs: int = 1) -> nn.Sequential:
-    """The two-layer BN-ReLU network of the paper, float64."""
+    """The two-layer BN-ReLU network of the paper, float64 (width 0: the zero network)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors", category=UserWarning)
+        return _bn_relu_network(d, width, outputs)
+
+
+def _bn_relu_network(d: int, width: int, outputs: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(d, width, bias=False),
         BatchNorm1d(width, eps=0.0, backend="native"),
@@ -48,7 +56,14 @@ class SumPool2d(nn.Module):
 def bn_relu_conv_network(in_channels: int, width: int, kernel_size: int | tuple[int, int], stride: int = 1,
                          outputs: int = 1) -> nn.Sequential:
     """Conv2d (no bias) -> BatchNorm2d (statistics over batch and positions) -> ReLU -> sum
-    pooling -> Linear: the convolutional network of spec section 8, float64."""
+    pooling -> Linear: the convolutional network of docs/math.md section 8, float64."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors", category=UserWarning)
+        return _bn_relu_conv_network(in_channels, width, kernel_size, stride, outputs)
+
+
+def _bn_relu_conv_network(in_channels: int, width: int, kernel_size: int | tuple[int, int], stride: int,
+                          outputs: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, width, kernel_size, stride=stride, bias=False),
         BatchNorm2d(width, eps=0.0, backend="native"),
@@ -87,8 +102,11 @@ def _network_input(first: nn.Module, X, owner: str) -> torch.Tensor:
 def _channel_moments(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Biased variance and mean per channel over the batch (and positions), and their count."""
     dims = (0, 2, 3) if h.dim() == 4 else (0,)
+    count = h.shape[0] * (h.shape[2] * h.shape[3] if h.dim() == 4 else 1)
+    if h.shape[1] == 0:  # the zero network
+        return h.new_zeros(0), h.new_zeros(0), count
     var, mean = torch.var_mean(h, dim=dims, correction=0)
-    return var, mean, h.numel() // h.shape[1]
+    return var, mean, count
 
 
 def set_running_statistics(module: nn.Sequential, X: torch.Tensor) -> None:
@@ -114,15 +132,34 @@ def nonconvex_objective(module: nn.Module, X, y, beta: float, loss: str = "squar
     check_loss(loss, "nonconvex_objective")
     beta = check_beta(beta, "nonconvex_objective")
     X = _network_input(first, X, "nonconvex_objective")
-    y = torch.as_tensor(np.asarray(y, dtype=np.float64), dtype=first.weight.dtype)
+    y = _network_targets(y, X.shape[0], last.out_features, "nonconvex_objective").to(first.weight.dtype)
     h = first(X)
     var, mean, count = _channel_moments(h)
+    if bn.eps == 0 and bool((var.detach() == 0).any()):
+        channel = int(torch.nonzero(var.detach() == 0)[0, 0])
+        raise ValueError(f"nonconvex_objective: channel {channel} of the BatchNorm input has zero variance on this "
+                         "batch and eps=0, so the network's output is undefined (0/0)")
     z = (h - channel_view(mean, h.dim())) / channel_view(torch.sqrt(var + bn.eps), h.dim())
     a = torch.relu(channel_affine(z, bn.weight, bn.bias))
     f = last(a.sum(dim=(2, 3)) if a.dim() == 4 else a)
     f = f.squeeze(1) if y.dim() == 1 else f
     penalty = count * (bn.weight**2).sum() + count * (bn.bias**2).sum() + (last.weight**2).sum()
     return torch_loss(loss, f, y) + 0.5 * beta * penalty
+
+
+def _network_targets(y, n: int, outputs: int, owner: str) -> torch.Tensor:
+    """y as a finite float64 tensor (n,) (one output) or (n, outputs)."""
+    try:
+        y = np.asarray(y.detach().cpu() if hasattr(y, "detach") else y, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{owner}: y must be numeric, got {error}") from error
+    expected = (n,) if outputs == 1 else (n, outputs)
+    if y.shape != expected and not (outputs == 1 and y.shape == (n, 1)):
+        raise ValueError(f"{owner}: y must have shape {expected} for {n} samples and {outputs} output(s), "
+                         f"got {y.shape}")
+    if not np.isfinite(y).all():
+        raise ValueError(f"{owner}: y contains NaN or Inf")
+    return torch.from_numpy(y.reshape(expected))
 
 
 def recover_network(whitening: Whitening, neurons: np.ndarray, output_signs: np.ndarray,
@@ -200,20 +237,25 @@ def train_nonconvex(
     trains a given network (e.g. ``bn_relu_conv_network`` on images) instead of a fresh
     ``bn_relu_network(d, width)``; its parameters are then not re-initialized.
     Returns the module (eval mode, running statistics of X) and its history."""
-    check_loss(loss, "train_nonconvex")
-    beta = check_beta(beta, "train_nonconvex")
-    y_arr = np.asarray(y, dtype=np.float64)
+    owner = "train_nonconvex"
+    check_loss(loss, owner)
+    beta = check_beta(beta, owner)
+    lr = check_positive(lr, owner, "lr")
+    check_count(width, owner, "width")
+    check_count(steps, owner, "steps")
     if optimizer not in ("adam", "sgd"):
-        raise ValueError(f"train_nonconvex: optimizer must be 'adam' or 'sgd', got {optimizer!r}")
-    if width < 1 or steps < 1:
-        raise ValueError("train_nonconvex: width and steps must be positive")
+        raise ValueError(f"{owner}: optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+    if target is not None:
+        check_positive(target, owner, "target", allow_zero=True)
+    y_arr = np.asarray(y, dtype=np.float64)
+    if y_arr.ndim not in (1, 2):
+        raise ValueError(f"{owner}: y must be (n,) or (n, C), got shape {y_arr.shape}")
     torch.manual_seed(seed)
     if module is None:
-        X = check_matrix(X, "train_nonconvex")
+        X = check_matrix(X, owner)
         module = bn_relu_network(X.shape[1], width, 1 if y_arr.ndim == 1 else y_arr.shape[1])
-    Xt = _network_input(_parts(module, "train_nonconvex")[0], X, "train_nonconvex")
-    if y_arr.shape[0] != Xt.shape[0] or y_arr.ndim not in (1, 2):
-        raise ValueError(f"train_nonconvex: y must be (n,) or (n, C) with n = {Xt.shape[0]}, got {y_arr.shape}")
+    Xt = _network_input(_parts(module, owner)[0], X, owner)
+    _network_targets(y_arr, Xt.shape[0], _parts(module, owner)[2].out_features, owner)
     opt_cls = torch.optim.Adam if optimizer == "adam" else torch.optim.SGD
     opt = opt_cls(module.parameters(), lr=lr)
     history = TrainingHistory()
@@ -221,6 +263,9 @@ def train_nonconvex(
     for _ in tqdm(range(steps), desc=f"{optimizer} (width {width})", disable=not progress, leave=False):
         opt.zero_grad()
         value = nonconvex_objective(module, Xt, y_arr, beta, loss)
+        if not torch.isfinite(value):
+            raise ValueError(f"{owner}: the objective became {value.item()} at step {len(history.objective)} "
+                             f"({optimizer}, lr={lr}): training diverged; lower lr")
         value.backward()
         opt.step()
         history.objective.append(value.item())
@@ -230,6 +275,9 @@ def train_nonconvex(
         if target is not None and value.item() <= target:
             break
     final = float(nonconvex_objective(module, Xt, y_arr, beta, loss).detach())
+    if not math.isfinite(final):
+        raise ValueError(f"{owner}: the objective became {final} after the last step ({optimizer}, lr={lr}): "
+                         "training diverged; lower lr")
     history.objective.append(final)
     history.seconds.append(time.perf_counter() - start)
     set_running_statistics(module, Xt)

@@ -15,6 +15,7 @@ import cvxpy as cp
 import numpy as np
 import torch
 
+from convexnorm._validation import check_device, check_dtype
 from convexnorm.convex.native import solve_native
 from convexnorm.errors import SolverError
 from convexnorm.losses import torch_loss
@@ -69,8 +70,10 @@ def _solve_native(
     unless solver_options['dtype'] says otherwise; other options go to solve_native. A solve
     that misses its tolerances raises SolverError unless solver_options['accept_inaccurate']."""
     options = dict(solver_options or {})
-    device = torch.device(options.pop("device", "cpu"))
-    dtype = options.pop("dtype", torch.float64)
+    device = check_device(options.pop("device", "cpu"), owner)
+    dtype = check_dtype(options.pop("dtype", torch.float64), owner)
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"{owner}: solver='torch' computes in float32 or float64, got {dtype}")
     accept = bool(options.pop(ACCEPT_INACCURATE, False))
     A = torch.as_tensor(U_prime, dtype=dtype, device=device)
     masks = torch.as_tensor(patterns.T, dtype=dtype, device=device)

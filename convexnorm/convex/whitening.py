@@ -25,7 +25,7 @@ import logging
 import numpy as np
 import torch
 
-from convexnorm.convex._validation import check_matrix
+from convexnorm._validation import check_matrix
 
 logger = logging.getLogger("convexnorm")
 

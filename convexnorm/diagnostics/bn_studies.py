@@ -1,5 +1,5 @@
 """The measurements of "Understanding Batch Normalization" (Bjorck et al., NeurIPS 2018) and of
-the elimination-singularity view (Qiao et al. 2019); spec: companions.md.
+the elimination-singularity view (Qiao et al. 2019); docs/math.md, section 10.
 
 Every function returns plain data (dicts of lists / tensors); ``convexnorm.diagnostics.plots``
 draws them.
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from convexnorm._validation import check_count, check_float_tensor
 from convexnorm.nn._channels import channel_groups
 
 #: One SGD step diverges when the loss grows by more than this factor (Bjorck et al.).
@@ -24,11 +25,25 @@ DIVERGENCE_RATIO = 1e3
 LossFunction = Callable[[Tensor, Tensor], Tensor]
 
 
+def _check_data(owner: str, inputs: Tensor, targets: Tensor | None = None) -> None:
+    """Nonempty finite floating-point inputs and, when given, one target per input."""
+    check_float_tensor(inputs, owner, "inputs")
+    if inputs.dim() == 0 or inputs.shape[0] == 0:
+        raise ValueError(f"{owner}: inputs are empty (shape {tuple(inputs.shape)}); need at least one sample")
+    if targets is not None:
+        if not isinstance(targets, Tensor) or targets.dim() == 0 or targets.shape[0] != inputs.shape[0]:
+            shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
+            raise ValueError(f"{owner}: need one target per input ({inputs.shape[0]}), got targets of shape {shape}")
+        if targets.is_floating_point() and not torch.isfinite(targets).all():
+            raise ValueError(f"{owner}: targets contain NaN or Inf")
+
+
 def relative_loss(model: nn.Module, inputs: Tensor, targets: Tensor, step_sizes: Sequence[float],
                   loss_fn: LossFunction = F.cross_entropy, divergence: float = DIVERGENCE_RATIO) -> dict:
     """loss_after / loss_before of one SGD step of each size on (inputs, targets), each from a
     copy of ``model`` (in its current mode); ``diverged`` when the ratio exceeds ``divergence``
     or the loss is not finite. The model itself is not changed."""
+    _check_data("relative_loss", inputs, targets)
     ratios, diverged = [], []
     for step in step_sizes:
         trial = copy.deepcopy(model)
@@ -70,6 +85,7 @@ def activation_statistics(model: nn.Module, inputs: Tensor,
     """Per layer (outputs of the modules of type ``modules``, in call order): the name, the
     per-channel mean and std over the batch (and positions), and their averages
     ``mean_abs_mean`` and ``mean_std``. The model's mode decides batch or running statistics."""
+    _check_data("activation_statistics", inputs)
     stats = []
     for name, out in _record(model, inputs, modules, use_input=False):
         mean, std = _channel_moments(channel_groups(out))
@@ -84,6 +100,7 @@ def gradient_statistics(model: nn.Module, inputs: Tensor, targets: Tensor,
     delta_i = d loss_i / d out_i, g_i = delta_i h_i^T (exact when nothing after that layer
     mixes samples). Returns the gradients (N, out*in), their norms, the mean pairwise cosine
     similarity and the alignment ||mean g_i|| / mean ||g_i|| (1: all point the same way)."""
+    _check_data("gradient_statistics", inputs, targets)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ValueError("gradient_statistics: the model has no nn.Linear layer")
@@ -121,6 +138,7 @@ def channel_singularities(model: nn.Module, inputs: Tensor, modules: tuple[type,
     (the pre-activations of the ReLUs by default): per channel the fraction of negative values,
     the mean and std; a channel is dead when at least ``dead_fraction`` of its values are
     negative, constant when std <= constant_tol * sqrt(mean^2 + std^2)."""
+    _check_data("channel_singularities", inputs)
     layers = []
     for name, x in _record(model, inputs, modules, use_input=True):
         channels = channel_groups(x)
@@ -142,6 +160,7 @@ def learning_rate_sweep(make_model: Callable[[], nn.Module], inputs: Tensor, tar
     each learning rate, shuffling with the same seed. Per rate: the final training loss, the
     training and test accuracy (argmax, for integer class targets) and ``diverged`` (loss not finite or above
     ``divergence`` times the initial loss, training stops there)."""
+    _check_data("learning_rate_sweep", inputs, targets)
     results = {"learning_rates": list(map(float, learning_rates)), "final_loss": [], "train_accuracy": [],
                "test_accuracy": [], "diverged": []}
     for lr in tqdm(learning_rates, desc="learning rates", disable=None if progress is None else not progress):
@@ -179,6 +198,8 @@ def learning_rate_sweep(make_model: Callable[[], nn.Module], inputs: Tensor, tar
 def minibatches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
     """Indices of one shuffled pass over n samples in batches of ``batch_size`` (a last,
     smaller batch is dropped, as batch statistics need full batches)."""
+    check_count(n, "minibatches", "n")
+    check_count(batch_size, "minibatches", "batch_size")
     order = torch.randperm(n, generator=generator)
     for start in range(0, n - batch_size + 1, batch_size):
         yield order[start:start + batch_size]
@@ -187,6 +208,7 @@ def minibatches(n: int, batch_size: int, generator: torch.Generator) -> Iterator
 def accuracy(model: nn.Module, inputs: Tensor, targets: Tensor) -> float | None:
     """Argmax accuracy in eval mode (the model's mode is restored) for integer class
     targets; None for other targets, NaN when the outputs are not finite."""
+    _check_data("accuracy", inputs, targets)
     if targets.dtype not in (torch.int64, torch.int32):
         return None
     was_training = model.training

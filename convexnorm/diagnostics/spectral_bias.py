@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from convexnorm.convex._validation import check_matrix
+from convexnorm._validation import check_matrix
 from convexnorm.convex.network import train_nonconvex
 from convexnorm.convex.whitening import whiten
 

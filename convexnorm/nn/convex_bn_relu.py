@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from convexnorm._validation import check_count, check_float_tensor, check_options, check_positive
 from convexnorm.convex.implicit import NativeSolve
 from convexnorm.convex.network import recover_network
 from convexnorm.convex.solve import solve_convex_program
@@ -74,10 +75,10 @@ class ConvexBNReLU(nn.Module):
         if solver not in ("cvxpylayers", "torch"):
             raise ValueError(f"ConvexBNReLU: solver must be 'cvxpylayers' or 'torch', got {solver!r}")
         self.solver = solver
-        if not (beta > 0 and math.isfinite(beta)):
-            raise ValueError(f"ConvexBNReLU: beta must be a positive number, got {beta}")
-        if in_features < 1 or n_patterns < 1:
-            raise ValueError("ConvexBNReLU: in_features and n_patterns must be positive")
+        beta = check_positive(beta, "ConvexBNReLU", "beta")
+        check_count(in_features, "ConvexBNReLU", "in_features")
+        check_count(n_patterns, "ConvexBNReLU", "n_patterns")
+        check_options(solver_args, "ConvexBNReLU", "solver_args")
         self.in_features = in_features
         self.n_patterns = n_patterns
         self.loss = loss
@@ -96,6 +97,7 @@ class ConvexBNReLU(nn.Module):
 
     def _check(self, H: Tensor, y: Tensor, H_query: Tensor | None) -> None:
         name = "ConvexBNReLU"
+        check_float_tensor(H, name, "H")
         if H.dim() != 2 or H.shape[1] != self.in_features:
             raise ValueError(f"{name}: H must be (batch, {self.in_features}), got {tuple(H.shape)}")
         if H.shape[0] < 2:
@@ -105,8 +107,8 @@ class ConvexBNReLU(nn.Module):
         if H_query is not None and (H_query.dim() != 2 or H_query.shape[1] != self.in_features):
             raise ValueError(f"{name}: H_query must be (m, {self.in_features}), got {tuple(H_query.shape)}")
         for tensor, label in ((H, "H"), (y, "y"), (H_query, "H_query")):
-            if tensor is not None and not torch.isfinite(tensor).all():
-                raise ValueError(f"{name}: {label} contains NaN or Inf")
+            if tensor is not None:
+                check_float_tensor(tensor, name, label)
         if self.loss in MARGIN_LOSSES and not torch.all((y == 1) | (y == -1)):
             raise ValueError(f"{name}: the {self.loss} loss needs labels y in {{-1, +1}}")
 

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from convexnorm._validation import (check_count, check_device, check_dtype, check_float_tensor, check_momentum,
+                                   check_positive)
 from convexnorm.nn._channels import channel_affine, channel_groups, channel_view
 
 #: Said when batch statistics are asked of a single sample.
@@ -35,12 +37,16 @@ class WeightStandardization(nn.Module):
 
     def __init__(self, eps: float = 1e-5) -> None:
         super().__init__()
-        if not eps >= 0:
-            raise ValueError(f"WeightStandardization: eps must be >= 0, got {eps}")
-        self.eps = eps
+        self.eps = check_positive(eps, "WeightStandardization", "eps", allow_zero=True)
 
     def forward(self, weight: Tensor) -> Tensor:
         flat = weight.reshape(weight.shape[0], -1)
+        if flat.shape[1] < 2:
+            raise ValueError("WeightStandardization: each output channel has a single weight, which standardizes "
+                             "to 0 whatever it is (use a kernel with more than one weight per output channel)")
+        if self.eps == 0 and bool((flat.detach().var(dim=1) == 0).any()):
+            raise ValueError("WeightStandardization: an output channel's weights are all equal and eps=0 (0/0); "
+                             "use eps > 0")
         mean = flat.mean(dim=1, keepdim=True)
         var = flat.var(dim=1, unbiased=False, keepdim=True)
         return ((flat - mean) * torch.rsqrt(var + self.eps)).reshape(weight.shape)
@@ -52,17 +58,21 @@ class WSConv2d(nn.Conv2d):
     parameter is ``self.parametrizations.weight.original``."""
 
     def __init__(self, *args, weight_eps: float = 1e-5, **kwargs) -> None:
+        standardization = WeightStandardization(weight_eps)
         super().__init__(*args, **kwargs)
-        parametrize.register_parametrization(self, "weight", WeightStandardization(weight_eps))
+        if self.weight[0].numel() < 2:
+            raise ValueError(f"WSConv2d: a {tuple(self.kernel_size)} kernel on {self.in_channels // self.groups} input "
+                             "channel(s) per group has a single weight per output channel, which weight "
+                             "standardization maps to 0; use a larger kernel or more input channels")
+        parametrize.register_parametrization(self, "weight", standardization)
 
 
 def _check_batch_input(name: str, input: Tensor, dims: tuple[int, ...], num_features: int) -> None:
+    check_float_tensor(input, name)
     if input.dim() not in dims:
         raise ValueError(f"{name}: expected {' or '.join(f'{d}D' for d in dims)} input, got {input.dim()}D")
     if input.shape[1] != num_features:
         raise ValueError(f"{name}: expected {num_features} channels, got {input.shape[1]}")
-    if not torch.isfinite(input).all():
-        raise ValueError(f"{name}: input contains NaN or Inf")
 
 
 class _EstimatedBatchNorm(nn.Module):
@@ -74,9 +84,11 @@ class _EstimatedBatchNorm(nn.Module):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        if momentum is not None and not 0 < momentum <= 1:
-            raise ValueError(f"{type(self).__name__}: momentum must be in (0, 1] or None, got {momentum}")
-        factory = {"device": device, "dtype": dtype}
+        name = type(self).__name__
+        momentum = check_momentum(momentum, name, allow_zero=False)
+        factory = {"device": check_device(device, name), "dtype": check_dtype(dtype, name)}
+        num_features = check_count(num_features, name, "num_features")
+        eps = check_positive(eps, name, "eps", allow_zero=True)
         self.num_features, self.eps, self.momentum, self.affine = num_features, eps, momentum, affine
         self.weight = nn.Parameter(torch.ones(num_features, **factory)) if affine else None
         self.bias = nn.Parameter(torch.zeros(num_features, **factory)) if affine else None
@@ -130,10 +142,14 @@ class BatchChannelNorm2d(nn.Module):
                  affine: bool = True, estimated_stats: bool = False,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        if num_groups < 1 or num_channels % num_groups:
+        name = "BatchChannelNorm2d"
+        check_count(num_channels, name, "num_channels")
+        if check_count(num_groups, name, "num_groups") and num_channels % num_groups:
             raise ValueError(f"BatchChannelNorm2d: num_channels ({num_channels}) must be divisible by "
                              f"num_groups ({num_groups})")
-        factory = {"device": device, "dtype": dtype}
+        eps = check_positive(eps, name, "eps", allow_zero=True)
+        check_momentum(momentum, name)
+        factory = {"device": check_device(device, name), "dtype": check_dtype(dtype, name)}
         self.num_channels, self.num_groups, self.eps = num_channels, num_groups, eps
         self.affine, self.estimated_stats = affine, estimated_stats
         norm = EstimatedBatchNorm2d if estimated_stats else nn.BatchNorm2d

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor, nn
 
+from convexnorm._validation import check_momentum, check_positive
 from convexnorm.nn._channels import channel_groups
 
 
@@ -62,10 +63,12 @@ class BNP:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, momentum: float = 0.1,
                  eps: float = 1e-5, layers: Iterable[nn.Module] | None = None) -> None:
-        if not 0 < momentum <= 1:
-            raise ValueError(f"BNP: momentum must be in (0, 1], got {momentum}")
-        if not eps > 0:
-            raise ValueError(f"BNP: eps must be > 0, got {eps}")
+        momentum = check_momentum(momentum, "BNP", allow_zero=False)
+        if momentum is None:
+            raise ValueError("BNP: momentum must be a number in (0, 1], got None")
+        eps = check_positive(eps, "BNP", "eps")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(f"BNP: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         self.model, self.optimizer, self.momentum, self.eps = model, optimizer, momentum, eps
         chosen = list(layers) if layers is not None else [
             m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
@@ -128,11 +131,35 @@ class BNP:
                 "statistics": [(s.steps, s.mean, s.square) for s in self.statistics.values()]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        if len(state["statistics"]) != len(self.statistics):
-            raise ValueError(f"BNP: state has {len(state['statistics'])} layers, this preconditioner "
+        """Restore a ``state_dict``; the whole state is checked before anything changes."""
+        if not isinstance(state, dict) or set(state) != {"optimizer", "statistics"}:
+            raise ValueError("BNP: state must be a dict with keys 'optimizer' and 'statistics' (from state_dict)")
+        statistics = state["statistics"]
+        if not isinstance(statistics, (list, tuple)) or len(statistics) != len(self.statistics):
+            count = len(statistics) if isinstance(statistics, (list, tuple)) else type(statistics).__name__
+            raise ValueError(f"BNP: state has statistics for {count} layers, this preconditioner has "
                              f"{len(self.statistics)}")
-        for stats, (steps, mean, square) in zip(self.statistics.values(), state["statistics"]):
+        for index, entry in enumerate(statistics):
+            if not (isinstance(entry, (list, tuple)) and len(entry) == 3):
+                raise ValueError(f"BNP: statistics of layer {index} must be (steps, mean, square)")
+            steps, mean, square = entry
+            if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+                raise ValueError(f"BNP: statistics of layer {index}: steps must be an integer >= 0, got {steps!r}")
+            if (mean is None) != (square is None) or (mean is None) != (steps == 0):
+                raise ValueError(f"BNP: statistics of layer {index}: mean and square are set exactly when steps > 0")
+            if mean is not None:
+                for name, value in (("mean", mean), ("square", square)):
+                    if not isinstance(value, Tensor) or value.dim() != 1 or not torch.isfinite(value).all():
+                        raise ValueError(f"BNP: statistics of layer {index}: {name} must be a finite 1D tensor")
+                if mean.shape != square.shape:
+                    raise ValueError(f"BNP: statistics of layer {index}: mean and square differ in shape")
+        optimizer_state = self.optimizer.state_dict()
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, TypeError, ValueError) as error:
+            self.optimizer.load_state_dict(optimizer_state)
+            raise ValueError(f"BNP: the optimizer state does not fit the wrapped optimizer ({error})") from error
+        for stats, (steps, mean, square) in zip(self.statistics.values(), statistics):
             stats.steps, stats.mean, stats.square = steps, mean, square
 
     def remove(self) -> None:

@@ -1,10 +1,11 @@
-"""Input checks shared by the convex estimators."""
+"""Argument and input checks shared by the estimators, layers and optimizers (each error names its owner)."""
 
 from __future__ import annotations
 
 import numbers
 
 import numpy as np
+import torch
 from sklearn.utils.validation import validate_data
 
 
@@ -69,3 +70,48 @@ def validated(estimator, X, y="no_validation", **kwargs):
     except (TypeError, ValueError) as error:
         kind = TypeError if isinstance(error, TypeError) and not isinstance(error, ValueError) else ValueError
         raise kind(f"{type(estimator).__name__}: {error}") from error
+
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_momentum(momentum, owner: str, allow_zero: bool = True) -> float | None:
+    """None (cumulative average) or a finite real number in [0, 1] ((0, 1] without allow_zero)."""
+    if momentum is None:
+        return None
+    low = "[0, 1]" if allow_zero else "(0, 1]"
+    if isinstance(momentum, (bool, np.bool_)) or not isinstance(momentum, numbers.Real) \
+            or not (0 <= momentum <= 1) or (momentum == 0 and not allow_zero):
+        raise ValueError(f"{owner}: momentum must be None or a number in {low}, got {momentum!r}")
+    return float(momentum)
+
+
+def check_device(device, owner: str) -> torch.device | None:
+    """None or a torch device that exists here (CUDA without a CUDA device is a ValueError)."""
+    if device is None:
+        return None
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise ValueError(f"{owner}: device {device!r} is not a torch device ({error})") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{owner}: device {str(device)!r} was asked for, but torch finds no CUDA device here")
+    return device
+
+
+def check_dtype(dtype, owner: str) -> torch.dtype | None:
+    """None or a floating torch dtype."""
+    if dtype is not None and dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{owner}: dtype must be a floating torch dtype (e.g. torch.float64), got {dtype!r}")
+    return dtype
+
+
+def check_float_tensor(tensor, owner: str, name: str = "input") -> None:
+    """A floating-point torch tensor with finite values (integer, bool and complex tensors are
+    refused, as torch's own layers do)."""
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"{owner}: {name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{owner}: {name} must be a floating-point tensor (float32 or float64), got {tensor.dtype}")
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{owner}: {name} contains NaN or Inf")

@@ -1,0 +1,123 @@
+"""The optimality certificate and column generation (issue 12, part 1).
+
+References: a direct cvxpy (Clarabel) solve of each pattern's cone subproblem, exact
+certification over every enumerated pattern, and the program solved over all patterns.
+"""
+
+from __future__ import annotations
+
+import cvxpy as cp
+import numpy as np
+import pytest
+
+import convexnorm as cn
+from convexnorm.convex.certificate import cone_dual_value, dual_value
+
+
+def issue_problem():
+    """The reproduction of issue 12: 20 samples, d = 2, y = sin(2 x1) + 0.5 x2^2."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 2))
+    return X, np.sin(2 * X[:, 0]) + 0.5 * X[:, 1] ** 2
+
+
+def random_problem(index: int, n_range=(10, 41), d_range=(2, 4)):
+    """A random problem of the issue's family: (X, y, estimator class, loss)."""
+    rng = np.random.default_rng(1000 + index)
+    n, d = int(rng.integers(*n_range)), int(rng.integers(*d_range))
+    loss = ("squared", "logistic", "hinge")[index % 3]
+    X = rng.standard_normal((n, d))
+    if loss == "squared":
+        return X, np.sin(2 * X[:, 0]) + 0.5 * X[:, 1] ** 2 + 0.1 * rng.standard_normal(n), cn.ConvexBNRegressor, loss
+    labels = np.where(np.sin(2 * X[:, 0]) + X[:, 1] ** 2 - 0.8 > 0, 1, -1)
+    return X, labels, cn.ConvexBNClassifier, loss
+
+
+def single(certificates):
+    return certificates[0] if isinstance(certificates, list) else certificates
+
+
+def test_cone_dual_value_equals_a_direct_cvxpy_solve() -> None:
+    """max lam^T D U' u over unit u in the pattern's cone, by NNLS, against Clarabel; the
+    returned u is feasible and attains the value."""
+    rng = np.random.default_rng(3)
+    for trial in range(30):
+        n, d = int(rng.integers(8, 30)), int(rng.integers(1, 4))
+        U_prime = cn.whiten(rng.standard_normal((n, d))).U_prime
+        lam = rng.standard_normal(n)
+        mask = U_prime @ rng.standard_normal(U_prime.shape[1]) >= 0 if trial % 2 else rng.random(n) < 0.5
+        value, u = cone_dual_value(U_prime, mask, lam)
+        signed = np.where(mask, 1.0, -1.0)[:, None] * U_prime
+        v = cp.Variable(U_prime.shape[1])
+        problem = cp.Problem(cp.Maximize((U_prime.T @ (mask * lam)) @ v), [signed @ v >= 0, cp.norm(v, 2) <= 1])
+        reference = problem.solve(solver=cp.CLARABEL)
+        assert abs(value - reference) <= 1e-7 * max(1.0, reference), (trial, value, reference)
+        if value > 0:
+            assert abs(np.linalg.norm(u) - 1) < 1e-12 and (signed @ u).min() > -1e-10
+            assert abs(dual_value(U_prime, lam, u) - value) < 1e-12
+
+
+def test_issue_reproduction_probe_finds_the_violation_and_grow_reaches_the_optimum() -> None:
+    X, y = issue_problem()
+    model = cn.ConvexBNRegressor(beta=0.1, patterns=20).fit(X, y)
+    exact, probe = model.certify(method="exact"), model.certify(method="probe")
+    assert exact.violated and exact.optimal is False
+    assert probe.violated and probe.optimal is False
+    assert probe.max_dual_value >= exact.max_dual_value * (1 - 1e-6)
+    assert abs(dual_value(model.whitening_.U_prime, y - model.predict(X), probe.witness)) == pytest.approx(
+        probe.max_dual_value, rel=1e-12)  # the reported value is attained by the witness
+    grown = cn.ConvexBNRegressor(beta=0.1, patterns=20, grow=True, max_rounds=30).fit(X, y)
+    everything = cn.ConvexBNRegressor(beta=0.1, patterns="exhaustive").fit(X, y)
+    assert abs(grown.objective_ - everything.objective_) <= 1e-6 * everything.objective_
+    assert grown.certify().optimal is True and len(grown.patterns_) < len(everything.patterns_)
+
+
+@pytest.mark.parametrize("index", range(54))
+def test_probe_reports_a_violation_whenever_exact_certification_does(index) -> None:
+    """54 random problems (n 10-40, d 2-3, the three losses, 5-40 sampled patterns, several beta)."""
+    X, y, estimator, loss = random_problem(index)
+    rng = np.random.default_rng(index)
+    beta = float(rng.choice([0.05, 0.1, 0.3, 1.0]))
+    model = estimator(beta=beta, loss=loss, patterns=int(rng.integers(5, 41)), random_state=index).fit(X, y)
+    exact = single(model.certify(method="exact"))
+    probe = single(model.certify(method="probe", n_probes=500))
+    assert exact.exact and not probe.exact
+    if exact.violated:
+        assert probe.violated, (exact.max_dual_value, probe.max_dual_value)
+    assert probe.max_dual_value <= exact.max_dual_value * (1 + 1e-9) + 1e-12  # a probe never exceeds the maximum
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_grow_from_20_patterns_reaches_the_optimum_over_all_patterns(index) -> None:
+    X, y, estimator, loss = random_problem(index, n_range=(10, 25), d_range=(2, 3))
+    grown = estimator(beta=0.1, loss=loss, patterns=20, grow=True, max_rounds=30, random_state=index).fit(X, y)
+    everything = estimator(beta=0.1, loss=loss, patterns="exhaustive").fit(X, y)
+    assert abs(grown.objective_ - everything.objective_) <= 1e-6 * abs(everything.objective_)
+    assert single(grown.certify(method="exact")).optimal is True
+
+
+def test_only_exact_certification_reports_a_lower_bound() -> None:
+    X, y = issue_problem()
+    optimum = cn.ConvexBNRegressor(beta=0.1, patterns="exhaustive").fit(X, y)
+    exact = optimum.certify(method="exact")
+    assert exact.optimal is True and exact.lower_bound is not None and exact.lower_bound_estimate is None
+    assert -1e-9 <= exact.gap <= 1e-6 * optimum.objective_
+    probe = optimum.certify(method="probe")
+    assert probe.lower_bound is None and probe.gap is None and probe.lower_bound_estimate is not None
+    assert probe.optimal is None  # no violation found by a probe proves nothing
+    sampled = cn.ConvexBNRegressor(beta=0.1, patterns=20).fit(X, y)
+    bound = sampled.certify(method="exact").lower_bound
+    assert bound <= optimum.objective_ * (1 + 1e-9)  # a proven bound on the optimum over all patterns
+
+
+def test_certify_validates_its_arguments() -> None:
+    X, y = issue_problem()
+    model = cn.ConvexBNRegressor(beta=0.1, patterns=20).fit(X, y)
+    with pytest.raises(ValueError, match="method must be one of"):
+        model.certify(method="proof")
+    with pytest.raises(ValueError, match="n_probes must be an integer >= 1"):
+        model.certify(method="probe", n_probes=0)
+    large = cn.ConvexBNRegressor(beta=0.1, patterns=20).fit(np.random.default_rng(0).standard_normal((200, 8)),
+                                                             np.ones(200) + np.arange(200) / 200)
+    with pytest.raises(ValueError, match="use method='probe'"):
+        large.certify(method="exact")
