@@ -10,7 +10,7 @@ momentum 0.9, 4 epochs, at batch sizes 1 and 2:
 It also reports the elimination-singularity statistics of the trained networks on the test
 set (``convexnorm.diagnostics.channel_singularities``).
 
-Run: python examples/bcn_micro_batch.py  (a few minutes on 2 CPU cores);
+Run: python examples/bcn_micro_batch.py  (a few minutes on 2 CPU cores; the README shows one measured run, times vary 2-3x between runs);
 writes docs/figures/bcn_micro_batch.png.
 """
 

@@ -9,7 +9,7 @@ normalization matters), MLP 64-64-64-10 with ReLU, cross-entropy, plain SGD, 3 p
 Each method gets the best of five learning rates (by final test accuracy); the curves are
 test accuracy over samples seen.
 
-Run: python examples/bnp_online.py  (about two minutes on 2 CPU cores);
+Run: python examples/bnp_online.py  (a few minutes on 2 CPU cores; the README shows one measured run, times vary 2-3x between runs);
 writes docs/figures/bnp_online.png.
 """
 

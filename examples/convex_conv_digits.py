@@ -1,4 +1,4 @@
-"""Exact convex training of a convolutional BN-ReLU network on 8x8 digits (spec section 8).
+"""Exact convex training of a convolutional BN-ReLU network on 8x8 digits (docs/math.md section 8).
 
 Network: Conv2d(1 -> m, 3x3, stride 2, no bias) -> BatchNorm2d (statistics over images and
 the 9 positions) -> ReLU -> sum pooling -> Linear(m -> 1); squared loss on +-1 labels,
@@ -7,11 +7,13 @@ sampled patterns of the 9-pixel patches, grows them by column generation (the du
 certificate's probe) and hands back the torch network; Adam trains the
 same architecture at the same width on the same objective from three seeds.
 
-Run: python examples/convex_conv_digits.py  (a few minutes on 2 CPU cores);
+Run: python examples/convex_conv_digits.py  (a few minutes on 2 CPU cores; the README shows one measured run, times vary 2-3x between runs);
 writes docs/figures/convex_conv_digits.png.
 """
 
 from __future__ import annotations
+
+import logging
 
 import time
 from pathlib import Path
@@ -33,7 +35,13 @@ def accuracy(predictions: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.sign(predictions) == y))
 
 
+def _progress_lines() -> None:
+    """The library logs each stage (grow rounds, training runs) at INFO; show those lines."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
 def main() -> None:
+    _progress_lines()
     digits = load_digits()
     keep = np.isin(digits.target, (3, 8))
     images, y = digits.images[keep][:, None] / 16.0, np.where(digits.target[keep] == 8, 1.0, -1.0)

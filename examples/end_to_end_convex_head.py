@@ -9,7 +9,7 @@ Task: scikit-learn digits, 0-4 (label -1) vs 5-9 (label +1), squared loss.
 - Baseline: the same extractor with an ordinary Linear-BatchNorm1d-ReLU-Linear head of
   the same width, trained by Adam on the whole batch.
 
-Run: python examples/end_to_end_convex_head.py  (about two minutes on 2 CPU cores);
+Run: python examples/end_to_end_convex_head.py  (a few minutes on 2 CPU cores; the README shows one measured run, times vary 2-3x between runs);
 writes docs/figures/end_to_end_convex_head.png.
 """
 

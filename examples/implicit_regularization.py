@@ -1,6 +1,6 @@
 """Implicit regularization made explicit: truncated whitening vs SGD-trained BN networks.
 
-Gradient descent on a BN network fits high-singular-value directions first (spec section 7;
+Gradient descent on a BN network fits high-singular-value directions first (docs/math.md section 7;
 ``convexnorm.diagnostics.spectral_bias``), the exact convex model has no such bias. The paper
 puts it back explicitly by whitening with the top-k singular vectors only. On scikit-learn
 digits 3 vs 8 (pixels / 16, squared loss on +-1 labels, train / validation / test 50/25/25):
@@ -12,10 +12,12 @@ digits 3 vs 8 (pixels / 16, squared loss on +-1 labels, train / validation / tes
 and the spectral-bias measurement of GD on the same data. Prints a table, writes
 docs/figures/implicit_regularization.png.
 
-Run: python examples/implicit_regularization.py  (a few minutes on 2 CPU cores)
+Run: python examples/implicit_regularization.py  (a few minutes on 2 CPU cores; the README shows one measured run, times vary 2-3x between runs)
 """
 
 from __future__ import annotations
+
+import logging
 
 import time
 from pathlib import Path
@@ -43,7 +45,13 @@ def network_predictions(module: torch.nn.Module, X: np.ndarray) -> np.ndarray:
         return module(torch.from_numpy(X)).numpy().ravel()
 
 
+def _progress_lines() -> None:
+    """The library logs each stage (grow rounds, training runs) at INFO; show those lines."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
 def main() -> None:
+    _progress_lines()
     digits = load_digits()
     keep = np.isin(digits.target, (3, 8))
     X, y = digits.data[keep] / 16.0, np.where(digits.target[keep] == 8, 1.0, -1.0)

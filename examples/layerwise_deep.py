@@ -6,11 +6,13 @@ model, over 100 sampled patterns, of the previous block's activations) into one 
 network. The same architectures (same widths) are trained end to end from scratch by
 SGD with momentum on the mean squared error, three seeds each.
 
-Run: python examples/layerwise_deep.py  (a few minutes on 2 CPU cores);
+Run: python examples/layerwise_deep.py  (a few minutes on 2 CPU cores; the README shows one measured run, times vary 2-3x between runs);
 writes docs/figures/layerwise_deep.png.
 """
 
 from __future__ import annotations
+
+import logging
 
 import copy
 import time
@@ -62,7 +64,13 @@ def first_blocks(model: cn.GreedyConvexBNNetwork, blocks: int) -> cn.GreedyConve
     return part
 
 
+def _progress_lines() -> None:
+    """The library logs each stage (grow rounds, training runs) at INFO; show those lines."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
 def main() -> None:
+    _progress_lines()
     digits = load_digits()
     keep = np.isin(digits.target, (3, 8))
     X, y = digits.data[keep] / 16.0, np.where(digits.target[keep] == 8, 1.0, -1.0)

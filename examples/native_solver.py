@@ -11,6 +11,8 @@ Run: python examples/native_solver.py  (40 s on 2 CPU cores, nearly all of it Cl
 
 from __future__ import annotations
 
+import logging
+
 import time
 
 import numpy as np
@@ -22,7 +24,13 @@ import convexnorm as cn
 BETA, PATTERNS, SEED = 0.5, 400, 0
 
 
+def _progress_lines() -> None:
+    """The library logs each stage (grow rounds, training runs) at INFO; show those lines."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
 def main() -> None:
+    _progress_lines()
     X, y = load_diabetes(return_X_y=True)
     y = (y - y.mean()) / y.std()
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random_state=SEED)

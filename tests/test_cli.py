@@ -1,5 +1,6 @@
 """The command-line entry point."""
 
+import os
 import subprocess
 import sys
 import time
@@ -55,3 +56,12 @@ def test_help_is_fast_and_lists_every_default() -> None:
                                                               result.stdout.splitlines()[1:]) if line in flags)
     probe = "import sys, convexnorm.cli; print(sorted(m for m in ('torch', 'cvxpy') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "[]"
+
+
+def test_importing_the_library_leaves_matplotlib_alone() -> None:
+    """Neither ``import convexnorm`` nor its diagnostics switch the user's matplotlib backend."""
+    probe = ("import convexnorm, convexnorm.diagnostics, matplotlib; convexnorm.diagnostics.plot_relative_loss; "
+             "print(matplotlib.get_backend())")
+    env = {**os.environ, "MPLBACKEND": "svg"}
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    assert result.stdout.strip() == "svg"

@@ -1,4 +1,4 @@
-"""The convex model of a convolutional BN-ReLU network (issue #7, spec section 8)."""
+"""The convex model of a convolutional BN-ReLU network (issue #7, docs/math.md section 8)."""
 
 import numpy as np
 import pytest

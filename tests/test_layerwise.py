@@ -1,4 +1,4 @@
-"""Greedy layer-wise convex training of a deep BN-ReLU MLP (issue #7, spec section 8)."""
+"""Greedy layer-wise convex training of a deep BN-ReLU MLP (issue #7, docs/math.md section 8)."""
 
 import numpy as np
 import pytest

@@ -33,8 +33,10 @@ violation. The penalty grows (PENALTY_GROWTH, at most MAX_PENALTY) while the vio
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from typing import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -518,6 +520,7 @@ def solve_native(
     max_inner: int = 2000,
     warm_start: tuple[torch.Tensor, torch.Tensor] | None = None,
     method: str = "auto",
+    threads: int | None = 1,
 ) -> NativeResult:
     """Solve the program on the device and dtype of ``U_prime`` (masks: n x P, 0/1).
 
@@ -529,7 +532,35 @@ def solve_native(
     ``method``: "ipm" (primal-dual interior-point method, squared loss, float64; warm
     starts are not used), "al" (augmented Lagrangian) or "auto" (ipm where it applies, else
     al). For "ipm", max_outer counts interior-point iterations (max_inner is not used).
+    ``threads``: torch's intra-op threads during the solve (restored afterwards); None keeps
+    torch's setting. One thread is the default because on a loaded machine torch's default
+    threads collapsed this solver 125x (docs/benchmarks.md, bench_threads.py); idle, two
+    threads were 1.3x faster than one on 2 cores.
     """
+    if threads is not None:
+        check_count(threads, "solver='torch'", "threads")
+    with _intra_op_threads(threads):
+        return _solve_native(U_prime, masks, y, beta, loss, tol, violation_tol, max_outer, max_inner, warm_start,
+                             method)
+
+
+@contextlib.contextmanager
+def _intra_op_threads(threads: int | None) -> Iterator[None]:
+    """torch.set_num_threads(threads) for the block (nothing for None)."""
+    if threads is None or threads == torch.get_num_threads():
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _solve_native(U_prime: torch.Tensor, masks: torch.Tensor, y: torch.Tensor, beta: float, loss: str, tol: float,
+                  violation_tol: float, max_outer: int, max_inner: int,
+                  warm_start: tuple[torch.Tensor, torch.Tensor] | None, method: str) -> NativeResult:
     if loss not in ("squared", "logistic"):
         raise ValueError(f"solver='torch' supports the squared and logistic losses, not {loss!r}")
     if method not in ("auto", "ipm", "al"):

@@ -111,7 +111,7 @@ def _channel_moments(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
 
 def set_running_statistics(module: nn.Sequential, X: torch.Tensor) -> None:
     """Running mean and the biased variance of the BN layer's input on X, so that eval
-    mode maps new data exactly as train mode maps X (the test-time map of the spec)."""
+    mode maps new data exactly as train mode maps X (the test-time map, docs/math.md section 1)."""
     first, bn, _ = _parts(module, "set_running_statistics")
     with torch.no_grad():
         var, mean, _ = _channel_moments(first(X.to(first.weight.dtype)))

@@ -1,4 +1,4 @@
-"""Hyperplane arrangement patterns D_i = diag(1[U' h >= 0]) (spec: convex-bn.md section 3).
+"""Hyperplane arrangement patterns D_i = diag(1[U' h >= 0]) (docs/math.md, section 3).
 
 Exhaustive enumeration (rows of U' in general position, r' = r + 1 columns): every
 cell of the central arrangement touches a direction u orthogonal to some r' - 1 rows.

@@ -1,4 +1,4 @@
-"""Centering and whitening of the data (spec: convex-bn.md section 1).
+"""Centering and whitening of the data (docs/math.md, section 1).
 
 Xc = X - 1 mu^T = U S V^T (compact SVD, rank r), U' = [U, 1/sqrt(n)] with U'^T U' = I.
 The test-time map, BN's analogue of running statistics, is
@@ -10,7 +10,7 @@ first layer absorbs any column scaling, so the program is unchanged, but the ran
 decision no longer depends on the units of the features (a feature measured in 1e-6
 units is not dropped as numerical noise).
 
-The spectrum-keeping variant (spec section 7) scales the columns back, Z = U' diag(S, sqrt(n))
+The spectrum-keeping variant (docs/math.md section 7) scales the columns back, Z = U' diag(S, sqrt(n))
 = [U S, 1]: the program then sees the centered data in its principal axes, and the group
 norm of a neuron s on Z is that of diag(S, sqrt(n)) s on U' reweighted, which penalizes
 low-singular-value directions more.
@@ -77,7 +77,7 @@ class Whitening:
         return self._scaled(neurons)
 
     def truncated(self, k: int | None) -> "Whitening":
-        """The top-k whitening U'_k = [U_k, 1/sqrt(n)] (spec section 7: the explicit form of
+        """The top-k whitening U'_k = [U_k, 1/sqrt(n)] (docs/math.md section 7: the explicit form of
         gradient descent's spectral bias); k >= rank or None leaves it unchanged."""
         if self.column_scale is not None:
             raise ValueError("truncate before taking the spectral variant")

@@ -1,4 +1,4 @@
-"""Gradient descent's spectral bias on a BN-ReLU network (spec: convex-bn.md section 7).
+"""Gradient descent's spectral bias on a BN-ReLU network (docs/math.md, section 7).
 
 A BN neuron sees w only through q = S V^T w, and a GD step moves q by -lr S^2 dL/dq: GD
 fits the data's high-singular-value directions first. ``spectral_bias`` measures it: it

@@ -1,4 +1,4 @@
-"""A differentiable convex BN-ReLU block (spec: convex-bn.md sections 3 and 9).
+"""A differentiable convex BN-ReLU block (docs/math.md, sections 3 and 9).
 
 The forward pass fits a two-layer BN-ReLU network to (H, y) by solving its convex
 program through cvxpylayers and returns that network's predictions; gradients flow

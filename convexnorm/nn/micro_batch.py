@@ -1,4 +1,4 @@
-"""Normalization for micro-batches (Qiao et al. 2019, spec: companions.md).
+"""Normalization for micro-batches (Qiao et al. 2019, docs/math.md, section 10).
 
 - ``WeightStandardization`` / ``WSConv2d``: each output channel's kernel standardized,
   W_hat = (W - mean W) / sqrt(var W + eps), mean and biased variance over (C_in, kh, kw),

@@ -1,4 +1,4 @@
-"""Normalization layers whose standardization is a convex program (spec: dpp-normalization.md).
+"""Normalization layers whose standardization is a convex program (docs/math.md, section 11).
 
 Each layer cuts its input into groups (a channel over the batch for BatchNorm, a
 sample's features for LayerNorm, a sample's channel group for GroupNorm), maps

@@ -1,4 +1,4 @@
-"""Batch Normalization Preconditioning (Lange, Helfrich & Ye, JMLR 2022; spec: companions.md).
+"""Batch Normalization Preconditioning (Lange, Helfrich & Ye, JMLR 2022; docs/math.md, section 10).
 
 BNP keeps running estimates of every layer input's per-feature mean mu and variance
 sigma^2 and preconditions the gradients of the layer z = W x + b so that a gradient

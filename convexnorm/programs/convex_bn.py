@@ -1,4 +1,4 @@
-"""The convex program of a two-layer BN-ReLU network (spec: convex-bn.md sections 3 and 9).
+"""The convex program of a two-layer BN-ReLU network (docs/math.md, sections 3 and 9).
 
     min_{s_i, t_i}  loss( sum_i D_i U' (s_i - t_i), y ) + beta * sum_i (||s_i|| + ||t_i||)
     s.t.  (2 D_i - I) U' s_i >= 0,  (2 D_i - I) U' t_i >= 0
@@ -11,7 +11,7 @@ variables S and T are s_i and t_i. The hinge loss is written with slacks,
 sum xi s.t. xi >= 1 - y * f, xi >= 0, so that the multipliers alpha of the margin
 constraints (``margin``) give the certificate's dual variable lam = y * alpha.
 
-Convolutional networks (spec section 8) pool the rows of the patches' U' (N K rows,
+Convolutional networks (docs/math.md section 8) pool the rows of the patches' U' (N K rows,
 sample-major) into the N samples: DU[i] = Pi D_i U' with Pi = I_N kron 1_K^T, while the
 cone constraints keep all N K rows (``constraint_rows``).
 """

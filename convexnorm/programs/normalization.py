@@ -1,4 +1,4 @@
-"""Normalization as a disciplined parametrized program (spec: dpp-normalization.md).
+"""Normalization as a disciplined parametrized program (docs/math.md, section 11).
 
 Every standard normalization standardizes a group x in R^n. With c = sqrt(n * eps),
 
