@@ -123,7 +123,7 @@ def demo(pair: tuple[int, int] = (8, 9), components: int = 5, beta: float = 1e-2
     print(f"convexnorm demo: digits {pair[0]} vs {pair[1]}, {len(y_train)} train / {len(y_test)} test samples, "
           f"{components} principal components, squared loss on +-1 labels, beta={beta}", flush=True)
     rows = []
-    settings = dict(beta=beta, loss="squared", patterns=patterns, random_state=seed)
+    settings = dict(beta=beta, loss="squared", patterns=patterns, random_state=seed, solver="torch")
     start = time.perf_counter()
     convex = ConvexBNClassifier(**settings).fit(X_train, y_train)
     rows.append((f"convex, {len(convex.patterns_)} sampled patterns", convex.objective_, convex.score(X_train, y_train),
