@@ -24,10 +24,10 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from convexnorm._validation import check_beta, check_count, check_options, validated
+from convexnorm._validation import check_beta, check_count, validated
 from convexnorm.convex.certificate import Certificate
 from convexnorm.convex.estimators import (SOLVERS, ScalarSolution, _fit_scalar, certify_solution,
-                                          unchanged_on_failure)
+                                          check_growth_parameters, unchanged_on_failure)
 from convexnorm.convex.network import recover_network
 from convexnorm.convex.patterns import arrangement_patterns
 from convexnorm.convex.whitening import Whitening, whiten
@@ -101,10 +101,7 @@ class ConvexBNConvRegressor(RegressorMixin, BaseEstimator):
         for value in kernel:
             check_count(value, owner, "kernel_size")
         check_count(self.stride, owner, "stride")
-        check_options(self.solver_options, owner, "solver_options")
-        check_count(self.max_rounds, owner, "max_rounds", minimum=0)
-        check_count(self.n_probes, owner, "n_probes")
-        check_count(self.max_new_patterns, owner, "max_new_patterns")
+        check_growth_parameters(self, owner)
         if self.image_shape is not None and (len(tuple(self.image_shape)) != 3
                                              or min(tuple(self.image_shape)) < 1):
             raise ValueError(f"{owner}: image_shape must be None or (C, H, W), got {self.image_shape!r}")

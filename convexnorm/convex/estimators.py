@@ -96,6 +96,18 @@ def certify_solution(
     return certificate
 
 
+def check_growth_parameters(estimator: BaseEstimator, owner: str) -> None:
+    """solver_options, grow, max_rounds, n_probes, max_new_patterns and progress of an estimator
+    that fits through ``_fit_scalar``."""
+    check_options(estimator.solver_options, owner, "solver_options")
+    check_count(estimator.max_rounds, owner, "max_rounds", minimum=0)
+    check_count(estimator.n_probes, owner, "n_probes")
+    check_count(estimator.max_new_patterns, owner, "max_new_patterns")
+    for name in ("grow", "progress"):
+        if not isinstance(getattr(estimator, name), (bool, np.bool_)):
+            raise ValueError(f"{owner}: {name} must be True or False, got {getattr(estimator, name)!r}")
+
+
 def _fit_scalar(
     estimator: "_ConvexBNBase",
     U_prime: np.ndarray,
@@ -178,11 +190,6 @@ class _ConvexBNBase(BaseEstimator):
         self.max_new_patterns = max_new_patterns
         self.progress = progress
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = False
-        return tags
-
     def _check_params(self) -> None:
         owner = type(self).__name__
         check_beta(self.beta, owner)
@@ -192,13 +199,7 @@ class _ConvexBNBase(BaseEstimator):
             raise ValueError(f"{owner}: whitening must be one of {WHITENINGS}, got {self.whitening!r}")
         if not isinstance(self.solver, str) or self.solver not in SOLVERS:
             raise ValueError(f"{owner}: solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
-        check_options(self.solver_options, owner, "solver_options")
-        check_count(self.max_rounds, owner, "max_rounds", minimum=0)
-        check_count(self.n_probes, owner, "n_probes")
-        check_count(self.max_new_patterns, owner, "max_new_patterns")
-        for name in ("grow", "progress"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise ValueError(f"{owner}: {name} must be True or False, got {getattr(self, name)!r}")
+        check_growth_parameters(self, owner)
 
     def _whitening(self, X: np.ndarray) -> Whitening:
         """The full whitening scales the features first (the fit does not depend on their units);

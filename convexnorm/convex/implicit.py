@@ -64,7 +64,6 @@ class NativeSolve(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_W: torch.Tensor):
         A, y, beta, W, G_active, M, o, rows, active = ctx.saved_tensors
-        k = A.shape[1]
         W_active = W[:, active]
         if W_active.shape[1] == 0:
             return torch.zeros_like(A), torch.zeros_like(y), torch.zeros_like(beta), None, None, None, None

@@ -11,7 +11,6 @@ import functools
 import math
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
