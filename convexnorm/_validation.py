@@ -6,6 +6,7 @@ import numbers
 
 import numpy as np
 import torch
+from sklearn.utils import check_random_state
 from sklearn.utils.validation import validate_data
 
 
@@ -115,3 +116,19 @@ def check_float_tensor(tensor, owner: str, name: str = "input") -> None:
         raise ValueError(f"{owner}: {name} must be a floating-point tensor (float32 or float64), got {tensor.dtype}")
     if not torch.isfinite(tensor).all():
         raise ValueError(f"{owner}: {name} contains NaN or Inf")
+
+
+def random_state_of(random_state, owner: str) -> np.random.RandomState:
+    """scikit-learn's ``check_random_state`` with its error naming ``owner``."""
+    try:
+        return check_random_state(random_state)
+    except ValueError as error:
+        raise ValueError(f"{owner}: random_state must be None, an int or a numpy RandomState ({error})") from error
+
+
+def check_step_sizes(values, owner: str, name: str) -> list[float]:
+    """A nonempty sequence of finite numbers > 0."""
+    values = list(values) if not isinstance(values, (str, bytes)) else values
+    if not isinstance(values, list) or not values:
+        raise ValueError(f"{owner}: {name} must be a nonempty sequence of numbers > 0")
+    return [check_positive(value, owner, f"each of {name}") for value in values]

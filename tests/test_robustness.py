@@ -212,3 +212,34 @@ def test_diagnostics_refuse_empty_data() -> None:
         cn.diagnostics.accuracy(model, empty, torch.empty(0, dtype=torch.long))
     with pytest.raises(ValueError, match="relative_loss: need one target per input"):
         cn.diagnostics.relative_loss(model, torch.randn(4, 3), torch.zeros(3, dtype=torch.long), [0.1])
+
+
+def _catalogue():
+    X, y = issue_problem()
+    H, t = torch.from_numpy(X), torch.from_numpy(y)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    labels = torch.zeros(4, dtype=torch.long)
+    return [
+        (lambda: cn.ConvexBNRegressor(patterns=5, random_state="abc").fit(X, y), "ConvexBNRegressor: random_state"),
+        (lambda: cn.ConvexBNRegressor(patterns=5).fit(X, y).certify(method="probe", random_state="x"),
+         "ConvexBNRegressor.certify: random_state"),
+        (lambda: cn.nn.ConvexBNReLU(2, n_patterns=3).freeze(H, t, solver="foo"), "ConvexBNReLU.freeze: solver must be"),
+        (lambda: cn.nn.ConvexBNReLU(2, seed="x"), "ConvexBNReLU: seed must be"),
+        (lambda: cn.nn.BatchNorm1d(2, solver_args=[1, 2]), "BatchNorm1d: solver_args must be"),
+        (lambda: cn.diagnostics.plot_relative_loss({}, "unused.png"), "plot_relative_loss: expected a nonempty dict"),
+        (lambda: cn.diagnostics.relative_loss(model, torch.randn(4, 2), labels, [-1.0]), "relative_loss: each of"),
+        (lambda: cn.diagnostics.relative_loss(model, torch.randn(4, 2), labels, []), "relative_loss: step_sizes"),
+        (lambda: cn.diagnostics.learning_rate_sweep(lambda: model, torch.randn(4, 2), labels, [0.1], epochs=0),
+         "learning_rate_sweep: epochs"),
+        (lambda: cn.diagnostics.spectral_bias(X, y, steps=5, record_every=0), "spectral_bias: record_every"),
+        (lambda: cn.recover_network(cn.whiten(X), np.ones((2, 5)), np.ones(2)), "recover_network: neurons must be"),
+        (lambda: cn.ConvexBNRegressor(patterns=0).fit(X, y), "ConvexBNRegressor: .*patterns must be"),
+        (lambda: cn.whiten(np.ones((4, 3))), "whiten: all samples are identical"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(13))
+def test_catalogue_of_bad_arguments_gets_named_value_errors(index) -> None:
+    make, message = _catalogue()[index]
+    with pytest.raises(ValueError, match=message):
+        make()

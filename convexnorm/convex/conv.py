@@ -21,10 +21,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator, RegressorMixin
 
-from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from convexnorm._validation import check_beta, check_count, validated
+from convexnorm._validation import check_beta, check_count, random_state_of, validated
 from convexnorm.convex.certificate import Certificate
 from convexnorm.convex.estimators import (SOLVERS, ScalarSolution, _fit_scalar, certify_solution,
                                           check_growth_parameters, unchanged_on_failure)
@@ -133,7 +132,7 @@ class ConvexBNConvRegressor(RegressorMixin, BaseEstimator):
             self._check_params(owner)
             X, y = validated(self, X, y, dtype=np.float64, allow_nd=True, ensure_min_samples=2, y_numeric=True)
             images, kernel = self._images(X, owner)
-            rng = check_random_state(self.random_state)
+            rng = random_state_of(self.random_state, type(self).__name__)
             try:
                 patches = image_patches(images, kernel, self.stride)
                 whitening = whiten(patches, scale_features=True)
@@ -155,7 +154,7 @@ class ConvexBNConvRegressor(RegressorMixin, BaseEstimator):
         n_probes = self.n_probes if n_probes is None else check_count(n_probes, "certify", "n_probes")
         pool = patch_pooling(len(self._targets), self.n_positions_)
         return certify_solution(self.whitening_.U_prime, self._targets, self.solution_, self.beta, self.loss, method,
-                                n_probes, check_random_state(random_state), pool)
+                                n_probes, random_state_of(random_state, "ConvexBNConvRegressor.certify"), pool)
 
     def _set_fitted(self, whitening: Whitening, patterns: np.ndarray, solution: ScalarSolution,
                     history: list[float], image_shape: tuple[int, ...], per_image: int,

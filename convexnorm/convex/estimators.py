@@ -19,13 +19,12 @@ from typing import Iterator
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
-from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from convexnorm._validation import (check_beta, check_count, check_matrix, check_options, check_targets,
-                                            validated)
+                                    random_state_of, validated)
 from convexnorm.convex.certificate import GROW_RTOL, Certificate, can_certify_exactly, certify_multipliers
 from convexnorm.convex.network import recover_network
 from convexnorm.convex.patterns import arrangement_patterns
@@ -216,7 +215,7 @@ class _ConvexBNBase(BaseEstimator):
     def _fit_targets(self, X: np.ndarray, targets: list[np.ndarray]) -> None:
         """Fit one scalar program per target column; set fitted attributes only on success."""
         owner = type(self).__name__
-        rng = check_random_state(self.random_state)
+        rng = random_state_of(self.random_state, type(self).__name__)
         try:
             whitening = self._whitening(X)
             U_prime = whitening.U_prime
@@ -283,7 +282,7 @@ class _ConvexBNBase(BaseEstimator):
         check_is_fitted(self)
         n_probes = self.n_probes if n_probes is None else check_count(n_probes, "certify", "n_probes")
         U_prime = self.whitening_.U_prime
-        rng = check_random_state(random_state)
+        rng = random_state_of(random_state, f"{type(self).__name__}.certify")
         return [certify_solution(U_prime, t, s, self.beta, self.loss, method, n_probes, rng)
                 for t, s in zip(self._targets, self.solutions_)]
 

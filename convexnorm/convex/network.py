@@ -175,9 +175,15 @@ def recover_network(whitening: Whitening, neurons: np.ndarray, output_signs: np.
     +-1 per row (one-vs-rest classes). For the spectral variant the neurons are in the
     coordinates of ``whitening.U_prime`` = [U S, 1] and are mapped to [U, 1/sqrt(n)] first.
     """
-    neurons = whitening.to_whitened(np.asarray(neurons, dtype=np.float64))
+    neurons = np.asarray(neurons, dtype=np.float64)
     signs = np.asarray(output_signs, dtype=np.float64)
     signs = signs[:, None] if signs.ndim == 1 else signs
+    if neurons.ndim != 2 or neurons.shape[1] != whitening.rank + 1 or signs.ndim != 2 or len(signs) != len(neurons):
+        raise ValueError(f"recover_network: neurons must be (m, rank + 1) = (m, {whitening.rank + 1}) with one row of "
+                         f"output_signs each, got {neurons.shape} and {np.shape(output_signs)}")
+    if not (np.isfinite(neurons).all() and np.isfinite(signs).all()):
+        raise ValueError("recover_network: neurons and output_signs must be finite")
+    neurons = whitening.to_whitened(neurons)
     m, outputs = signs.shape
     d, r, n = whitening.V.shape[0], whitening.rank, whitening.n
     norms = np.linalg.norm(neurons, axis=1)

@@ -170,6 +170,8 @@ def solve_convex_program(
     dropped. The native interior-point method removes its residue itself (certified), so its
     solutions are not re-solved. ``warm_start`` is a previous solution's ``warm`` state
     (solver='torch')."""
+    if not isinstance(solver, str) or solver not in SOLVERS:
+        raise ValueError(f"{owner}: solver must be one of {sorted(SOLVERS)}, got {solver!r}")
     args = (y, beta, loss, solver, owner, solver_options)
     S, T, report, warm, dual = _solve_variables(U_prime, patterns, *args, warm_start=warm_start, pool=pool)
     norms = np.maximum(np.linalg.norm(S, axis=0), np.linalg.norm(T, axis=0))

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from convexnorm._validation import check_count, check_float_tensor
+from convexnorm._validation import check_count, check_float_tensor, check_step_sizes
 from convexnorm.nn._channels import channel_groups
 
 #: One SGD step diverges when the loss grows by more than this factor (Bjorck et al.).
@@ -44,6 +44,7 @@ def relative_loss(model: nn.Module, inputs: Tensor, targets: Tensor, step_sizes:
     copy of ``model`` (in its current mode); ``diverged`` when the ratio exceeds ``divergence``
     or the loss is not finite. The model itself is not changed."""
     _check_data("relative_loss", inputs, targets)
+    step_sizes = check_step_sizes(step_sizes, "relative_loss", "step_sizes")
     ratios, diverged = [], []
     for step in step_sizes:
         trial = copy.deepcopy(model)
@@ -161,6 +162,9 @@ def learning_rate_sweep(make_model: Callable[[], nn.Module], inputs: Tensor, tar
     training and test accuracy (argmax, for integer class targets) and ``diverged`` (loss not finite or above
     ``divergence`` times the initial loss, training stops there)."""
     _check_data("learning_rate_sweep", inputs, targets)
+    learning_rates = check_step_sizes(learning_rates, "learning_rate_sweep", "learning_rates")
+    check_count(epochs, "learning_rate_sweep", "epochs")
+    check_count(batch_size, "learning_rate_sweep", "batch_size")
     results = {"learning_rates": list(map(float, learning_rates)), "final_loss": [], "train_accuracy": [],
                "test_accuracy": [], "diverged": []}
     for lr in tqdm(learning_rates, desc="learning rates", disable=None if progress is None else not progress):

@@ -17,6 +17,11 @@ def _figure(**options):
     return fig, fig.subplots(**options)
 
 
+def _check_results(results, owner: str) -> None:
+    if not isinstance(results, dict) or not results:
+        raise ValueError(f"{owner}: expected a nonempty dict label -> result, got {results!r}")
+
+
 def save_figure(fig, path: str | Path) -> Path:
     """Lay out and write ``fig`` as PNG (parent folders created); a pyplot figure is closed."""
     path = Path(path)
@@ -33,6 +38,7 @@ def save_figure(fig, path: str | Path) -> Path:
 def plot_learning_rate_sweep(sweeps: dict[str, dict], path: str | Path) -> Path:
     """Test (else training) accuracy over the learning rate, or the final loss when the
     targets are not classes; diverged runs marked x."""
+    _check_results(sweeps, "plot_learning_rate_sweep")
     fig, ax = _figure(figsize=(5, 3.5))
     first = next(iter(sweeps.values()))
     key = next((k for k in ("test_accuracy", "train_accuracy") if first[k][0] is not None), "final_loss")
@@ -51,6 +57,7 @@ def plot_learning_rate_sweep(sweeps: dict[str, dict], path: str | Path) -> Path:
 
 def plot_relative_loss(results: dict[str, dict], path: str | Path) -> Path:
     """loss_after / loss_before of one step over the step size, log-log, divergence line."""
+    _check_results(results, "plot_relative_loss")
     fig, ax = _figure(figsize=(5, 3.5))
     low, high = 1.0, 1e4
     for label, result in results.items():
@@ -75,6 +82,7 @@ def _per_layer(ax, stats: dict[str, list[dict]], solid: tuple[str, str], dashed:
 
 def plot_activation_statistics(stats: dict[str, list[dict]], path: str | Path) -> Path:
     """Mean channel std and mean |channel mean| per layer (log scale)."""
+    _check_results(stats, "plot_activation_statistics")
     fig, ax = _figure(figsize=(5, 3.5))
     _per_layer(ax, stats, ("mean_std", "std"), ("mean_abs_mean", "|mean|"))
     ax.set_yscale("log")
@@ -85,6 +93,7 @@ def plot_activation_statistics(stats: dict[str, list[dict]], path: str | Path) -
 
 def plot_gradient_statistics(stats: dict[str, dict], path: str | Path) -> Path:
     """Histogram of the pairwise cosines of the last layer's per-sample gradients."""
+    _check_results(stats, "plot_gradient_statistics")
     fig, ax = _figure(figsize=(5, 3.5))
     for label, result in stats.items():
         ax.hist(result["cosines"].cpu().numpy(), bins=40, range=(-1, 1), alpha=0.5,
@@ -96,6 +105,7 @@ def plot_gradient_statistics(stats: dict[str, dict], path: str | Path) -> Path:
 
 def plot_channel_singularities(stats: dict[str, list[dict]], path: str | Path) -> Path:
     """Fraction of dead and of constant channels per layer."""
+    _check_results(stats, "plot_channel_singularities")
     fig, ax = _figure(figsize=(5, 3.5))
     _per_layer(ax, stats, ("dead_fraction", "dead"), ("constant_fraction", "constant"))
     ax.set(xlabel="layer", ylabel="fraction of channels", ylim=(-0.05, 1.05), title="elimination singularities")

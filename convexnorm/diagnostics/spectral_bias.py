@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from convexnorm._validation import check_matrix
+from convexnorm._validation import check_count, check_matrix
 from convexnorm.convex.network import train_nonconvex
 from convexnorm.convex.whitening import whiten
 
@@ -24,6 +24,7 @@ def spectral_bias(X, y, beta: float = 1e-4, width: int = 50, lr: float = 1e-2, s
     (indices i with |u_i^T y| > min_component ||y||, the others are NaN in "fit"),
     "objective" (the GD history)}."""
     X = check_matrix(X, "spectral_bias")
+    check_count(record_every, "spectral_bias", "record_every")
     y = np.asarray(y, dtype=np.float64)
     if y.shape != (X.shape[0],):
         raise ValueError(f"spectral_bias: y must be (n,) with n = {X.shape[0]}, got {y.shape}")

@@ -78,6 +78,7 @@ class ConvexBNReLU(nn.Module):
         check_count(in_features, "ConvexBNReLU", "in_features")
         check_count(n_patterns, "ConvexBNReLU", "n_patterns")
         check_options(solver_args, "ConvexBNReLU", "solver_args")
+        check_count(seed, "ConvexBNReLU", "seed", minimum=0)
         self.in_features = in_features
         self.n_patterns = n_patterns
         self.loss = loss

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from convexnorm._validation import check_count, check_device, check_dtype, check_float_tensor, check_momentum, \
-    check_positive
+    check_options, check_positive
 from convexnorm.nn._channels import channel_affine, channel_groups, channel_view
 from convexnorm.nn._solve import solve_program
 from convexnorm.nn.micro_batch import SINGLE_SAMPLE_HINT
@@ -48,7 +48,7 @@ class _NormBase(nn.Module):
         if backend not in BACKENDS:
             raise ValueError(f"{type(self).__name__}: backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend
-        self.solver_args = dict(solver_args or {})
+        self.solver_args = check_options(solver_args, type(self).__name__, "solver_args")
 
     @property
     def _name(self) -> str:
