@@ -1,7 +1,7 @@
 """The convex reformulation of two-layer BN-ReLU networks: estimators and solvers."""
 
+from convexnorm.convex.certificate import Certificate
 from convexnorm.convex.estimators import (
-    Certificate,
     ConvexBNClassifier,
     ConvexBNRegressor,
     closed_form,

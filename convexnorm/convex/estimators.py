@@ -28,9 +28,9 @@ from convexnorm._validation import (check_beta, check_count, check_matrix, check
 from convexnorm.convex.certificate import GROW_RTOL, Certificate, can_certify_exactly, certify_multipliers
 from convexnorm.convex.network import recover_network
 from convexnorm.convex.patterns import arrangement_patterns
-from convexnorm.convex.solve import SOLVERS, ScalarSolution, solve_convex_program
+from convexnorm.convex.solve import SOLVERS, ScalarSolution, dual_multipliers, solve_convex_program
 from convexnorm.convex.whitening import WHITENINGS, Whitening, check_whitening_rank, whiten
-from convexnorm.losses import check_loss, negative_gradient
+from convexnorm.losses import check_loss
 
 logger = logging.getLogger("convexnorm")
 
@@ -46,21 +46,6 @@ def unchanged_on_failure(estimator: BaseEstimator) -> Iterator[None]:
         estimator.__dict__.clear()
         estimator.__dict__.update(saved)
         raise
-
-
-def dual_multipliers(U_prime: np.ndarray, y: np.ndarray, solution: ScalarSolution, loss: str,
-                     pool: np.ndarray | None = None) -> np.ndarray:
-    """lam of the certificate, one per row of U': -loss'(f) (the hinge loss: the solver's
-    y * alpha), spread over each sample's rows by ``pool`` for convolutional programs."""
-    if loss == "hinge":
-        if solution.dual is None:
-            raise ValueError("certify: the hinge loss needs the solver's dual multipliers, which this solution "
-                             "does not have (solve with 'clarabel' or 'scs')")
-        residual = solution.dual
-    else:
-        fitted = solution.predict(U_prime, pool)
-        residual = negative_gradient(loss, torch.from_numpy(fitted), torch.from_numpy(y)).numpy()
-    return residual if pool is None else pool.T @ residual
 
 
 def certify_solution(
@@ -127,12 +112,19 @@ def _fit_scalar(
     method = "probe" if every is None else "exact"
     logger.info("%s: grow from %d patterns, objective %.8g (%s certification)", owner, len(patterns),
                 solution.objective, method)
+    retried = False
     for round_index in tqdm(range(estimator.max_rounds), desc=f"{owner} grow", disable=not estimator.progress,
                             leave=False):
         cert = certify_solution(U_prime, y, solution, estimator.beta, estimator.loss, method, estimator.n_probes,
                                 rng, pool, every, violation_rtol=GROW_RTOL)
         known = {bytes(np.packbits(p)) for p in patterns}
         new = [p for p in cert.violating_patterns if bytes(np.packbits(p)) not in known][: estimator.max_new_patterns]
+        if not new and cert.violated and not retried:  # violators already in the set: the solve was not accurate
+            logger.info("%s: the violating patterns are already in the set; solving again at tight tolerances", owner)
+            solution = solve_convex_program(U_prime, patterns, y, *args, pool=pool, tight_first=True)
+            history.append(solution.objective)
+            retried = True
+            continue
         if not new:
             logger.info("%s: grow stopped after %d rounds: %s", owner, round_index,
                         "no violation left (certified)" if cert.optimal else
