@@ -179,11 +179,11 @@ def probe(U_prime: np.ndarray, lam: np.ndarray, n_probes: int, random_state=None
 
 
 def exact_dual_values(U_prime: np.ndarray, lam: np.ndarray, beta: float, patterns: np.ndarray,
-                      violation_rtol: float = VIOLATION_RTOL) -> tuple[float, np.ndarray | None, list, list]:
+                      violation_rtol: float = VIOLATION_RTOL) -> tuple[float, np.ndarray | None, list[int], list]:
     """The maximum of |lam^T (U' u)_+| over all ``patterns`` (every pattern of U'), each pattern's
     cone value computed exactly where its ball bound ||U'^T D lam|| could exceed the running
-    maximum or beta (1 + violation_rtol). Returns (maximum, its unit u, the patterns above
-    that threshold, their values)."""
+    maximum or beta (1 + violation_rtol). Returns (maximum, its unit u, the indices of the
+    patterns above that threshold, their values)."""
     bounds = np.linalg.norm((patterns * lam) @ U_prime, axis=1)
     order = np.argsort(-bounds)
     threshold = beta * (1 + violation_rtol)
@@ -196,7 +196,7 @@ def exact_dual_values(U_prime: np.ndarray, lam: np.ndarray, beta: float, pattern
             if value > best:
                 best, witness = value, u
             if value > threshold:
-                violating.append(patterns[index])
+                violating.append(int(index))
                 scores.append(value)
     return best, witness, violating, scores
 
@@ -217,11 +217,13 @@ def certify_multipliers(
     all_patterns: np.ndarray | None = None,
     targets: np.ndarray | None = None,
     violation_rtol: float = VIOLATION_RTOL,
+    residual: np.ndarray | None = None,
 ) -> Certificate:
     """Is max_{||u|| <= 1} |lam^T (U' u)_+| <= beta? ``method``: "exact" (all patterns, from
     ``all_patterns`` when given, else enumerated), "probe", or "auto" (exact when the
-    patterns can be enumerated). With ``targets`` (squared loss, lam = y - f) the dual bound
-    lam' ^T y - ||lam'||^2 / 2 at lam' = min(1, beta / max) lam is reported: as
+    patterns can be enumerated). With ``targets`` (squared loss: the residual y - f, which is lam
+    unless ``residual`` gives it in sample space for pooled programs) the dual bound
+    r'^T y - ||r'||^2 / 2 at r' = min(1, beta / max) (y - f) is reported: as
     ``lower_bound`` when exact, as ``lower_bound_estimate`` after a probe. ``violating_patterns``
     are those above beta (1 + violation_rtol), largest value first."""
     if method not in METHODS:
@@ -233,7 +235,8 @@ def certify_multipliers(
     exact = method == "exact" or (method == "auto" and enumerable)
     if exact:
         patterns = arrangement_patterns(U_prime, "exhaustive") if all_patterns is None else all_patterns
-        best, witness, violating, scores = exact_dual_values(U_prime, lam, beta, patterns, violation_rtol)
+        best, witness, hits, scores = exact_dual_values(U_prime, lam, beta, patterns, violation_rtol)
+        violating = [patterns[i] for i in hits]
         used = 0
     else:
         values, points, masks = probe(U_prime, lam, n_probes, random_state)
@@ -249,7 +252,8 @@ def certify_multipliers(
         violating = violating[np.sort(index)]
     bound = None
     if targets is not None:
-        scaled = lam * min(1.0, beta / best) if best > 0 else lam
+        residual = lam if residual is None else residual
+        scaled = residual * min(1.0, beta / best) if best > 0 else residual
         bound = float(scaled @ targets - 0.5 * scaled @ scaled)
     logger.debug("certify: %s, max dual value %.6g (beta %.6g), %d violating patterns",
                  "exact" if exact else f"probe ({used} starts)", best, beta, len(violating))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import replace
 from typing import Iterator
 
 import numpy as np
@@ -65,19 +64,11 @@ def certify_solution(
     (convolutional) programs lam^T Pi (U' u)_+ = (Pi^T lam)^T (U' u)_+: the same check with
     lam spread over each sample's rows."""
     lam = dual_multipliers(U_prime, y, solution, loss, pool)
-    targets = None
-    if loss == "squared" and pool is None:
-        targets = y
-    certificate = certify_multipliers(U_prime, lam, beta, solution.objective, method, n_probes, random_state,
-                                      all_patterns, targets, **options)
-    if loss == "squared" and pool is not None:  # the bound lives in sample space: lam = y - f, not Pi^T lam
-        residual = y - solution.predict(U_prime, pool)
-        best = certificate.max_dual_value
-        scaled = residual * min(1.0, beta / best) if best > 0 else residual
-        bound = float(scaled @ y - 0.5 * scaled @ scaled)
-        certificate = replace(certificate, **({"lower_bound": bound} if certificate.exact
-                                              else {"lower_bound_estimate": bound}))
-    return certificate
+    targets = residual = None
+    if loss == "squared":  # the dual bound lives in sample space: y - f, not Pi^T (y - f)
+        targets, residual = y, y - solution.predict(U_prime, pool)
+    return certify_multipliers(U_prime, lam, beta, solution.objective, method, n_probes, random_state,
+                               all_patterns, targets, residual=residual, **options)
 
 
 def check_growth_parameters(estimator: BaseEstimator, owner: str) -> None:

@@ -18,7 +18,7 @@ import torch
 from convexnorm._validation import check_device, check_dtype
 from convexnorm.convex.native import solve_native
 from convexnorm.errors import SolverError
-from convexnorm.convex.certificate import GROW_RTOL, cone_dual_value
+from convexnorm.convex.certificate import GROW_RTOL, exact_dual_values
 from convexnorm.losses import negative_gradient, torch_loss
 from convexnorm.programs import convex_bn_program
 
@@ -242,11 +242,8 @@ def _violating_excluded(U_prime: np.ndarray, patterns: np.ndarray, active: np.nd
     neurons = np.concatenate([S.T, T.T])
     signs = np.concatenate([np.ones(S.shape[1]), -np.ones(T.shape[1])])
     lam = dual_multipliers(U_prime, y, ScalarSolution(neurons, signs, 0.0, dual=dual), loss, pool)
-    threshold = beta * (1 + GROW_RTOL)
-    bounds = np.linalg.norm((patterns[excluded] * lam) @ U_prime, axis=1)
-    for index in excluded[bounds > threshold]:
-        missed[index] = any(cone_dual_value(U_prime, patterns[index], direction)[0] > threshold
-                            for direction in (lam, -lam))
+    _, _, hits, _ = exact_dual_values(U_prime, lam, beta, patterns[excluded], GROW_RTOL)
+    missed[excluded[hits]] = True
     return missed
 
 
