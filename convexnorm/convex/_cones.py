@@ -14,6 +14,8 @@ import math
 
 import torch
 
+from convexnorm.solvers import cones
+
 
 def soc_det(u: torch.Tensor) -> torch.Tensor:
     """u0^2 - ||u1||^2 per column (> 0 inside the cone)."""
@@ -59,19 +61,8 @@ def jordan_divide(lam: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def soc_max_step(u: torch.Tensor, d: torch.Tensor) -> float:
-    """Largest alpha with u + alpha d in every column's cone (u inside): the smallest
-    positive root of det(u + alpha d) = a alpha^2 + b alpha + c (inf if there is none)."""
-    a, c = soc_det(d), soc_det(u)
-    b = 2 * (u[0] * d[0] - (u[1:] * d[1:]).sum(0))
-    discriminant = b * b - 4 * a * c
-    inf = torch.full_like(a, math.inf)
-    root = discriminant.clamp_min(0).sqrt()
-    q = -(b + torch.where(b >= 0, root, -root)) / 2
-    roots = torch.stack([torch.where(a != 0, q / a, inf), torch.where(q != 0, c / q, inf)])
-    smallest = torch.where(roots > 0, roots, inf).amin(0)
-    smallest = torch.where(discriminant < 0, inf, smallest)
-    linear = torch.where(b < 0, -c / b, inf)
-    return float(torch.where(a == 0, linear, smallest).min())
+    """Largest alpha with u + alpha d in every column's cone (u inside); inf if there is none."""
+    return float(cones.soc_max_step(u.T, d.T).min())
 
 
 def orthant_max_step(u: torch.Tensor, d: torch.Tensor) -> float:

@@ -33,10 +33,8 @@ violation. The penalty grows (PENALTY_GROWTH, at most MAX_PENALTY) while the vio
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from typing import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +42,8 @@ import torch
 from convexnorm.convex._cones import (jordan_divide, jordan_product, nt_scaling, orthant_max_step, shift_into_cones,
                                       soc_max_step)
 from convexnorm._validation import check_count, check_positive
+from convexnorm.solvers.newton import Breakdown as _Breakdown, cholesky as _cholesky
+from convexnorm.solvers.threads import intra_op_threads
 from convexnorm.losses import loss_gradient, torch_loss
 
 logger = logging.getLogger("convexnorm")
@@ -227,28 +227,6 @@ CENTERING_EXPONENT = 3
 ZERO_GROUP_RTOLS = (1e-3, 1e-4, 1e-5)
 #: Entries of the (n x patterns k) Woodbury factor built at once.
 CHUNK_ENTRIES = 1 << 24
-
-
-class _Breakdown(ArithmeticError):
-    """The Newton system lost definiteness beyond regularization (the iterate is at the
-    limit of float64)."""
-
-
-def _cholesky(H: torch.Tensor) -> torch.Tensor:
-    """Batched Cholesky factor; blocks that lost definiteness to rounding get a diagonal
-    shift of up to 1e-8 of their largest diagonal entry, else _Breakdown."""
-    L, info = torch.linalg.cholesky_ex(H)
-    jitter = 1e-14
-    while bool((info > 0).any()):
-        if jitter > 1e-8:
-            raise _Breakdown("the Newton system is not positive definite")
-        bad = info > 0
-        H = H.clone()
-        H[bad] += (jitter * H[bad].diagonal(dim1=-2, dim2=-1).amax(-1))[..., None, None] * torch.eye(
-            H.shape[-1], dtype=H.dtype, device=H.device)
-        L, info = torch.linalg.cholesky_ex(H)
-        jitter *= 10
-    return L
 
 
 class _NewtonSystem:
@@ -539,23 +517,9 @@ def solve_native(
     """
     if threads is not None:
         check_count(threads, "solver='torch'", "threads")
-    with _intra_op_threads(threads):
+    with intra_op_threads(threads):
         return _solve_native(U_prime, masks, y, beta, loss, tol, violation_tol, max_outer, max_inner, warm_start,
                              method)
-
-
-@contextlib.contextmanager
-def _intra_op_threads(threads: int | None) -> Iterator[None]:
-    """torch.set_num_threads(threads) for the block (nothing for None)."""
-    if threads is None or threads == torch.get_num_threads():
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _solve_native(U_prime: torch.Tensor, masks: torch.Tensor, y: torch.Tensor, beta: float, loss: str, tol: float,

@@ -15,7 +15,6 @@ import torch
 from torch import Tensor, nn
 
 from convexnorm._validation import check_count, check_float_tensor, check_options, check_positive
-from convexnorm.convex.implicit import NativeSolve
 from convexnorm.convex.network import recover_network
 from convexnorm.convex.solve import solve_convex_program
 from convexnorm.convex.whitening import (WHITENINGS, Whitening, check_whitening_rank, truncate_rank, u_prime_rows,
@@ -24,9 +23,17 @@ from convexnorm.errors import SolverError
 from convexnorm.losses import MARGIN_LOSSES, check_loss, torch_loss
 from convexnorm.nn._solve import call_program
 from convexnorm.programs import ConvexBNProgram, convex_bn_program
+from convexnorm.solvers.implicit import InteriorPointSolve
+from convexnorm.solvers.interior_point import InteriorPointSettings
+from convexnorm.solvers.threads import intra_op_threads
 
 #: Cone constraints (2D - I) U' s >= 0 may be violated by this fraction of max ||s||.
 FEASIBILITY_TOL = 1e-6
+#: solver="torch": certified relative gap of the interior-point solves. The backward pass reads
+#: the active set off the solution; at 1e-6 it was misread (gradients 10% off), at 1e-7 the
+#: gradients agreed with cvxpylayers to 7e-6, at 1e-8 and 1e-9 to 8e-7 (tests/test_solvers.py), but
+#: 1e-8 is not always reachable (a 32 x 6 x 32 batch stalled at 1.9e-8).
+BLOCK_TOL = 1e-7
 
 
 @functools.lru_cache(maxsize=32)
@@ -44,12 +51,15 @@ class ConvexBNReLU(nn.Module):
         min loss(sum_i D_i U' (s_i - t_i), y) + beta sum_i (||s_i|| + ||t_i||)
         s.t. (2 D_i - I) U' s_i >= 0, (2 D_i - I) U' t_i >= 0
 
-    with cvxpylayers (``solver="torch"``: with the native solver, gradients by implicit
-    differentiation of its KKT system; ``solver_args`` then go to the native solver) and
-    returns sum_i (u' s_i)_+ - (u' t_i)_+ for the rows u' of H's
-    whitened data, or of ``H_query`` under the test-time map. ``return_objective=True``
-    also returns the optimal objective as a differentiable tensor. The batch must have
-    full rank min(n - 1, in_features). Margin losses take labels y in {-1, +1}.
+    and returns sum_i (u' s_i)_+ - (u' t_i)_+ for the rows u' of H's whitened data, or of
+    ``H_query`` under the test-time map. ``solver="torch"`` solves with the batched
+    interior-point method of ``convexnorm.solvers`` (gradients from its Newton system at the
+    solution; ``solver_args``: tol, violation_tol, max_iterations, threads) and accepts
+    episodes: H (B, n, d), y (B, n), H_query (B, m, d), one program per episode in one batched
+    solve. ``solver="cvxpylayers"`` solves through cvxpylayers (``solver_args`` go to diffcp),
+    one episode at a time. ``return_objective=True`` also returns the optimal objective (one
+    per episode) as a differentiable tensor. Each batch must have full rank min(n - 1,
+    in_features). Margin losses take labels y in {-1, +1}.
     """
 
     def __init__(
@@ -96,29 +106,48 @@ class ConvexBNReLU(nn.Module):
         return self.log_beta.exp()
 
     def _check(self, H: Tensor, y: Tensor, H_query: Tensor | None) -> None:
+        """Shapes (H (n, d) or (B, n, d), y and H_query to match), finiteness (naming the
+        episode) and labels."""
         name = "ConvexBNReLU"
-        check_float_tensor(H, name, "H")
-        if H.dim() != 2 or H.shape[1] != self.in_features:
-            raise ValueError(f"{name}: H must be (batch, {self.in_features}), got {tuple(H.shape)}")
-        if H.shape[0] < 2:
-            raise ValueError(f"{name}: need a batch of at least 2 samples, got {H.shape[0]}")
-        if y.shape != (H.shape[0],):
-            raise ValueError(f"{name}: y must have shape ({H.shape[0]},), got {tuple(y.shape)}")
-        if H_query is not None and (H_query.dim() != 2 or H_query.shape[1] != self.in_features):
-            raise ValueError(f"{name}: H_query must be (m, {self.in_features}), got {tuple(H_query.shape)}")
         for tensor, label in ((H, "H"), (y, "y"), (H_query, "H_query")):
-            if tensor is not None:
-                check_float_tensor(tensor, name, label)
+            if tensor is not None and not isinstance(tensor, torch.Tensor):
+                raise ValueError(f"{name}: {label} must be a torch.Tensor, got {type(tensor).__name__}")
+        if H.dim() not in (2, 3) or H.shape[-1] != self.in_features:
+            raise ValueError(f"{name}: H must be (batch, {self.in_features}) or (episodes, batch, {self.in_features}), "
+                             f"got {tuple(H.shape)}")
+        if H.dim() == 3 and self.solver != "torch":
+            raise ValueError(f"{name}: episodes (H of shape (B, n, d)) need solver='torch'")
+        if H.shape[-2] < 2:
+            raise ValueError(f"{name}: need a batch of at least 2 samples, got {H.shape[-2]}")
+        if y.shape != H.shape[:-1]:
+            raise ValueError(f"{name}: y must have shape {tuple(H.shape[:-1])}, got {tuple(y.shape)}")
+        if H_query is not None and (H_query.dim() != H.dim() or H_query.shape[-1] != self.in_features
+                                    or H_query.shape[:-2] != H.shape[:-2]):
+            raise ValueError(f"{name}: H_query must be {'(m, ' if H.dim() == 2 else f'({H.shape[0]}, m, '}"
+                             f"{self.in_features}), got {tuple(H_query.shape)}")
+        for tensor, label in ((H, "H"), (y, "y"), (H_query, "H_query")):
+            if tensor is None:
+                continue
+            if tensor.dim() > 1 and H.dim() == 3:
+                bad = ~torch.isfinite(tensor.detach()).flatten(1).all(1)
+                if bool(bad.any()):
+                    raise ValueError(f"{name}: {label} contains NaN or Inf in episode(s) "
+                                     f"{torch.nonzero(bad).flatten().tolist()[:10]}")
+            check_float_tensor(tensor, name, label)
         if self.loss in MARGIN_LOSSES and not torch.all((y == 1) | (y == -1)):
             raise ValueError(f"{name}: the {self.loss} loss needs labels y in {{-1, +1}}")
 
-    def _whiten(self, H: Tensor) -> tuple[Tensor, ...]:
+    def _whiten(self, H: Tensor, episode: int | None = None) -> tuple[Tensor, ...]:
         n, d = H.shape
-        mean, U, S, V = whiten_tensor(H)
+        where = "" if episode is None else f" in episode {episode}"
+        try:
+            mean, U, S, V = whiten_tensor(H)
+        except ValueError as error:
+            raise ValueError(f"ConvexBNReLU: {error}{where}") from error
         if U.shape[1] < min(n - 1, d):
             raise ValueError(
-                f"ConvexBNReLU: the batch is rank-deficient (rank {U.shape[1]} < min(n - 1, d) = {min(n - 1, d)}); "
-                "use more distinct samples or fewer features"
+                f"ConvexBNReLU: the batch is rank-deficient{where} (rank {U.shape[1]} < min(n - 1, d) = "
+                f"{min(n - 1, d)}); use more distinct samples or fewer features"
             )
         return (mean, *truncate_rank(U, S, V, self.whitening_rank))
 
@@ -131,17 +160,29 @@ class ConvexBNReLU(nn.Module):
 
     def _patterns(self, U_prime: Tensor) -> Tensor:
         """(n, P) 0/1 patterns of the fixed gates on U' (gate rows: r coordinates, then bias)."""
-        r = U_prime.shape[1] - 1
+        r = U_prime.shape[-1] - 1
         gates = torch.cat([self.gates[:r], self.gates[-1:]]).to(U_prime)
         return (U_prime.detach() @ gates >= 0).to(U_prime.dtype)
+
+    def _solve_episodes(self, U_prime: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """S and T (B, k, P) of the episodes' programs, by the batched interior-point method."""
+        masks = self._patterns(U_prime)
+        options = {"tol": BLOCK_TOL, **self.solver_args}
+        threads = options.pop("threads", 1)
+        try:
+            settings = InteriorPointSettings(**options)
+        except TypeError as error:
+            raise ValueError(f"ConvexBNReLU: solver_args for solver='torch' are tol, violation_tol, max_iterations "
+                             f"and threads ({error})") from error
+        beta = self.beta.to(U_prime).expand(U_prime.shape[0])
+        with intra_op_threads(threads):
+            W = InteriorPointSolve.apply(U_prime, y, beta, masks, self.loss, settings, "ConvexBNReLU")
+        P = self.n_patterns
+        return W[:, :P].transpose(-1, -2), W[:, P:].transpose(-1, -2)
 
     def _solve(self, U_prime: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         n, r_prime = U_prime.shape
         masks = self._patterns(U_prime)
-        if self.solver == "torch":
-            W = NativeSolve.apply(U_prime, y, self.beta.to(U_prime), masks, self.loss, self.solver_args,
-                                  "ConvexBNReLU")
-            return W[:, : self.n_patterns], W[:, self.n_patterns :]
         rows = y[:, None] * U_prime if self.loss in MARGIN_LOSSES else U_prime
         DU = [masks[:, i : i + 1] * rows for i in range(self.n_patterns)]
         SU = [(2 * masks[:, i : i + 1] - 1) * U_prime for i in range(self.n_patterns)]
@@ -160,27 +201,41 @@ class ConvexBNReLU(nn.Module):
     def forward(self, H: Tensor, y: Tensor, H_query: Tensor | None = None,
                 return_objective: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         self._check(H, y, H_query)
+        single = H.dim() == 2
+        if single:
+            H, y = H[None], y[None]
+            H_query = None if H_query is None else H_query[None]
         device, dtype = H.device, H.dtype
         solve_on = device if self.solver == "torch" else torch.device("cpu")  # diffcp runs on the CPU
         H64, y64 = H.to(solve_on, torch.float64), y.to(solve_on, torch.float64)
-        n = H.shape[0]
-        mean, U, S_values, V = self._whiten(H64)
-        U_prime = self._rows(U, S_values, n)
-        S, T = self._solve(U_prime, y64)
+        n = H.shape[1]
+        whitened = [self._whiten(H64[b], None if single else b) for b in range(H.shape[0])]
+        U_prime = torch.stack([self._rows(U, S_values, n) for _, U, S_values, _ in whitened])
+        if self.solver == "torch":
+            S, T = self._solve_episodes(U_prime, y64)
+        else:
+            S, T = self._solve(U_prime[0], y64[0])
+            S, T = S[None], T[None]
 
         def network(rows: Tensor) -> Tensor:
-            return torch.relu(rows @ S).sum(1) - torch.relu(rows @ T).sum(1)
+            return torch.relu(rows @ S).sum(-1) - torch.relu(rows @ T).sum(-1)
 
         if H_query is None:
             predictions = network(U_prime)
         else:
-            predictions = network(self._rows((H_query.to(solve_on, torch.float64) - mean) @ V / S_values, S_values, n))
+            query = H_query.to(solve_on, torch.float64)
+            predictions = network(torch.stack([
+                self._rows((query[b] - mean) @ V / S_values, S_values, n)
+                for b, (mean, _, S_values, V) in enumerate(whitened)]))
         predictions = predictions.to(device=device, dtype=dtype)
-        if not return_objective:
-            return predictions
-        penalty = torch.linalg.norm(S, dim=0).sum() + torch.linalg.norm(T, dim=0).sum()
-        objective = torch_loss(self.loss, network(U_prime), y64) + self.beta.to(solve_on) * penalty
-        return predictions, objective.to(device=device, dtype=dtype)
+        penalty = torch.linalg.norm(S, dim=-2).sum(-1) + torch.linalg.norm(T, dim=-2).sum(-1)
+        fitted = network(U_prime)
+        objective = torch.stack([torch_loss(self.loss, fitted[b], y64[b]) for b in range(fitted.shape[0])]) \
+            + self.beta.to(solve_on) * penalty
+        objective = objective.to(device=device, dtype=dtype)
+        if single:
+            predictions, objective = predictions[0], objective[0]
+        return (predictions, objective) if return_objective else predictions
 
     @torch.no_grad()
     def freeze(self, H_train: Tensor, y_train: Tensor, solver: str = "clarabel") -> nn.Sequential:

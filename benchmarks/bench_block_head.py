@@ -1,0 +1,65 @@
+"""ConvexBNReLU(solver="torch") forward + backward against the ordinary head it replaces (issue 13).
+
+For each n x d x P: the block (batched interior-point forward, active-set implicit backward)
+on a new batch, against Sequential(Linear(d, P), BatchNorm1d(P), ReLU, Linear(P, 1)) forward +
+backward on the same batch, timed in the same run; then B episodes of one size in one call
+against one episode. Medians of --repeats runs. Run: python benchmarks/bench_block_head.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import torch
+from torch import nn
+
+from bench_block import median_seconds  # noqa: E402 (benchmarks/ is on the path when run as a script)
+from convexnorm.nn import ConvexBNReLU
+
+
+def data(B: int, n: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    H = torch.randn(B, n, d, generator=generator, dtype=torch.float64)
+    return H, torch.sin(2 * H[..., 0]) + H[..., 1] * H[..., 2 % d]
+
+
+def block_step(block: ConvexBNReLU, H: torch.Tensor, y: torch.Tensor) -> None:
+    H = H.clone().requires_grad_(True)
+    block(H, y).sum().backward()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", nargs="+", default=["32x6x32", "64x8x64", "128x16x128"], help="n x d x P")
+    parser.add_argument("--episodes", type=int, default=32)
+    parser.add_argument("--episode-size", default="64x8x64")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads "
+          "(the block's solver: 1 thread)")
+    print(f"{'n x d x P':<11} {'block s':>8} {'head ms':>8} {'block/head':>11}")
+    for size in args.sizes:
+        n, d, P = (int(v) for v in size.split("x"))
+        H, y = data(1, n, d)
+        block = ConvexBNReLU(d, beta=0.05, n_patterns=P, solver="torch")
+        head = nn.Sequential(nn.Linear(d, P), nn.BatchNorm1d(P), nn.ReLU(), nn.Linear(P, 1)).double()
+
+        def head_step() -> None:
+            head.zero_grad()
+            ((head(H[0]).squeeze(1) - y[0]) ** 2).sum().backward()
+
+        head_step()
+        base = median_seconds(head_step, 50 * args.repeats)
+        seconds = median_seconds(lambda: block_step(block, H[0], y[0]), args.repeats)
+        print(f"{size:<11} {seconds:8.3f} {base * 1e3:8.3f} {seconds / base:11.0f}", flush=True)
+    n, d, P = (int(v) for v in args.episode_size.split("x"))
+    H, y = data(args.episodes, n, d)
+    block = ConvexBNReLU(d, beta=0.05, n_patterns=P, solver="torch")
+    one = median_seconds(lambda: block_step(block, H[:1], y[:1]), args.repeats)
+    many = median_seconds(lambda: block_step(block, H, y), args.repeats)
+    print(f"{args.episodes} episodes of {args.episode_size} in one call: {many:.3f} s, one episode {one:.3f} s, "
+          f"ratio {many / one:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

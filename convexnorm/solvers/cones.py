@@ -1,0 +1,127 @@
+"""Jordan algebra of the nonnegative orthant and the second-order cone, batched.
+
+A second-order cone point is a vector u = (u0, u1) in the last dimension with u0 >= ||u1||;
+any leading dimensions are batch dimensions (episodes, groups). Product and identity
+(Vandenberghe, "The CVXOPT linear and quadratic cone program solvers", section 1):
+u o v = (u^T v, u0 v1 + v0 u1), e = (1, 0). The Nesterov-Todd scaling of interior s, z is
+V = eta * boost(w) with V z = V^-1 s = lambda, where ``boost(w)`` is the hyperbolic rotation
+[[w0, w1^T], [w1, I + w1 w1^T / (1 + w0)]] (w^T J w = 1, J = diag(1, -1, ..., -1)). Its inverse
+is the boost of J w and its square is 2 w w^T - J, so V is kept as (eta, w) and applied in
+O(m) per cone (``NTScaling``); only V^-2 is formed densely, for the Newton matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def soc_det(u: torch.Tensor) -> torch.Tensor:
+    """u0^2 - ||u1||^2 per cone (> 0 inside)."""
+    return u[..., 0] ** 2 - (u[..., 1:] ** 2).sum(-1)
+
+
+def reflect(u: torch.Tensor) -> torch.Tensor:
+    """J u = (u0, -u1)."""
+    return torch.cat([u[..., :1], -u[..., 1:]], -1)
+
+
+def _boost_apply(w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """boost(w) v per cone: (w^T v, v0 w1 + v1 + (w1^T v1) w1 / (1 + w0))."""
+    w0, w1, v0, v1 = w[..., :1], w[..., 1:], v[..., :1], v[..., 1:]
+    inner = (w1 * v1).sum(-1, keepdim=True)
+    return torch.cat([w0 * v0 + inner, v0 * w1 + v1 + (inner / (1 + w0)) * w1], -1)
+
+
+@dataclass
+class NTScaling:
+    """V = eta boost(w) for every cone of a batch (eta: (...,), w: (..., m))."""
+
+    eta: torch.Tensor
+    w: torch.Tensor
+
+    @classmethod
+    def of(cls, s: torch.Tensor, z: torch.Tensor) -> "NTScaling":
+        """The Nesterov-Todd scaling of interior s, z: V z = V^-1 s."""
+        det_s, det_z = soc_det(s).sqrt(), soc_det(z).sqrt()
+        s_bar, z_bar = s / det_s[..., None], z / det_z[..., None]
+        gamma = ((1 + (s_bar * z_bar).sum(-1)) / 2).sqrt()
+        w = (s_bar + reflect(z_bar)) / (2 * gamma[..., None])
+        return cls((det_s / det_z).sqrt(), w)
+
+    def apply(self, v: torch.Tensor) -> torch.Tensor:
+        """V v."""
+        return self.eta[..., None] * _boost_apply(self.w, v)
+
+    def apply_inverse(self, v: torch.Tensor) -> torch.Tensor:
+        """V^-1 v."""
+        return _boost_apply(reflect(self.w), v) / self.eta[..., None]
+
+    def apply_inverse_square(self, v: torch.Tensor) -> torch.Tensor:
+        """V^-2 v = eta^-2 (2 (Jw)(Jw)^T - J) v."""
+        jw = reflect(self.w)
+        return (2 * (jw * v).sum(-1, keepdim=True) * jw - reflect(v)) / (self.eta**2)[..., None]
+
+    def inverse(self) -> torch.Tensor:
+        """V^-1 = eta^-1 boost(J w) as dense (..., m, m) matrices."""
+        jw = reflect(self.w)
+        m = jw.shape[-1]
+        out = torch.empty(*jw.shape, m, dtype=jw.dtype, device=jw.device)
+        out[..., 0, :] = jw
+        out[..., 1:, 0] = jw[..., 1:]
+        out[..., 1:, 1:] = torch.eye(m - 1, dtype=jw.dtype, device=jw.device) + jw[..., 1:, None] * (
+            jw[..., None, 1:] / (1 + jw[..., :1, None]))
+        return out / self.eta[..., None, None]
+
+    def inverse_square(self) -> torch.Tensor:
+        """V^-2 as dense (..., m, m) matrices."""
+        jw = reflect(self.w)
+        m = jw.shape[-1]
+        J = torch.ones(m, dtype=jw.dtype, device=jw.device)
+        J[1:] = -1
+        return (2 * jw[..., :, None] * jw[..., None, :] - torch.diag(J)) / (self.eta**2)[..., None, None]
+
+
+def jordan_product(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """u o v per cone."""
+    return torch.cat([(u * v).sum(-1, keepdim=True), u[..., :1] * v[..., 1:] + v[..., :1] * u[..., 1:]], -1)
+
+
+def jordan_divide(lam: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """x with lam o x = v per cone (lam inside the cone)."""
+    x0 = (lam[..., 0] * v[..., 0] - (lam[..., 1:] * v[..., 1:]).sum(-1)) / soc_det(lam)
+    return torch.cat([x0[..., None], (v[..., 1:] - x0[..., None] * lam[..., 1:]) / lam[..., :1]], -1)
+
+
+def identity_like(u: torch.Tensor) -> torch.Tensor:
+    """e = (1, 0, ..., 0) per cone."""
+    e = torch.zeros_like(u)
+    e[..., 0] = 1
+    return e
+
+
+def soc_max_step(u: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Largest alpha with u + alpha d in the cone (u inside), per cone: the smallest positive
+    root of det(u + alpha d) = a alpha^2 + b alpha + c (inf if there is none)."""
+    a, c = soc_det(d), soc_det(u)
+    b = 2 * (u[..., 0] * d[..., 0] - (u[..., 1:] * d[..., 1:]).sum(-1))
+    discriminant = b * b - 4 * a * c
+    inf = torch.full_like(a, float("inf"))
+    root = discriminant.clamp_min(0).sqrt()
+    q = -(b + torch.where(b >= 0, root, -root)) / 2
+    roots = torch.stack([torch.where(a != 0, q / a, inf), torch.where(q != 0, c / q, inf)])
+    smallest = torch.where(roots > 0, roots, inf).amin(0)
+    smallest = torch.where(discriminant < 0, inf, smallest)
+    linear = torch.where(b < 0, -c / b, inf)
+    return torch.where(a == 0, linear, smallest)
+
+
+def orthant_max_step(u: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Largest alpha with u + alpha d >= 0 entrywise (u > 0), per entry."""
+    return torch.where(d < 0, -u / d, torch.full_like(u, float("inf")))
+
+
+def soc_min_eigenvalue(u: torch.Tensor) -> torch.Tensor:
+    """u0 - ||u1|| per cone."""
+    return u[..., 0] - u[..., 1:].norm(dim=-1)

@@ -1,0 +1,190 @@
+"""A batched primal-dual interior-point method for the convex BN-ReLU program, every loss.
+
+Mehrotra predictor-corrector with Nesterov-Todd scaling of the orthant and second-order cones
+and CVXOPT's initial point (Vandenberghe, "The CVXOPT linear and quadratic cone program
+solvers", sections 5-6), on the conic form of solvers/kkt.py; the logistic loss enters
+through its gradient and curvature (a Newton step on the smooth objective), the hinge loss
+through slacks. The Newton equations are solved by solvers/newton.py. All programs of a
+batch iterate together; a program stops (its step becomes zero) once its criteria hold:
+the certified relative gap (objective of the recovered network against the dual bound) at
+most ``tol`` and the relative constraint violation at most ``violation_tol``. float64, on
+the device of the data.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from convexnorm.solvers.cones import (NTScaling, identity_like, jordan_divide, jordan_product, orthant_max_step,
+                                      soc_max_step, soc_min_eigenvalue)
+from convexnorm.solvers.kkt import (Conic, Criteria, Primal, constraint_adjoint, constraint_map, constraint_offset,
+                                    criteria, kkt_residual, objective_gradient, zero_primal)
+from convexnorm.solvers.newton import Breakdown, NewtonSystem
+from convexnorm.solvers.problem import ConvexBNProblem
+
+logger = logging.getLogger("convexnorm")
+
+#: Iterates whose relative violation exceeds this are not candidates for the best iterate.
+VIOLATION_SCORE = 1e-6
+#: Stalls are counted once the best certified gap is below this.
+STALL_GAP = 1e-4
+
+
+@dataclass(frozen=True)
+class InteriorPointSettings:
+    """tol: certified relative gap; violation_tol: relative cone violation; max_iterations;
+    step_fraction: of the step to the cone boundary; centering_exponent: sigma =
+    (mu_affine / mu)^exponent (Mehrotra); patience: iterations without a smaller certified gap after which a program stops
+    (at float64's limit the Newton directions lose accuracy and the iterates drift; the best
+    iterate is returned)."""
+
+    tol: float = 1e-7
+    violation_tol: float = 1e-7
+    max_iterations: int = 100
+    step_fraction: float = 0.99
+    centering_exponent: int = 3
+    patience: int = 4
+
+
+@dataclass
+class InteriorPointResult:
+    """The last iterate (x, s, z) of every program, its criteria, which programs converged and
+    the iterations run (per program, until it stopped)."""
+
+    x: Primal
+    s: Conic
+    z: Conic
+    criteria: Criteria
+    converged: torch.Tensor
+    iterations: torch.Tensor
+
+    @property
+    def W(self) -> torch.Tensor:
+        """The neurons (batch, 2P, k): S groups, then T groups."""
+        return self.x.W
+
+
+def _shifted_into_cone(u: Conic) -> Conic:
+    """CVXOPT's initial shift per program: u itself if strictly inside K, else u + (1 - m) e,
+    m its smallest eigenvalue."""
+    smallest = torch.stack([t.flatten(1).amin(1) for t in (u.rows, u.slack, u.margin) if t is not None]
+                           + [soc_min_eigenvalue(u.cones).amin(1)]).amin(0)
+    shift = torch.where(smallest > 0, torch.zeros_like(smallest), 1 - smallest)
+    return u + _identity(u).scaled(shift)
+
+
+def _initial_point(problem: ConvexBNProblem) -> tuple[Primal, Conic, Conic]:
+    """x minimizing phi's quadratic model at 0 plus ||G x - h||^2 / 2 (identity scaling),
+    s = h - G x and z = G x - h, both shifted into K."""
+    zero = zero_primal(problem)
+    h = constraint_offset(problem)
+    ones = Conic(torch.ones_like(h.rows), identity_like(h.cones), *(None if t is None else torch.ones_like(t)
+                                                                     for t in (h.slack, h.margin)))
+    identity = NewtonSystem(problem, zero, ones, ones, NTScaling(torch.ones_like(h.cones[..., 0]),
+                                                                identity_like(h.cones)))
+    x = identity.solve_x(constraint_adjoint(problem, h) - objective_gradient(problem, zero))
+    residual = constraint_map(problem, x) - h
+    return x, _shifted_into_cone(-residual), _shifted_into_cone(residual)
+
+
+def _max_step(u: Conic, d: Conic) -> torch.Tensor:
+    """Largest alpha per program with u + alpha d in K."""
+    steps = [orthant_max_step(a, b).flatten(1).amin(1) for a, b in ((u.rows, d.rows), (u.slack, d.slack),
+                                                                      (u.margin, d.margin)) if a is not None]
+    return torch.stack(steps + [soc_max_step(u.cones, d.cones).amin(1)]).amin(0)
+
+
+def _identity(u: Conic) -> Conic:
+    """e of K shaped like u: ones in the orthant parts, (1, 0) in the cones."""
+    e = u.map(torch.ones_like)
+    e.cones = identity_like(u.cones)
+    return e
+
+
+def _lambda(system: NewtonSystem, s: Conic, z: Conic) -> Conic:
+    """The scaled point lambda = V z = V^-1 s."""
+    lam = s.map(lambda a, b: (a * b).sqrt(), z)
+    lam.cones = system.scaling.apply(z.cones)
+    return lam
+
+
+def _jordan(u: Conic, v: Conic, orthant, cone) -> Conic:
+    out = u.map(orthant, v)
+    out.cones = cone(u.cones, v.cones)
+    return out
+
+
+def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = InteriorPointSettings()
+                   ) -> InteriorPointResult:
+    """Solve every program of the batch (see the module docstring)."""
+    x, s, z = _initial_point(problem)
+    batch = problem.batch
+    done = torch.zeros(batch, dtype=torch.bool, device=problem.A.device)
+    iterations = torch.zeros(batch, dtype=torch.long, device=problem.A.device)
+    degree = s.degree()
+    measured = criteria(problem, x, s, z)
+    best = _Best(x, s, z, measured)
+    for iteration in range(settings.max_iterations):
+        done = done | measured.met(settings.tol, settings.violation_tol) | (best.stalled >= settings.patience)
+        logger.debug("interior point: iteration %d, %d of %d stopped, largest gap %.2e", iteration, int(done.sum()),
+                     batch, float(measured.relative_gap.max()))
+        if bool(done.all()):
+            break
+        try:
+            system = NewtonSystem(problem, x, s, z)
+        except Breakdown:
+            break
+        r_x, r_z = kkt_residual(problem, x, s, z)
+        mu = s.dot(z) / degree
+        lam = _lambda(system, s, z)
+        lam_square = _jordan(lam, lam, torch.mul, jordan_product)
+
+        def direction(weight: float | torch.Tensor, complementarity: Conic) -> tuple[Primal, Conic, Conic]:
+            """Newton step to (1 - weight) of the residuals with lambda o (V dz + V^-1 ds) = complementarity."""
+            d = _jordan(lam, complementarity, lambda a, b: b / a, jordan_divide)
+            return system.solve(r_x.scaled(-weight), r_z.scaled(-weight), d)
+
+        dx, dz, ds = direction(1.0, -lam_square)
+        alpha = _max_step(s, ds).minimum(_max_step(z, dz)).clamp(max=1.0)
+        mu_affine = (s + ds.scaled(alpha)).dot(z + dz.scaled(alpha)) / degree
+        sigma = (mu_affine / mu).clamp(0, 1) ** settings.centering_exponent
+        # Mehrotra's corrector: the second-order term (V^-1 ds) o (V dz) of the affine step
+        second = _jordan(ds, dz, torch.mul, lambda a, b: jordan_product(system.scaling.apply_inverse(a),
+                                                                        system.scaling.apply(b)))
+        dx, dz, ds = direction(1 - sigma, -lam_square - second + _identity(lam).scaled(mu * sigma))
+        alpha = (settings.step_fraction * _max_step(s, ds).minimum(_max_step(z, dz))).clamp(max=1.0)
+        alpha = torch.where(done | ~torch.isfinite(alpha), torch.zeros_like(alpha), alpha)
+        x, s, z = x + dx.scaled(alpha), s + ds.scaled(alpha), z + dz.scaled(alpha)
+        iterations = iterations + (~done).long()
+        measured = criteria(problem, x, s, z)
+        best.update(x, s, z, measured)
+    return InteriorPointResult(best.x, best.s, best.z, best.criteria,
+                               best.criteria.met(settings.tol, settings.violation_tol), iterations)
+
+
+class _Best:
+    """The iterate of every program with the smallest certified gap among those within the
+    violation tolerance (the last one where none is), and the iterations since it improved."""
+
+    def __init__(self, x: Primal, s: Conic, z: Conic, measured: Criteria) -> None:
+        self.x, self.s, self.z, self.criteria = x, s, z, measured
+        self.stalled = torch.zeros_like(measured.objective, dtype=torch.long)
+
+    def score(self, measured: Criteria) -> torch.Tensor:
+        return torch.where(measured.violation <= VIOLATION_SCORE, measured.relative_gap,
+                           torch.full_like(measured.relative_gap, float("inf")))
+
+    def update(self, x: Primal, s: Conic, z: Conic, measured: Criteria) -> None:
+        old, new = self.score(self.criteria), self.score(measured)
+        better = (new < old) | (torch.isinf(old) & torch.isinf(new))
+        self.x, self.s, self.z = x.where(better, self.x), s.where(better, self.s), z.where(better, self.z)
+        self.criteria = Criteria(*(torch.where(better, a, b) for a, b in zip(
+            (measured.objective, measured.lower_bound, measured.relative_gap, measured.violation, measured.residual,
+             measured.complementarity),
+            (self.criteria.objective, self.criteria.lower_bound, self.criteria.relative_gap, self.criteria.violation,
+             self.criteria.residual, self.criteria.complementarity))))
+        counting = self.criteria.relative_gap <= STALL_GAP
+        self.stalled = torch.where(better | ~counting, torch.zeros_like(self.stalled), self.stalled + 1)

@@ -1,0 +1,181 @@
+"""The program in conic form, its KKT residual and the stopping criteria.
+
+Variables x = (X, xi): X (batch, 2P, m) holds (tau_j, W_j) per group, m = k + 1; xi (batch, n)
+are the hinge loss's slacks (None otherwise). With s in the cone K the constraints are
+G x + s = h, in four parts (``Conic``):
+
+    rows    s = E * (A W)                 (orthant, batch x n x 2P)
+    cones   s = (tau_j, W_j)              (second-order cones, batch x 2P x m)
+    slack   s = xi                        (hinge: xi >= 0)
+    margin  s = xi + y * f - 1            (hinge: xi >= 1 - y f)
+
+and the objective is phi(x) = loss(f) + beta sum_j tau_j (hinge: sum xi + beta sum_j tau_j).
+The KKT conditions are r_x = grad phi(x) + G^T z = 0, r_z = G x + s - h = 0, s o z = 0 with
+s, z in K. ``kkt_residual`` is the one function that the interior-point method stops on and
+that the implicit backward pass differentiates (solvers/implicit.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from convexnorm.solvers.problem import ConvexBNProblem, loss_gradient, loss_value
+
+
+class _Vector:
+    """Dataclass of tensors (or None) treated as one vector, batched over the first dimension."""
+
+    def map(self, fn, *others):
+        return type(self)(*(None if getattr(self, f.name) is None else
+                            fn(getattr(self, f.name), *(getattr(o, f.name) for o in others)) for f in fields(self)))
+
+    def parts(self) -> list[torch.Tensor]:
+        return [getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None]
+
+    def __add__(self, other):
+        return self.map(torch.add, other)
+
+    def __sub__(self, other):
+        return self.map(torch.sub, other)
+
+    def __neg__(self):
+        return self.map(torch.neg)
+
+    def scaled(self, alpha: torch.Tensor | float):
+        """alpha * self, alpha a number or one per program (batch,)."""
+        if isinstance(alpha, torch.Tensor):
+            return self.map(lambda t: alpha.reshape(-1, *[1] * (t.dim() - 1)) * t)
+        return self.map(lambda t: alpha * t)
+
+    def dot(self, other) -> torch.Tensor:
+        """Inner product per program (batch,)."""
+        return sum((a * b).flatten(1).sum(1) for a, b in zip(self.parts(), other.parts()))
+
+    def norm(self) -> torch.Tensor:
+        return self.dot(self).sqrt()
+
+    def where(self, keep: torch.Tensor, other):
+        """self for the programs where ``keep`` (batch,) holds, else other."""
+        return self.map(lambda a, b: torch.where(keep.reshape(-1, *[1] * (a.dim() - 1)), a, b), other)
+
+
+@dataclass
+class Primal(_Vector):
+    X: torch.Tensor
+    xi: torch.Tensor | None = None
+
+    @property
+    def W(self) -> torch.Tensor:
+        return self.X[..., 1:]
+
+    @property
+    def tau(self) -> torch.Tensor:
+        return self.X[..., 0]
+
+
+@dataclass
+class Conic(_Vector):
+    rows: torch.Tensor
+    cones: torch.Tensor
+    slack: torch.Tensor | None = None
+    margin: torch.Tensor | None = None
+
+    def degree(self) -> int:
+        """Degree of the cone K: one per orthant entry and one per second-order cone."""
+        return sum(t[0].numel() for t in (self.rows, self.slack, self.margin) if t is not None) + self.cones.shape[1]
+
+
+def constraint_map(problem: ConvexBNProblem, x: Primal) -> Conic:
+    """G x."""
+    rows = -problem.signs * problem.rows(x.W)
+    if x.xi is None:
+        return Conic(rows, -x.X)
+    return Conic(rows, -x.X, -x.xi, -(x.xi + problem.y * problem.predictions(x.W)))
+
+
+def constraint_adjoint(problem: ConvexBNProblem, v: Conic) -> Primal:
+    """G^T v."""
+    W = -problem.rows_adjoint(problem.signs * v.rows) - v.cones[..., 1:]
+    if v.margin is not None:
+        W = W - problem.predictions_adjoint(problem.y * v.margin)
+    X = torch.cat([-v.cones[..., :1], W], -1)
+    return Primal(X, None if v.slack is None else -v.slack - v.margin)
+
+
+def constraint_offset(problem: ConvexBNProblem) -> Conic:
+    """h: zero except -1 in the hinge loss's margin part."""
+    A = problem.A
+    zero_rows = A.new_zeros(problem.batch, problem.samples, 2 * problem.patterns)
+    zero_cones = A.new_zeros(problem.batch, 2 * problem.patterns, problem.width + 1)
+    if problem.loss != "hinge":
+        return Conic(zero_rows, zero_cones)
+    zero = A.new_zeros(problem.batch, problem.samples)
+    return Conic(zero_rows, zero_cones, zero, zero - 1)
+
+
+def zero_primal(problem: ConvexBNProblem) -> Primal:
+    X = problem.A.new_zeros(problem.batch, 2 * problem.patterns, problem.width + 1)
+    return Primal(X, problem.A.new_zeros(problem.batch, problem.samples) if problem.loss == "hinge" else None)
+
+
+def objective_value(problem: ConvexBNProblem, x: Primal) -> torch.Tensor:
+    """phi(x) per program (the conic form's objective, masked predictions)."""
+    penalty = problem.beta * x.tau.sum(-1)
+    if problem.loss == "hinge":
+        return x.xi.sum(-1) + penalty
+    return loss_value(problem.loss, problem.predictions(x.W), problem.y) + penalty
+
+
+def objective_gradient(problem: ConvexBNProblem, x: Primal) -> Primal:
+    """grad phi(x)."""
+    tau = problem.beta[:, None, None].expand(-1, x.X.shape[1], 1)
+    if problem.loss == "hinge":
+        return Primal(torch.cat([tau, torch.zeros_like(x.W)], -1), torch.ones_like(x.xi))
+    gradient = loss_gradient(problem.loss, problem.predictions(x.W), problem.y)
+    return Primal(torch.cat([tau, problem.predictions_adjoint(gradient)], -1))
+
+
+def kkt_residual(problem: ConvexBNProblem, x: Primal, s: Conic, z: Conic) -> tuple[Primal, Conic]:
+    """(r_x, r_z) = (grad phi(x) + G^T z, G x + s - h); differentiable in problem.A, y, beta."""
+    return objective_gradient(problem, x) + constraint_adjoint(problem, z), \
+        constraint_map(problem, x) + s - constraint_offset(problem)
+
+
+def multipliers(problem: ConvexBNProblem, x: Primal, z: Conic) -> torch.Tensor:
+    """lam of the dual bound: -loss'(f) for the smooth losses, y * z_margin for the hinge loss."""
+    if problem.loss == "hinge":
+        return problem.y * z.margin
+    return -loss_gradient(problem.loss, problem.predictions(x.W), problem.y)
+
+
+@dataclass
+class Criteria:
+    """Measured optimality per program (each a (batch,) tensor). ``objective``: the recovered
+    network's value; ``lower_bound``: the dual bound (a bound on the optimum for any point);
+    ``relative_gap``: (objective - lower_bound) / max(|objective|, 1e-12); ``violation``: of the
+    cone constraints, relative; ``residual``: the KKT residual ||(r_x, r_z)|| relative to
+    1 + ||grad phi|| + ||x||; ``complementarity``: s^T z / max(1, |phi|)."""
+
+    objective: torch.Tensor
+    lower_bound: torch.Tensor
+    relative_gap: torch.Tensor
+    violation: torch.Tensor
+    residual: torch.Tensor
+    complementarity: torch.Tensor
+
+    def met(self, tol: float, violation_tol: float) -> torch.Tensor:
+        """Which programs are solved: certified gap <= tol and violation <= violation_tol."""
+        return (self.relative_gap <= tol) & (self.violation <= violation_tol)
+
+
+def criteria(problem: ConvexBNProblem, x: Primal, s: Conic, z: Conic) -> Criteria:
+    r_x, r_z = kkt_residual(problem, x, s, z)
+    scale = 1 + objective_gradient(problem, x).norm() + x.norm()
+    phi = objective_value(problem, x)
+    objective = problem.objective(x.W)
+    lower = problem.dual_bound(multipliers(problem, x, z), z.rows)
+    gap = (objective - lower) / objective.abs().clamp_min(1e-12)
+    return Criteria(objective, lower, gap, problem.violation(x.W), (r_x.norm() + r_z.norm()) / scale,
+                    s.dot(z) / phi.abs().clamp_min(1.0))

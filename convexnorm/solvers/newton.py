@@ -1,0 +1,130 @@
+"""The Newton (KKT) system of the interior-point method, factorized once per iterate.
+
+At an iterate with Nesterov-Todd scaling V (``V z = V^-1 s``) the reduced Newton matrix is
+grad^2 phi + G^T V^-2 G (solvers/kkt.py for G). Per group j it has the block
+
+    H_j = V_j^-2 (its cone) + [0, A^T diag(z_j / s_j) A]   ((k+1) x (k+1), from its rows),
+
+and everything that couples groups acts through the predictions f = B x: grad^2 phi =
+B^T diag(d) B with d the loss's curvature (squared: 1, logistic: sigma(y f) sigma(-y f));
+for the hinge loss the slacks xi are eliminated, which leaves d = w_s w_m / (w_s + w_m) (the
+orthant weights z / s of the slack and margin parts). So the matrix is H + B^T D B with H
+block diagonal, and Woodbury gives its inverse through the n x n capacitance
+
+    C = I + D^1/2 B H^-1 B^T D^1/2,   B H^-1 B^T = sum_i F_i F_i^T,  F_i = M_i * (A R_i),
+
+R_i R_i^T = Q_i + Q_{i+P}, Q_j the W block of H_j^-1 (the S and T groups of a pattern share
+its mask). C is formed as D^-1 + B H^-1 B^T (= D^-1/2 C D^-1/2): the scaled form loses the
+solution's accuracy where d is large (the hinge loss's samples on the margin). Cost per iterate: 2P Cholesky factors of size k + 1, P of size k, F (n P k^2),
+C (n^2 P k) and its Cholesky factor (n^3 / 3). Everything is batched over programs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from convexnorm.solvers.cones import NTScaling
+from convexnorm.solvers.kkt import Conic, Primal, constraint_adjoint, constraint_map
+from convexnorm.solvers.problem import ConvexBNProblem, loss_curvature
+
+
+class Breakdown(ArithmeticError):
+    """The Newton matrix lost definiteness beyond regularization (float64's limit)."""
+
+
+def cholesky(H: torch.Tensor) -> torch.Tensor:
+    """Batched Cholesky factor; matrices that lost definiteness to rounding get a diagonal
+    shift of up to 1e-8 of their largest diagonal entry, else Breakdown."""
+    L, info = torch.linalg.cholesky_ex(H)
+    jitter = 1e-14
+    while bool((info > 0).any()):
+        if jitter > 1e-8:
+            raise Breakdown("the Newton system is not positive definite")
+        bad = info > 0
+        H = H.clone()
+        H[bad] += (jitter * H[bad].diagonal(dim1=-2, dim2=-1).amax(-1))[..., None, None] * torch.eye(
+            H.shape[-1], dtype=H.dtype, device=H.device)
+        L, info = torch.linalg.cholesky_ex(H)
+        jitter *= 10
+    return L
+
+
+class NewtonSystem:
+    """grad^2 phi + G^T V^-2 G at one iterate (x, s, z), factorized."""
+
+    def __init__(self, problem: ConvexBNProblem, x: Primal, s: Conic, z: Conic,
+                 scaling: NTScaling | None = None) -> None:
+        """``scaling``: V of the cones (default: the Nesterov-Todd scaling of s.cones, z.cones);
+        the orthant parts are scaled by z / s."""
+        self.problem = problem
+        A, masks = problem.A, problem.masks
+        batch, n, k = A.shape
+        P = problem.patterns
+        self.scaling = NTScaling.of(s.cones, z.cones) if scaling is None else scaling
+        self.weights = Conic(z.rows / s.rows, None, *(None if a is None else a / b
+                                                      for a, b in ((z.slack, s.slack), (z.margin, s.margin))))
+        self.roots = self.weights.map(torch.sqrt)
+        inverse = self.scaling.inverse()
+        H = inverse @ inverse
+        H[..., 1:, 1:] += (self.weights.rows.transpose(-1, -2) @ problem.outer).reshape(batch, 2 * P, k, k)
+        L = cholesky(H)
+        #: L^-1: block solves as two products with it (batched LAPACK solves of tiny systems are slow;
+        #: the explicit inverse H^-1 was not accurate enough near the solution)
+        self.H_root = torch.linalg.solve_triangular(L, torch.eye(k + 1, dtype=A.dtype, device=A.device).expand_as(L),
+                                                    upper=False)
+        if problem.loss == "hinge":
+            slack, margin = self.weights.slack, self.weights.margin
+            self.xi_diagonal = slack + margin
+            self.curvature = slack * margin / self.xi_diagonal
+        else:
+            self.curvature = loss_curvature(problem.loss, problem.predictions(x.W), problem.y)
+        Q = self.H_root[..., 1:].transpose(-1, -2) @ self.H_root[..., 1:]
+        R = cholesky(Q[:, :P] + Q[:, P:])  # (batch, P, k, k)
+        F = (A @ R.permute(0, 2, 1, 3).reshape(batch, k, P * k)).view(batch, n, P, k) * masks[..., None]
+        F = F.view(batch, n, P * k)
+        capacitance = torch.diag_embed(1 / self.curvature).baddbmm(F, F.transpose(-1, -2))
+        self.capacitance = cholesky(capacitance)
+
+    def _block_solve(self, X: torch.Tensor) -> torch.Tensor:
+        inner = (self.H_root * X[..., None, :]).sum(-1)
+        return (self.H_root * inner[..., :, None]).sum(-2)
+
+    def _predictions(self, X: torch.Tensor) -> torch.Tensor:
+        return self.problem.predictions(X[..., 1:])
+
+    def _predictions_adjoint(self, v: torch.Tensor) -> torch.Tensor:
+        g = self.problem.predictions_adjoint(v)
+        return torch.cat([torch.zeros_like(g[..., :1]), g], -1)
+
+    def solve_x(self, b: Primal) -> Primal:
+        """(grad^2 phi + G^T V^-2 G)^-1 b, by Woodbury (hinge: the slacks eliminated first)."""
+        b_X = b.X
+        if b.xi is not None:
+            b_X = b_X - self._predictions_adjoint(self.weights.margin * self.problem.y * b.xi / self.xi_diagonal)
+        u = self._block_solve(b_X)
+        c = torch.cholesky_solve(self._predictions(u)[..., None], self.capacitance)[..., 0]
+        X = u - self._block_solve(self._predictions_adjoint(c))
+        if b.xi is None:
+            return Primal(X)
+        xi = (b.xi - self.weights.margin * self.problem.y * self._predictions(X)) / self.xi_diagonal
+        return Primal(X, xi)
+
+    def inverse_square(self, v: Conic) -> Conic:
+        """V^-2 v (orthant parts: z / s times v)."""
+        out = self.weights.map(torch.mul, v)
+        out.cones = self.scaling.apply_inverse_square(v.cones)
+        return out
+
+    def inverse(self, v: Conic) -> Conic:
+        """V^-1 v (orthant parts: sqrt(z / s) times v)."""
+        out = self.roots.map(torch.mul, v)
+        out.cones = self.scaling.apply_inverse(v.cones)
+        return out
+
+    def solve(self, b_x: Primal, b_z: Conic, d: Conic) -> tuple[Primal, Conic, Conic]:
+        """The Newton equations grad^2 phi dx + G^T dz = b_x, G dx + ds = b_z, V dz + V^-1 ds = d;
+        returns dx, dz, ds (with ds = V d - V^2 dz: dz = V^-2 (G dx - b_z) + V^-1 d)."""
+        problem = self.problem
+        dx = self.solve_x(b_x + constraint_adjoint(problem, self.inverse_square(b_z) - self.inverse(d)))
+        Gdx = constraint_map(problem, dx)
+        return dx, self.inverse_square(Gdx - b_z) + self.inverse(d), b_z - Gdx

@@ -1,0 +1,148 @@
+"""The convex BN-ReLU program as batched tensors, and its pieces in prediction space.
+
+A batch of programs (leading dimension: episodes, classes, rounds) of one shape. Per program,
+with A = U' (n x k), patterns M_i (n, i < P), groups j < 2P (S then T: mask M_j, output sign
+o_j = +1 then -1) and neurons W_j (k):
+
+    min  loss(f) + beta sum_j ||W_j||   s.t.  E_j * (A W_j) >= 0,   f = sum_j o_j M_j * (A W_j),
+
+E_j = 2 M_j - 1 (docs/math.md, section 3). Group variables are stored as (batch, 2P, k).
+The losses enter only through f: their value, gradient and curvature (diagonal Hessian) in
+prediction space and the conjugate that gives the dual bound.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from convexnorm.losses import LOSSES
+
+
+def loss_value(loss: str, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per program (summed over the last dimension): squared (1/2)||f - y||^2, logistic
+    sum log(1 + exp(-y f)), hinge sum max(0, 1 - y f)."""
+    if loss == "squared":
+        return 0.5 * ((f - y) ** 2).sum(-1)
+    if loss == "logistic":
+        return F.softplus(-y * f).sum(-1)
+    return torch.relu(1 - y * f).sum(-1)
+
+
+def loss_gradient(loss: str, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """d loss / d f of the smooth losses."""
+    return f - y if loss == "squared" else -y * torch.sigmoid(-y * f)
+
+
+def loss_curvature(loss: str, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Diagonal of d^2 loss / d f^2 of the smooth losses (y in {-1, +1} for logistic)."""
+    if loss == "squared":
+        return torch.ones_like(f)
+    p = torch.sigmoid(y * f)
+    return p * (1 - p)
+
+
+def dual_value(loss: str, lam: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """-loss*(-lam) per program, the dual objective at lam (u = y lam must lie in [0, 1] for the
+    margin losses): squared lam^T y - ||lam||^2 / 2, logistic sum of the binary entropy H(u),
+    hinge sum u."""
+    if loss == "squared":
+        return (lam * y).sum(-1) - 0.5 * (lam**2).sum(-1)
+    u = lam * y
+    if loss == "hinge":
+        return u.sum(-1)
+    return -(torch.special.xlogy(u, u) + torch.special.xlogy(1 - u, 1 - u)).sum(-1)
+
+
+@dataclass
+class ConvexBNProblem:
+    """A batch of programs: A (batch, n, k), masks (batch, n, P) 0/1, y (batch, n), beta
+    (batch,), all float64 on one device; loss one of LOSSES."""
+
+    A: torch.Tensor
+    masks: torch.Tensor
+    y: torch.Tensor
+    beta: torch.Tensor
+    loss: str
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+
+    @property
+    def batch(self) -> int:
+        return self.A.shape[0]
+
+    @property
+    def samples(self) -> int:
+        return self.A.shape[1]
+
+    @property
+    def width(self) -> int:
+        """k, the columns of A (the neurons' dimension)."""
+        return self.A.shape[2]
+
+    @property
+    def patterns(self) -> int:
+        return self.masks.shape[2]
+
+    @functools.cached_property
+    def signs(self) -> torch.Tensor:
+        """E = 2 M - 1 of the 2P groups (batch, n, 2P)."""
+        half = 2 * self.masks - 1
+        return torch.cat([half, half], -1)
+
+    @functools.cached_property
+    def outer(self) -> torch.Tensor:
+        """a_i a_i^T of the rows of A, flattened: (batch, n, k * k)."""
+        return (self.A[..., :, None] * self.A[..., None, :]).flatten(-2)
+
+    def rows(self, W: torch.Tensor) -> torch.Tensor:
+        """A W_j for every group: (batch, n, 2P)."""
+        return self.A @ W.transpose(-1, -2)
+
+    def predictions(self, W: torch.Tensor) -> torch.Tensor:
+        """f = sum_i M_i * (A (S_i - T_i)): (batch, n)."""
+        P = self.patterns
+        return (self.masks * (self.A @ (W[:, :P] - W[:, P:]).transpose(-1, -2))).sum(-1)
+
+    def predictions_adjoint(self, v: torch.Tensor) -> torch.Tensor:
+        """The adjoint of ``predictions``: group j gets o_j A^T (M_j * v), (batch, 2P, k)."""
+        g = (self.masks * v[..., None]).transpose(-1, -2) @ self.A
+        return torch.cat([g, -g], 1)
+
+    def rows_adjoint(self, V: torch.Tensor) -> torch.Tensor:
+        """The adjoint of ``rows``: group j gets A^T V_j, (batch, 2P, k)."""
+        return V.transpose(-1, -2) @ self.A
+
+    def objective(self, W: torch.Tensor) -> torch.Tensor:
+        """loss(f) + beta sum_j ||W_j|| with ReLU predictions f = sum_j o_j (A W_j)_+ (the value
+        of the recovered network), per program."""
+        P = self.patterns
+        Z = torch.relu(self.rows(W))
+        f = Z[..., :P].sum(-1) - Z[..., P:].sum(-1)
+        return loss_value(self.loss, f, self.y) + self.beta * torch.linalg.norm(W, dim=-1).sum(-1)
+
+    def violation(self, W: torch.Tensor) -> torch.Tensor:
+        """Largest violation of E_j * (A W_j) >= 0 relative to the largest ||A W_j||, per program."""
+        Z = self.rows(W)
+        scale = torch.linalg.norm(Z, dim=-2).amax(-1)
+        worst = (-self.signs * Z).clamp_min(0).flatten(1).amax(-1)
+        return torch.where(scale > 0, worst / scale.clamp_min(torch.finfo(Z.dtype).tiny), torch.zeros_like(worst))
+
+    def dual_bound(self, lam: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+        """A lower bound on the optimum from any lam (batch, n) and G >= 0 (batch, n, 2P): the
+        dual objective -loss*(-s lam) at the scale s = min(1, beta / max_j ||A^T (o_j M_j lam +
+        E_j G_j)||) that makes (s lam, s G) dual feasible (docs/math.md, section 4). For the
+        margin losses u = y lam is first clipped to [0, 1], the domain of loss*."""
+        if self.loss != "squared":
+            lam = self.y * (self.y * lam).clamp(0, 1)
+        G = G.clamp_min(0)
+        base = self.masks * lam[..., None]
+        V = torch.cat([base, -base], -1) + self.signs * G
+        norms = torch.linalg.norm(self.rows_adjoint(V), dim=-1).amax(-1)
+        scale = torch.clamp(self.beta / norms.clamp_min(1e-300), max=1.0)
+        return dual_value(self.loss, scale[:, None] * lam, self.y)
