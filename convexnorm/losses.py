@@ -34,13 +34,18 @@ def cvxpy_loss(loss: str, out: cp.Expression, y: cp.Parameter | None) -> cp.Expr
     return cp.sum(cp.pos(1 - out))
 
 
+def loss_terms(loss: str, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The loss of every entry in torch (not summed)."""
+    if loss == "squared":
+        return 0.5 * (f - y) ** 2
+    if loss == "logistic":
+        return torch.nn.functional.softplus(-y * f)
+    return torch.relu(1 - y * f)
+
+
 def torch_loss(loss: str, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The same loss in torch (summed over all entries, so vector outputs add up)."""
-    if loss == "squared":
-        return 0.5 * ((f - y) ** 2).sum()
-    if loss == "logistic":
-        return torch.nn.functional.softplus(-y * f).sum()
-    return torch.relu(1 - y * f).sum()
+    return loss_terms(loss, f, y).sum()
 
 
 def loss_gradient(loss: str, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -50,6 +55,26 @@ def loss_gradient(loss: str, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if loss == "logistic":
         return -y * torch.sigmoid(-y * f)
     raise ValueError(f"a differentiable loss (squared or logistic) is needed here, not {loss!r}")
+
+
+def loss_curvature(loss: str, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Diagonal of d^2 loss / d f^2 of the smooth losses (y in {-1, +1} for logistic)."""
+    if loss == "squared":
+        return torch.ones_like(f)
+    p = torch.sigmoid(y * f)
+    return p * (1 - p)
+
+
+def dual_value(loss: str, lam: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """-loss*(-lam) summed over the last dimension, the dual objective at lam (u = y lam must
+    lie in [0, 1] for the margin losses): squared lam^T y - ||lam||^2 / 2, logistic sum of the
+    binary entropy H(u), hinge sum u."""
+    if loss == "squared":
+        return (lam * y).sum(-1) - 0.5 * (lam**2).sum(-1)
+    u = lam * y
+    if loss == "hinge":
+        return u.sum(-1)
+    return -(torch.special.xlogy(u, u) + torch.special.xlogy(1 - u, 1 - u)).sum(-1)
 
 
 def negative_gradient(loss: str, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

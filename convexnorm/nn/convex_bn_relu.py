@@ -20,7 +20,7 @@ from convexnorm.convex.solve import solve_convex_program
 from convexnorm.convex.whitening import (WHITENINGS, Whitening, check_whitening_rank, truncate_rank, u_prime_rows,
                                          whiten_tensor)
 from convexnorm.errors import SolverError
-from convexnorm.losses import MARGIN_LOSSES, check_loss, torch_loss
+from convexnorm.losses import MARGIN_LOSSES, check_loss, loss_terms
 from convexnorm.nn._solve import call_program
 from convexnorm.programs import ConvexBNProgram, convex_bn_program
 from convexnorm.solvers.implicit import InteriorPointSolve
@@ -53,8 +53,8 @@ class ConvexBNReLU(nn.Module):
 
     and returns sum_i (u' s_i)_+ - (u' t_i)_+ for the rows u' of H's whitened data, or of
     ``H_query`` under the test-time map. ``solver="torch"`` solves with the batched
-    interior-point method of ``convexnorm.solvers`` (gradients from its Newton system at the
-    solution; ``solver_args``: tol, violation_tol, max_iterations, threads) and accepts
+    interior-point method of ``convexnorm.solvers`` (gradients from the KKT system of the
+    solution's active set; ``solver_args``: tol, violation_tol, max_iterations, threads) and accepts
     episodes: H (B, n, d), y (B, n), H_query (B, m, d), one program per episode in one batched
     solve. ``solver="cvxpylayers"`` solves through cvxpylayers (``solver_args`` go to diffcp),
     one episode at a time. ``return_objective=True`` also returns the optimal objective (one
@@ -227,15 +227,14 @@ class ConvexBNReLU(nn.Module):
             predictions = network(torch.stack([
                 self._rows((query[b] - mean) @ V / S_values, S_values, n)
                 for b, (mean, _, S_values, V) in enumerate(whitened)]))
-        predictions = predictions.to(device=device, dtype=dtype)
+        out = predictions.to(device=device, dtype=dtype)
+        if not return_objective:
+            return out[0] if single else out
+        fitted = predictions if H_query is None else network(U_prime)
         penalty = torch.linalg.norm(S, dim=-2).sum(-1) + torch.linalg.norm(T, dim=-2).sum(-1)
-        fitted = network(U_prime)
-        objective = torch.stack([torch_loss(self.loss, fitted[b], y64[b]) for b in range(fitted.shape[0])]) \
-            + self.beta.to(solve_on) * penalty
+        objective = loss_terms(self.loss, fitted, y64).sum(-1) + self.beta.to(solve_on) * penalty
         objective = objective.to(device=device, dtype=dtype)
-        if single:
-            predictions, objective = predictions[0], objective[0]
-        return (predictions, objective) if return_objective else predictions
+        return (out[0], objective[0]) if single else (out, objective)
 
     @torch.no_grad()
     def freeze(self, H_train: Tensor, y_train: Tensor, solver: str = "clarabel") -> nn.Sequential:

@@ -20,7 +20,8 @@ from torch.func import jacrev, vjp
 
 from convexnorm.errors import SolverError
 from convexnorm.solvers.interior_point import InteriorPointSettings, interior_point
-from convexnorm.solvers.problem import ConvexBNProblem, loss_gradient
+from convexnorm.losses import loss_gradient
+from convexnorm.solvers.problem import ConvexBNProblem
 
 #: Groups below this fraction of the largest norm are inactive (zero, zero gradient).
 ACTIVE_GROUP_RTOL = 1e-6
@@ -46,8 +47,7 @@ def _active_set_residual(u: torch.Tensor, A: torch.Tensor, y: torch.Tensor, beta
 def _episode_vjp(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.Tensor, W: torch.Tensor,
                  G: torch.Tensor, grad_W: torch.Tensor, loss: str) -> tuple[torch.Tensor, ...]:
     """(dL/dA, dL/dy, dL/dbeta) of one episode: W (k, 2P), G (n, 2P), grad_W (k, 2P)."""
-    norms = torch.linalg.norm(W, dim=0)
-    active = norms > ACTIVE_GROUP_RTOL * norms.max().clamp_min(torch.finfo(W.dtype).tiny)
+    active = torch.linalg.norm(W, dim=0) > 0  # the forward set the inactive groups (ACTIVE_GROUP_RTOL) to zero
     if not bool(active.any()):
         return torch.zeros_like(A), torch.zeros_like(y), torch.zeros_like(beta)
     P = masks.shape[1]

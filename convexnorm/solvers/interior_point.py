@@ -70,7 +70,7 @@ class InteriorPointResult:
 def _shifted_into_cone(u: Conic) -> Conic:
     """CVXOPT's initial shift per program: u itself if strictly inside K, else u + (1 - m) e,
     m its smallest eigenvalue."""
-    smallest = torch.stack([t.flatten(1).amin(1) for t in (u.rows, u.slack, u.margin) if t is not None]
+    smallest = torch.stack([t.flatten(1).amin(1) for t in u.orthants()]
                            + [soc_min_eigenvalue(u.cones).amin(1)]).amin(0)
     shift = torch.where(smallest > 0, torch.zeros_like(smallest), 1 - smallest)
     return u + _identity(u).scaled(shift)
@@ -81,10 +81,8 @@ def _initial_point(problem: ConvexBNProblem) -> tuple[Primal, Conic, Conic]:
     s = h - G x and z = G x - h, both shifted into K."""
     zero = zero_primal(problem)
     h = constraint_offset(problem)
-    ones = Conic(torch.ones_like(h.rows), identity_like(h.cones), *(None if t is None else torch.ones_like(t)
-                                                                     for t in (h.slack, h.margin)))
-    identity = NewtonSystem(problem, zero, ones, ones, NTScaling(torch.ones_like(h.cones[..., 0]),
-                                                                identity_like(h.cones)))
+    ones = _identity(h)
+    identity = NewtonSystem(problem, zero, ones, ones, NTScaling(torch.ones_like(h.cones[..., 0]), ones.cones))
     x = identity.solve_x(constraint_adjoint(problem, h) - objective_gradient(problem, zero))
     residual = constraint_map(problem, x) - h
     return x, _shifted_into_cone(-residual), _shifted_into_cone(residual)
@@ -92,8 +90,7 @@ def _initial_point(problem: ConvexBNProblem) -> tuple[Primal, Conic, Conic]:
 
 def _max_step(u: Conic, d: Conic) -> torch.Tensor:
     """Largest alpha per program with u + alpha d in K."""
-    steps = [orthant_max_step(a, b).flatten(1).amin(1) for a, b in ((u.rows, d.rows), (u.slack, d.slack),
-                                                                      (u.margin, d.margin)) if a is not None]
+    steps = [orthant_max_step(a, b).flatten(1).amin(1) for a, b in zip(u.orthants(), d.orthants())]
     return torch.stack(steps + [soc_max_step(u.cones, d.cones).amin(1)]).amin(0)
 
 
@@ -125,8 +122,8 @@ def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = I
     done = torch.zeros(batch, dtype=torch.bool, device=problem.A.device)
     iterations = torch.zeros(batch, dtype=torch.long, device=problem.A.device)
     degree = s.degree()
-    measured = criteria(problem, x, s, z)
-    best = _Best(x, s, z, measured)
+    measured = criteria(problem, x, z)
+    best = _Best(x, s, z, measured, settings.violation_tol)
     for iteration in range(settings.max_iterations):
         done = done | measured.met(settings.tol, settings.violation_tol) | (best.stalled >= settings.patience)
         logger.debug("interior point: iteration %d, %d of %d stopped, largest gap %.2e", iteration, int(done.sum()),
@@ -159,7 +156,7 @@ def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = I
         alpha = torch.where(done | ~torch.isfinite(alpha), torch.zeros_like(alpha), alpha)
         x, s, z = x + dx.scaled(alpha), s + ds.scaled(alpha), z + dz.scaled(alpha)
         iterations = iterations + (~done).long()
-        measured = criteria(problem, x, s, z)
+        measured = criteria(problem, x, z)
         best.update(x, s, z, measured)
     return InteriorPointResult(best.x, best.s, best.z, best.criteria,
                                best.criteria.met(settings.tol, settings.violation_tol), iterations)
@@ -169,8 +166,9 @@ class _Best:
     """The iterate of every program with the smallest certified gap among those within the
     violation tolerance (the last one where none is), and the iterations since it improved."""
 
-    def __init__(self, x: Primal, s: Conic, z: Conic, measured: Criteria) -> None:
+    def __init__(self, x: Primal, s: Conic, z: Conic, measured: Criteria, violation_tol: float) -> None:
         self.x, self.s, self.z, self.criteria = x, s, z, measured
+        self.violation_tol = violation_tol
         self.stalled = torch.zeros_like(measured.objective, dtype=torch.long)
 
     def score(self, measured: Criteria) -> torch.Tensor:
@@ -181,10 +179,6 @@ class _Best:
         old, new = self.score(self.criteria), self.score(measured)
         better = (new < old) | (torch.isinf(old) & torch.isinf(new))
         self.x, self.s, self.z = x.where(better, self.x), s.where(better, self.s), z.where(better, self.z)
-        self.criteria = Criteria(*(torch.where(better, a, b) for a, b in zip(
-            (measured.objective, measured.lower_bound, measured.relative_gap, measured.violation, measured.residual,
-             measured.complementarity),
-            (self.criteria.objective, self.criteria.lower_bound, self.criteria.relative_gap, self.criteria.violation,
-             self.criteria.residual, self.criteria.complementarity))))
+        self.criteria = measured.where(better, self.criteria)
         counting = self.criteria.relative_gap <= STALL_GAP
         self.stalled = torch.where(better | ~counting, torch.zeros_like(self.stalled), self.stalled + 1)

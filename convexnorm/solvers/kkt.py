@@ -11,8 +11,9 @@ G x + s = h, in four parts (``Conic``):
 
 and the objective is phi(x) = loss(f) + beta sum_j tau_j (hinge: sum xi + beta sum_j tau_j).
 The KKT conditions are r_x = grad phi(x) + G^T z = 0, r_z = G x + s - h = 0, s o z = 0 with
-s, z in K. ``kkt_residual`` is the one function that the interior-point method stops on and
-that the implicit backward pass differentiates (solvers/implicit.py).
+s, z in K. ``kkt_residual`` gives the right-hand sides of the interior-point method's Newton
+steps; the method stops on ``criteria`` instead, the gap between the recovered network's
+objective and the dual bound at the iterate's multipliers, which certifies the solution.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from convexnorm.solvers.problem import ConvexBNProblem, loss_gradient, loss_value
+from convexnorm.losses import loss_gradient
+from convexnorm.solvers.problem import ConvexBNProblem
 
 
 class _Vector:
@@ -82,9 +84,13 @@ class Conic(_Vector):
     slack: torch.Tensor | None = None
     margin: torch.Tensor | None = None
 
+    def orthants(self) -> list[torch.Tensor]:
+        """The orthant parts (rows, and the hinge loss's slack and margin)."""
+        return [t for t in (self.rows, self.slack, self.margin) if t is not None]
+
     def degree(self) -> int:
         """Degree of the cone K: one per orthant entry and one per second-order cone."""
-        return sum(t[0].numel() for t in (self.rows, self.slack, self.margin) if t is not None) + self.cones.shape[1]
+        return sum(t[0].numel() for t in self.orthants()) + self.cones.shape[1]
 
 
 def constraint_map(problem: ConvexBNProblem, x: Primal) -> Conic:
@@ -120,14 +126,6 @@ def zero_primal(problem: ConvexBNProblem) -> Primal:
     return Primal(X, problem.A.new_zeros(problem.batch, problem.samples) if problem.loss == "hinge" else None)
 
 
-def objective_value(problem: ConvexBNProblem, x: Primal) -> torch.Tensor:
-    """phi(x) per program (the conic form's objective, masked predictions)."""
-    penalty = problem.beta * x.tau.sum(-1)
-    if problem.loss == "hinge":
-        return x.xi.sum(-1) + penalty
-    return loss_value(problem.loss, problem.predictions(x.W), problem.y) + penalty
-
-
 def objective_gradient(problem: ConvexBNProblem, x: Primal) -> Primal:
     """grad phi(x)."""
     tau = problem.beta[:, None, None].expand(-1, x.X.shape[1], 1)
@@ -151,31 +149,24 @@ def multipliers(problem: ConvexBNProblem, x: Primal, z: Conic) -> torch.Tensor:
 
 
 @dataclass
-class Criteria:
+class Criteria(_Vector):
     """Measured optimality per program (each a (batch,) tensor). ``objective``: the recovered
     network's value; ``lower_bound``: the dual bound (a bound on the optimum for any point);
     ``relative_gap``: (objective - lower_bound) / max(|objective|, 1e-12); ``violation``: of the
-    cone constraints, relative; ``residual``: the KKT residual ||(r_x, r_z)|| relative to
-    1 + ||grad phi|| + ||x||; ``complementarity``: s^T z / max(1, |phi|)."""
+    cone constraints, relative."""
 
     objective: torch.Tensor
     lower_bound: torch.Tensor
     relative_gap: torch.Tensor
     violation: torch.Tensor
-    residual: torch.Tensor
-    complementarity: torch.Tensor
 
     def met(self, tol: float, violation_tol: float) -> torch.Tensor:
         """Which programs are solved: certified gap <= tol and violation <= violation_tol."""
         return (self.relative_gap <= tol) & (self.violation <= violation_tol)
 
 
-def criteria(problem: ConvexBNProblem, x: Primal, s: Conic, z: Conic) -> Criteria:
-    r_x, r_z = kkt_residual(problem, x, s, z)
-    scale = 1 + objective_gradient(problem, x).norm() + x.norm()
-    phi = objective_value(problem, x)
+def criteria(problem: ConvexBNProblem, x: Primal, z: Conic) -> Criteria:
     objective = problem.objective(x.W)
     lower = problem.dual_bound(multipliers(problem, x, z), z.rows)
     gap = (objective - lower) / objective.abs().clamp_min(1e-12)
-    return Criteria(objective, lower, gap, problem.violation(x.W), (r_x.norm() + r_z.norm()) / scale,
-                    s.dot(z) / phi.abs().clamp_min(1.0))
+    return Criteria(objective, lower, gap, problem.violation(x.W))

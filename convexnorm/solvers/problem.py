@@ -7,8 +7,8 @@ o_j = +1 then -1) and neurons W_j (k):
     min  loss(f) + beta sum_j ||W_j||   s.t.  E_j * (A W_j) >= 0,   f = sum_j o_j M_j * (A W_j),
 
 E_j = 2 M_j - 1 (docs/math.md, section 3). Group variables are stored as (batch, 2P, k).
-The losses enter only through f: their value, gradient and curvature (diagonal Hessian) in
-prediction space and the conjugate that gives the dual bound.
+The losses (convexnorm/losses.py) enter only through f: their value, gradient and curvature
+(diagonal Hessian) in prediction space and the conjugate that gives the dual bound.
 """
 
 from __future__ import annotations
@@ -17,44 +17,8 @@ import functools
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from convexnorm.losses import LOSSES
-
-
-def loss_value(loss: str, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per program (summed over the last dimension): squared (1/2)||f - y||^2, logistic
-    sum log(1 + exp(-y f)), hinge sum max(0, 1 - y f)."""
-    if loss == "squared":
-        return 0.5 * ((f - y) ** 2).sum(-1)
-    if loss == "logistic":
-        return F.softplus(-y * f).sum(-1)
-    return torch.relu(1 - y * f).sum(-1)
-
-
-def loss_gradient(loss: str, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """d loss / d f of the smooth losses."""
-    return f - y if loss == "squared" else -y * torch.sigmoid(-y * f)
-
-
-def loss_curvature(loss: str, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Diagonal of d^2 loss / d f^2 of the smooth losses (y in {-1, +1} for logistic)."""
-    if loss == "squared":
-        return torch.ones_like(f)
-    p = torch.sigmoid(y * f)
-    return p * (1 - p)
-
-
-def dual_value(loss: str, lam: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """-loss*(-lam) per program, the dual objective at lam (u = y lam must lie in [0, 1] for the
-    margin losses): squared lam^T y - ||lam||^2 / 2, logistic sum of the binary entropy H(u),
-    hinge sum u."""
-    if loss == "squared":
-        return (lam * y).sum(-1) - 0.5 * (lam**2).sum(-1)
-    u = lam * y
-    if loss == "hinge":
-        return u.sum(-1)
-    return -(torch.special.xlogy(u, u) + torch.special.xlogy(1 - u, 1 - u)).sum(-1)
+from convexnorm.losses import LOSSES, dual_value, loss_terms
 
 
 @dataclass
@@ -124,7 +88,7 @@ class ConvexBNProblem:
         P = self.patterns
         Z = torch.relu(self.rows(W))
         f = Z[..., :P].sum(-1) - Z[..., P:].sum(-1)
-        return loss_value(self.loss, f, self.y) + self.beta * torch.linalg.norm(W, dim=-1).sum(-1)
+        return loss_terms(self.loss, f, self.y).sum(-1) + self.beta * torch.linalg.norm(W, dim=-1).sum(-1)
 
     def violation(self, W: torch.Tensor) -> torch.Tensor:
         """Largest violation of E_j * (A W_j) >= 0 relative to the largest ||A W_j||, per program."""
