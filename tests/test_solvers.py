@@ -152,3 +152,25 @@ def test_every_subpackage_imports_first(first: str) -> None:
 
     code = f"import {first}; import convexnorm; convexnorm.ConvexBNRegressor; convexnorm.nn.ConvexBNReLU"
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
+
+
+
+def test_best_iterate_never_trades_a_met_test_for_a_smaller_gap() -> None:
+    """The best iterate is scored with the stopping test's violation tolerance: an iterate that
+    meets it (gap 1e-8, violation 1e-13) is not replaced by one with a smaller gap whose
+    violation (1e-9) exceeds violation_tol (1e-12)."""
+    from convexnorm.solvers.interior_point import _Best
+    from convexnorm.solvers.kkt import Conic, Criteria, Primal
+
+    def point(value: float) -> tuple[Primal, Conic]:
+        t = torch.full((1, 2, 3), value, dtype=torch.float64)
+        return Primal(t), Conic(torch.full((1, 4, 2), value, dtype=torch.float64), t)
+
+    def measured(gap: float, violation: float) -> Criteria:
+        return Criteria(*(torch.tensor([v], dtype=torch.float64) for v in (1.0, 1.0 - gap, gap, violation)))
+
+    x, s = point(1.0)
+    best = _Best(x, s, s, measured(1e-8, 1e-13), violation_tol=1e-12)
+    x2, s2 = point(2.0)
+    best.update(x2, s2, s2, measured(1e-9, 1e-9))
+    assert bool(best.criteria.met(1e-7, 1e-12).all()) and float(best.x.X[0, 0, 0]) == 1.0

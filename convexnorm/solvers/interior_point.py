@@ -27,8 +27,6 @@ from convexnorm.solvers.problem import ConvexBNProblem
 
 logger = logging.getLogger("convexnorm")
 
-#: Iterates whose relative violation exceeds this are not candidates for the best iterate.
-VIOLATION_SCORE = 1e-6
 #: Stalls are counted once the best certified gap is below this.
 STALL_GAP = 1e-4
 
@@ -164,7 +162,9 @@ def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = I
 
 class _Best:
     """The iterate of every program with the smallest certified gap among those within the
-    violation tolerance (the last one where none is), and the iterations since it improved."""
+    violation tolerance (the last one where none is), and the iterations since it improved.
+    Scored against the stopping test's own violation tolerance, so an iterate that meets the
+    test is never replaced by one that does not."""
 
     def __init__(self, x: Primal, s: Conic, z: Conic, measured: Criteria, violation_tol: float) -> None:
         self.x, self.s, self.z, self.criteria = x, s, z, measured
@@ -172,7 +172,7 @@ class _Best:
         self.stalled = torch.zeros_like(measured.objective, dtype=torch.long)
 
     def score(self, measured: Criteria) -> torch.Tensor:
-        return torch.where(measured.violation <= VIOLATION_SCORE, measured.relative_gap,
+        return torch.where(measured.violation <= self.violation_tol, measured.relative_gap,
                            torch.full_like(measured.relative_gap, float("inf")))
 
     def update(self, x: Primal, s: Conic, z: Conic, measured: Criteria) -> None:
