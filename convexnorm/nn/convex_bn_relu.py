@@ -175,6 +175,11 @@ class ConvexBNReLU(nn.Module):
             raise ValueError(f"ConvexBNReLU: solver_args for solver='torch' are tol, violation_tol, max_iterations "
                              f"and threads ({error})") from error
         beta = self.beta.to(U_prime).expand(U_prime.shape[0])
+        if self.loss == "hinge" and torch.is_grad_enabled() and (U_prime.requires_grad or y.requires_grad
+                                                                 or beta.requires_grad):
+            raise ValueError("ConvexBNReLU: gradients through the hinge loss need solver='cvxpylayers' (the "
+                             "interior-point backward covers the smooth losses); run the forward under "
+                             "torch.no_grad() for predictions alone")
         with intra_op_threads(threads):
             W = InteriorPointSolve.apply(U_prime, y, beta, masks, self.loss, settings, "ConvexBNReLU")
         P = self.n_patterns

@@ -7,26 +7,41 @@ G = z_rows > 0), the KKT conditions
     (E_j * (A W_j))_R = 0
 
 are a square smooth system F(u, theta) = 0 in u = (W_J, G_R), theta = (A, y, beta). The
-backward pass solves J_u^T v = dL/du per episode and returns -v^T dF/dtheta. (The Newton
-system of the last interior-point iterate gives the same derivative only to about 1e-3 near
-the solution, where its scaling is ill-conditioned; the active-set system is well
-conditioned.)
+backward pass solves J_u^T v = dL/du per episode by null spaces of the active rows (no dense
+Jacobian: ``_episode_vjp``) and returns -v^T dF/dtheta. (The Newton system of the last
+interior-point iterate gives the same derivative only to about 1e-3 near the solution, where
+its scaling is ill-conditioned; the active-set system is well conditioned once each group's
+own direction W_j / ||W_j||, feasible only to solver precision, is projected out of its rows.)
+
+The forward first polishes the interior-point solution: Newton's method on F(u) = 0 from the
+active sets read off the last iterate (``active_sets``), kept only where it certifies a gap no
+larger than the interior-point method's (typically 1e-15 where it succeeds; it fails, and the
+interior-point solution is kept, where more rows are active than a group has dimensions).
+Smooth losses only (squared, logistic).
 """
 
 from __future__ import annotations
 
 import torch
-from torch.func import jacrev, vjp
+from torch.func import vjp
 
 from convexnorm.errors import SolverError
-from convexnorm.solvers.interior_point import InteriorPointSettings, interior_point
-from convexnorm.losses import loss_gradient
+from convexnorm.solvers.interior_point import InteriorPointResult, InteriorPointSettings, interior_point
+from convexnorm.solvers.kkt import Conic, Primal, criteria
+from convexnorm.losses import loss_curvature, loss_gradient
 from convexnorm.solvers.problem import ConvexBNProblem
 
 #: Groups below this fraction of the largest norm are inactive (zero, zero gradient).
 ACTIVE_GROUP_RTOL = 1e-6
-#: Multipliers below this fraction of the largest are inactive constraints.
-ACTIVE_ROW_RTOL = 1e-6
+#: Singular values of an active group's constraint rows below this fraction of ||A||_2 span its
+#: null space.
+RANK_RTOL = 1e-9
+#: Newton steps of the polish, and its acceptance: largest KKT residual entry relative to
+#: beta max(1, ||A||_2).
+POLISH_STEPS = 3
+POLISH_RTOL = 1e-10
+#: The polish's second guess at the active groups drops those below this fraction of the largest.
+SMALL_GROUP_RTOL = 1e-3
 
 
 def _active_set_residual(u: torch.Tensor, A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, M: torch.Tensor,
@@ -44,30 +59,141 @@ def _active_set_residual(u: torch.Tensor, A: torch.Tensor, y: torch.Tensor, beta
     return torch.cat([stationarity.reshape(-1), (E * Z)[rows]])
 
 
-def _episode_vjp(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.Tensor, W: torch.Tensor,
-                 G: torch.Tensor, grad_W: torch.Tensor, loss: str) -> tuple[torch.Tensor, ...]:
-    """(dL/dA, dL/dy, dL/dbeta) of one episode: W (k, 2P), G (n, 2P), grad_W (k, 2P)."""
+class _ActiveSystem:
+    """The KKT system of one episode on its active groups J and rows R at (W, G): J_u = [[K, -C^T],
+    [C, 0]] in u = (W_J, G_R), with K = blockdiag(beta / ||W_j|| (I - w_j w_j^T)) + B^T diag(loss''(f))
+    B (B_j = o_j M_j * A) and C block diagonal (C_j = the active rows (E_j * A)[R_j]).
+
+    Solved by null spaces: C_j = U_j S_j V_j^T after w_j = W_j / ||W_j|| is projected out of C_j's
+    rows (W_j satisfies them only to solver precision, which leaves a singular value of that size
+    along w_j; projected, W_j is exactly feasible and the rank decision clean), Z_j the right
+    singular vectors with S_j <= RANK_RTOL ||A||_2 (docs/math.md, section 9)."""
+
+    def __init__(self, A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, M: torch.Tensor, o: torch.Tensor,
+                 rows: torch.Tensor, W: torch.Tensor, G: torch.Tensor, loss: str) -> None:
+        """W (k, |J|) and G (n, |J|) on the active groups (columns of M, signs o); rows (n, |J|)."""
+        self.A, self.y, self.beta, self.M, self.o, self.rows, self.loss = A, y, beta, M, o, rows, loss
+        self.W, self.G = W, G
+        self.norms = torch.linalg.norm(W, dim=0)
+        self.w_hat = (W / self.norms).T  # (|J|, k)
+        E = 2 * M - 1
+        C = (E.T[:, :, None] * A[None]) * rows.T[:, :, None]  # (|J|, n, k), inactive rows zero
+        C = C - (C @ self.w_hat[:, :, None]) * self.w_hat[:, None, :]
+        self.U, self.S, Vh = torch.linalg.svd(C, full_matrices=False)
+        self.V = Vh.transpose(-1, -2)
+        self.null = self.S <= RANK_RTOL * torch.linalg.matrix_norm(A, ord=2)
+        self.inverse_S = torch.where(self.null, torch.zeros_like(self.S),
+                                     1 / torch.where(self.null, torch.ones_like(self.S), self.S))
+        self.curvature = loss_curvature(loss, (M * (A @ W)) @ o, y)
+        self.B = (o * M).T[:, :, None] * A[None]  # (|J|, n, k)
+
+    def residual(self, W: torch.Tensor, G: torch.Tensor, A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor
+                 ) -> torch.Tensor:
+        """F = (stationarity (k |J|), active rows (|R|)) at (W, G) for the data (A, y, beta)."""
+        return _active_set_residual(torch.cat([W.reshape(-1), G[self.rows]]), A, y, beta, self.M, self.o, self.rows,
+                                    self.loss)
+
+    def apply_K(self, v: torch.Tensor) -> torch.Tensor:
+        """K v for v (|J|, k)."""
+        w = self.w_hat
+        return (self.beta / self.norms)[:, None] * (v - (v * w).sum(1, keepdim=True) * w) + (
+            self.B.transpose(-1, -2) @ (self.curvature * (self.B @ v[..., None])[..., 0].sum(0))[:, None])[..., 0]
+
+    def solve(self, r_W: torch.Tensor, r_R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """a (|J|, k), b (|J|, n) with K a + C^T b = r_W and C a = r_R (r_R (|J|, n), zero off R):
+        a = a_p + Z alpha with a_p = C^+ r_R and (Z^T K Z) alpha = Z^T (r_W - K a_p), then b = C^+T (r_W - K a)
+        group by group (least squares where the reduced system is singular: the minimum-norm answer)."""
+        V, null, k = self.V, self.null, self.A.shape[1]
+        a = (V @ (self.inverse_S * (self.U.transpose(-1, -2) @ r_R[..., None])[..., 0])[..., None])[..., 0]
+        keep = null.flatten()  # the null-space coordinates among the |J| k
+        if bool(keep.any()):
+            Z = V * null[:, None, :]
+            BZ = (self.B @ Z).transpose(0, 1).flatten(1)[:, keep]  # (n, dim)
+            Zw = (Z.transpose(-1, -2) @ self.w_hat[:, :, None])[..., 0]
+            blocks = (self.beta / self.norms)[:, None, None] * (torch.diag_embed(null.to(V.dtype))
+                                                                - Zw[:, :, None] * Zw[:, None, :])
+            reduced = torch.block_diag(*blocks)[keep][:, keep].addmm(BZ.T, self.curvature[:, None] * BZ)
+            rhs = (Z.transpose(-1, -2) @ (r_W - self.apply_K(a))[..., None]).flatten()[keep]
+            # gelsd (SVD) on the CPU: gelsy's answers differ by ~1e-13 between identical calls (reentrancy)
+            driver = "gelsd" if V.device.type == "cpu" else None
+            alpha = torch.zeros(keep.numel(), dtype=V.dtype, device=V.device)
+            alpha[keep] = torch.linalg.lstsq(reduced, rhs[:, None], driver=driver).solution[:, 0]
+            a = a + (Z @ alpha.view(-1, k, 1))[..., 0]
+        remainder = r_W - self.apply_K(a)
+        b = (self.U @ (self.inverse_S * (V.transpose(-1, -2) @ remainder[..., None])[..., 0])[..., None])[..., 0]
+        return a, b
+
+
+def _active_system(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.Tensor, W: torch.Tensor,
+                   G: torch.Tensor, rows: torch.Tensor, loss: str) -> tuple[_ActiveSystem | None, torch.Tensor]:
+    """The active-set system of one episode at W (k, 2P), G (n, 2P) with active rows (n, 2P), and
+    the active groups (2P,)."""
     active = torch.linalg.norm(W, dim=0) > 0  # the forward set the inactive groups (ACTIVE_GROUP_RTOL) to zero
     if not bool(active.any()):
-        return torch.zeros_like(A), torch.zeros_like(y), torch.zeros_like(beta)
+        return None, active
     P = masks.shape[1]
     ones = torch.ones(P, dtype=A.dtype, device=A.device)
     M, o = torch.cat([masks, masks], 1)[:, active], torch.cat([ones, -ones])[active]
-    G = G[:, active]
-    rows = G > ACTIVE_ROW_RTOL * G.max().clamp_min(torch.finfo(W.dtype).tiny)
-    u = torch.cat([W[:, active].reshape(-1), G[rows]])
+    rows = rows[:, active]
+    return _ActiveSystem(A, y, beta, M, o, rows, W[:, active], G[:, active] * rows, loss), active
 
-    def residual(u_, A_, y_, beta_):
-        return _active_set_residual(u_, A_, y_, beta_, M, o, rows, loss)
 
-    jacobian = jacrev(residual, argnums=0)(u, A, y, beta)
-    grad_u = torch.cat([grad_W[:, active].reshape(-1), torch.zeros(int(rows.sum()), dtype=u.dtype, device=u.device)])
-    # gelsd (SVD): torch's default driver on the CPU, gelsy, gives answers that differ by ~1e-13
-    # between identical calls, which breaks reentrancy (repeated backward passes must agree)
-    driver = "gelsd" if jacobian.device.type == "cpu" else None
-    v = torch.linalg.lstsq(jacobian.T, grad_u[:, None], driver=driver).solution[:, 0]
-    _, pullback = vjp(lambda A_, y_, beta_: residual(u, A_, y_, beta_), A, y, beta)
+def _polish(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.Tensor, W: torch.Tensor,
+            G: torch.Tensor, rows: torch.Tensor, loss: str, gap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Newton's method on the active-set system from the interior-point solution (W (k, 2P) with
+    the inactive groups zero, its multipliers G (n, 2P), the active rows): the same optimum to float64's precision
+    instead of the interior-point method's tolerance. Kept only if it converges, its multipliers
+    stay nonnegative, every row stays feasible and its certified gap (the dual bound at its own
+    multipliers) is no larger than the interior-point method's ``gap``; else None."""
+    system, active = _active_system(A, y, beta, masks, W, G * rows, rows, loss)
+    if system is None:
+        return None
+    k = A.shape[1]
+    for _ in range(POLISH_STEPS):
+        F = system.residual(system.W, system.G, A, y, beta)
+        stationarity = F[: k * system.W.shape[1]].view(k, -1).T
+        r_R = torch.zeros_like(system.G).T
+        r_R.T[system.rows] = F[k * system.W.shape[1]:]
+        a, b = system.solve(-stationarity, -r_R)
+        system = _ActiveSystem(A, y, beta, system.M, system.o, system.rows, system.W + a.T, system.G - b.T * system.rows,
+                               loss)
+    F = system.residual(system.W, system.G, A, y, beta)
+    scale = float(beta) * max(1.0, float(torch.linalg.matrix_norm(A, ord=2)))
+    rows_ok = bool((((2 * system.M - 1) * (A @ system.W)) >= -POLISH_RTOL * scale * system.norms).all())
+    if not (bool(torch.isfinite(F).all()) and float(F.abs().max()) <= POLISH_RTOL * scale and rows_ok
+            and bool((system.G >= 0).all()) and bool((system.norms > 0).all())):
+        return None
+    polished = W.clone()
+    polished[:, active] = system.W
+    multipliers = G.clone()  # the inactive groups' multipliers enter the dual bound as they are
+    multipliers[:, active] = system.G
+    problem = ConvexBNProblem(A[None], masks[None], y[None], beta[None], loss)
+    X = torch.cat([torch.linalg.norm(polished, dim=0)[:, None], polished.T], 1)[None]
+    measured = criteria(problem, Primal(X), Conic(multipliers[None], None))
+    return (polished, multipliers) if float(measured.relative_gap[0]) <= float(gap) else None
+
+
+def _episode_vjp(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.Tensor, W: torch.Tensor,
+                 G: torch.Tensor, grad_W: torch.Tensor, loss: str) -> tuple[torch.Tensor, ...]:
+    """(dL/dA, dL/dy, dL/dbeta) of one episode: W (k, 2P), G (n, 2P), grad_W (k, 2P). The adjoint v
+    solves J_u^T v = (grad_W, 0), i.e. K v_W + C^T v_R = grad_W, C v_W = 0; the gradient is
+    -v^T dF/dtheta (one vector-Jacobian product of the residual)."""
+    system, active = _active_system(A, y, beta, masks, W, G, G > 0, loss)
+    if system is None:
+        return torch.zeros_like(A), torch.zeros_like(y), torch.zeros_like(beta)
+    v_W, v_R = system.solve(grad_W[:, active].T, torch.zeros_like(system.G).T)
+    v = torch.cat([v_W.T.reshape(-1), v_R.T[system.rows]])
+    _, pullback = vjp(lambda A_, y_, beta_: system.residual(system.W, system.G, A_, y_, beta_), A, y, beta)
     return pullback(-v)
+
+
+def active_sets(result: InteriorPointResult) -> tuple[torch.Tensor, torch.Tensor]:
+    """The active groups (batch, 2P) and rows (batch, n, 2P) read off an interior-point iterate,
+    where its primal and dual sides separate: rows whose multiplier exceeds their slack, groups
+    whose tau exceeds their dual cone's distance to its boundary."""
+    cones = result.z.cones
+    groups = result.x.tau > cones[..., 0] - torch.linalg.norm(cones[..., 1:], dim=-1)
+    return groups, result.z.rows > result.s.rows
 
 
 class InteriorPointSolve(torch.autograd.Function):
@@ -86,10 +212,21 @@ class InteriorPointSolve(torch.autograd.Function):
                 f"relative gap {float(result.criteria.relative_gap[worst]):.2e}, violation "
                 f"{float(result.criteria.violation[worst]):.2e}, tol {settings.tol:g}); loosen tol in "
                 "solver_options or check the episode's data")
-        W = result.W
-        norms = torch.linalg.norm(W, dim=-1)
-        W = torch.where((norms > ACTIVE_GROUP_RTOL * norms.amax(-1, keepdim=True))[..., None], W, torch.zeros_like(W))
-        ctx.save_for_backward(A, y, beta, masks, W, result.z.rows)
+        norms = torch.linalg.norm(result.W, dim=-1)
+        W = torch.where((norms > ACTIVE_GROUP_RTOL * norms.amax(-1, keepdim=True))[..., None], result.W,
+                        torch.zeros_like(result.W))
+        groups, rows = active_sets(result)
+        G = result.z.rows * rows
+        if loss != "hinge":
+            # a group still shrinking to zero may pass the test: the polish also tries without the small ones
+            candidates = (groups, groups & (norms > SMALL_GROUP_RTOL * norms.amax(-1, keepdim=True)))
+            polished = [next((found for found in (
+                _polish(A[b], y[b], beta[b], masks[b], (result.W[b] * chosen[b, :, None]).T, result.z.rows[b],
+                        rows[b], loss, result.criteria.relative_gap[b]) for chosen in candidates) if found is not None),
+                None) for b in range(A.shape[0])]
+            W = torch.stack([W[b] if found is None else found[0].T for b, found in enumerate(polished)])
+            G = torch.stack([G[b] if found is None else found[1] for b, found in enumerate(polished)])
+        ctx.save_for_backward(A, y, beta, masks, W, G)
         ctx.loss = loss
         return W
 
