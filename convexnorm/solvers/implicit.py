@@ -128,7 +128,7 @@ def _active_system(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: 
                    G: torch.Tensor, rows: torch.Tensor, loss: str) -> tuple[_ActiveSystem | None, torch.Tensor]:
     """The active-set system of one episode at W (k, 2P), G (n, 2P) with active rows (n, 2P), and
     the active groups (2P,)."""
-    active = torch.linalg.norm(W, dim=0) > 0  # the forward set the inactive groups (ACTIVE_GROUP_RTOL) to zero
+    active = torch.linalg.norm(W, dim=0) > 0  # the inactive groups are zero in W
     if not bool(active.any()):
         return None, active
     P = masks.shape[1]
@@ -139,13 +139,14 @@ def _active_system(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: 
 
 
 def _polish(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.Tensor, W: torch.Tensor,
-            G: torch.Tensor, rows: torch.Tensor, loss: str, gap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+            G: torch.Tensor, rows: torch.Tensor, loss: str, gap: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Newton's method on the active-set system from the interior-point solution (W (k, 2P) with
-    the inactive groups zero, its multipliers G (n, 2P), the active rows): the same optimum to float64's precision
-    instead of the interior-point method's tolerance. Kept only if it converges, its multipliers
+    the inactive groups zero, its multipliers G (n, 2P), the active rows): the same optimum to
+    float64's precision instead of the interior-point method's tolerance. Kept only if it converges, its multipliers
     stay nonnegative, every row stays feasible and its certified gap (the dual bound at its own
     multipliers) is no larger than the interior-point method's ``gap``; else None."""
-    system, active = _active_system(A, y, beta, masks, W, G * rows, rows, loss)
+    system, active = _active_system(A, y, beta, masks, W, G, rows, loss)
     if system is None:
         return None
     k = A.shape[1]
@@ -155,8 +156,8 @@ def _polish(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.T
         r_R = torch.zeros_like(system.G).T
         r_R.T[system.rows] = F[k * system.W.shape[1]:]
         a, b = system.solve(-stationarity, -r_R)
-        system = _ActiveSystem(A, y, beta, system.M, system.o, system.rows, system.W + a.T, system.G - b.T * system.rows,
-                               loss)
+        system = _ActiveSystem(A, y, beta, system.M, system.o, system.rows, system.W + a.T,
+                               system.G - b.T * system.rows, loss)
     F = system.residual(system.W, system.G, A, y, beta)
     scale = float(beta) * max(1.0, float(torch.linalg.matrix_norm(A, ord=2)))
     rows_ok = bool((((2 * system.M - 1) * (A @ system.W)) >= -POLISH_RTOL * scale * system.norms).all())
