@@ -233,9 +233,8 @@ def test_polish_rejects_a_wrong_active_set() -> None:
     assert _polish(*args, W, G, torch.ones_like(G, dtype=torch.bool), "squared", gap) is None
     found = _polish(*args, W, G, rows[0], "squared", gap)
     assert found is not None
-    polished, multipliers = found[0].T, found[1]
-    X = torch.cat([torch.linalg.norm(polished, dim=-1, keepdim=True), polished], -1)[None]
-    measured = criteria(problem, Primal(X), Conic(multipliers[None], None))
+    polished, multipliers = found
+    measured = criteria(problem, Primal.of_neurons(polished.T[None]), Conic(multipliers[None], None))
     reference = solve_convex_program(U_prime, patterns.astype(bool), y, 0.2, "squared", "clarabel", "test",
                                      tight_first=True).objective
     # certified to 1e-12 (Clarabel's tight answer lies 2.5e-9 above it: measured)

@@ -29,10 +29,10 @@ from convexnorm.solvers.threads import intra_op_threads
 
 #: Cone constraints (2D - I) U' s >= 0 may be violated by this fraction of max ||s||.
 FEASIBILITY_TOL = 1e-6
-#: solver="torch": certified relative gap of the interior-point solves. The backward pass reads
-#: the active set off the solution; at 1e-6 it was misread (gradients 10% off), at 1e-7 the
-#: gradients agreed with cvxpylayers to 7e-6, at 1e-8 and 1e-9 to 8e-7 (tests/test_solvers.py), but
-#: 1e-8 is not always reachable (a 32 x 6 x 32 batch stalled at 1.9e-8).
+#: solver="torch": certified relative gap of the interior-point solves. The polish and the
+#: backward read the active sets off the solution: at 1e-7 the polish succeeded on the
+#: benchmark's 32x6x32 and 64x8x64 batches, at 1e-6 it was refused at 64x8x64 (measured); 1e-8
+#: is not always reachable (a 128x16x128 batch stalled at 7e-8).
 BLOCK_TOL = 1e-7
 
 

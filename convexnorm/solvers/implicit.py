@@ -70,9 +70,11 @@ class _ActiveSystem:
     singular vectors with S_j <= RANK_RTOL ||A||_2 (docs/math.md, section 9)."""
 
     def __init__(self, A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, M: torch.Tensor, o: torch.Tensor,
-                 rows: torch.Tensor, W: torch.Tensor, G: torch.Tensor, loss: str) -> None:
-        """W (k, |J|) and G (n, |J|) on the active groups (columns of M, signs o); rows (n, |J|)."""
+                 rows: torch.Tensor, W: torch.Tensor, G: torch.Tensor, loss: str, A_norm: float) -> None:
+        """W (k, |J|) and G (n, |J|) on the active groups (columns of M, signs o); rows (n, |J|);
+        A_norm = ||A||_2."""
         self.A, self.y, self.beta, self.M, self.o, self.rows, self.loss = A, y, beta, M, o, rows, loss
+        self.A_norm = A_norm
         self.W, self.G = W, G
         self.norms = torch.linalg.norm(W, dim=0)
         self.w_hat = (W / self.norms).T  # (|J|, k)
@@ -81,17 +83,27 @@ class _ActiveSystem:
         C = C - (C @ self.w_hat[:, :, None]) * self.w_hat[:, None, :]
         self.U, self.S, Vh = torch.linalg.svd(C, full_matrices=False)
         self.V = Vh.transpose(-1, -2)
-        self.null = self.S <= RANK_RTOL * torch.linalg.matrix_norm(A, ord=2)
+        self.null = self.S <= RANK_RTOL * A_norm
         self.inverse_S = torch.where(self.null, torch.zeros_like(self.S),
                                      1 / torch.where(self.null, torch.ones_like(self.S), self.S))
         self.curvature = loss_curvature(loss, (M * (A @ W)) @ o, y)
         self.B = (o * M).T[:, :, None] * A[None]  # (|J|, n, k)
 
+    def pack(self, W: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+        """One vector in the layout of u and F from W-shaped (k, |J|) and G-shaped (n, |J|) parts."""
+        return torch.cat([W.reshape(-1), G[self.rows]])
+
+    def unpack(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inverse of ``pack``, as (|J|, k) and (|J|, n) (zero off the active rows)."""
+        k, groups = self.W.shape
+        G = torch.zeros_like(self.G)
+        G[self.rows] = u[k * groups:]
+        return u[: k * groups].view(k, groups).T, G.T
+
     def residual(self, W: torch.Tensor, G: torch.Tensor, A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor
                  ) -> torch.Tensor:
         """F = (stationarity (k |J|), active rows (|R|)) at (W, G) for the data (A, y, beta)."""
-        return _active_set_residual(torch.cat([W.reshape(-1), G[self.rows]]), A, y, beta, self.M, self.o, self.rows,
-                                    self.loss)
+        return _active_set_residual(self.pack(W, G), A, y, beta, self.M, self.o, self.rows, self.loss)
 
     def apply_K(self, v: torch.Tensor) -> torch.Tensor:
         """K v for v (|J|, k)."""
@@ -135,7 +147,8 @@ def _active_system(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: 
     ones = torch.ones(P, dtype=A.dtype, device=A.device)
     M, o = torch.cat([masks, masks], 1)[:, active], torch.cat([ones, -ones])[active]
     rows = rows[:, active]
-    return _ActiveSystem(A, y, beta, M, o, rows, W[:, active], G[:, active] * rows, loss), active
+    A_norm = float(torch.linalg.matrix_norm(A, ord=2))
+    return _ActiveSystem(A, y, beta, M, o, rows, W[:, active], G[:, active] * rows, loss, A_norm), active
 
 
 def _polish(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.Tensor, W: torch.Tensor,
@@ -149,17 +162,12 @@ def _polish(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.T
     system, active = _active_system(A, y, beta, masks, W, G, rows, loss)
     if system is None:
         return None
-    k = A.shape[1]
     for _ in range(POLISH_STEPS):
-        F = system.residual(system.W, system.G, A, y, beta)
-        stationarity = F[: k * system.W.shape[1]].view(k, -1).T
-        r_R = torch.zeros_like(system.G).T
-        r_R.T[system.rows] = F[k * system.W.shape[1]:]
-        a, b = system.solve(-stationarity, -r_R)
+        a, b = system.solve(*system.unpack(-system.residual(system.W, system.G, A, y, beta)))
         system = _ActiveSystem(A, y, beta, system.M, system.o, system.rows, system.W + a.T,
-                               system.G - b.T * system.rows, loss)
+                               system.G - b.T * system.rows, loss, system.A_norm)
     F = system.residual(system.W, system.G, A, y, beta)
-    scale = float(beta) * max(1.0, float(torch.linalg.matrix_norm(A, ord=2)))
+    scale = float(beta) * max(1.0, system.A_norm)
     rows_ok = bool((((2 * system.M - 1) * (A @ system.W)) >= -POLISH_RTOL * scale * system.norms).all())
     if not (bool(torch.isfinite(F).all()) and float(F.abs().max()) <= POLISH_RTOL * scale and rows_ok
             and bool((system.G >= 0).all()) and bool((system.norms > 0).all())):
@@ -169,8 +177,7 @@ def _polish(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.T
     multipliers = G.clone()  # the inactive groups' multipliers enter the dual bound as they are
     multipliers[:, active] = system.G
     problem = ConvexBNProblem(A[None], masks[None], y[None], beta[None], loss)
-    X = torch.cat([torch.linalg.norm(polished, dim=0)[:, None], polished.T], 1)[None]
-    measured = criteria(problem, Primal(X), Conic(multipliers[None], None))
+    measured = criteria(problem, Primal.of_neurons(polished.T[None]), Conic(multipliers[None], None))
     return (polished, multipliers) if float(measured.relative_gap[0]) <= float(gap) else None
 
 
@@ -183,7 +190,7 @@ def _episode_vjp(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: to
     if system is None:
         return torch.zeros_like(A), torch.zeros_like(y), torch.zeros_like(beta)
     v_W, v_R = system.solve(grad_W[:, active].T, torch.zeros_like(system.G).T)
-    v = torch.cat([v_W.T.reshape(-1), v_R.T[system.rows]])
+    v = system.pack(v_W.T, v_R.T)
     _, pullback = vjp(lambda A_, y_, beta_: system.residual(system.W, system.G, A_, y_, beta_), A, y, beta)
     return pullback(-v)
 
@@ -220,11 +227,12 @@ class InteriorPointSolve(torch.autograd.Function):
         G = result.z.rows * rows
         if loss != "hinge":
             # a group still shrinking to zero may pass the test: the polish also tries without the small ones
-            candidates = (groups, groups & (norms > SMALL_GROUP_RTOL * norms.amax(-1, keepdim=True)))
+            larger = groups & (norms > SMALL_GROUP_RTOL * norms.amax(-1, keepdim=True))
             polished = [next((found for found in (
-                _polish(A[b], y[b], beta[b], masks[b], (result.W[b] * chosen[b, :, None]).T, result.z.rows[b],
-                        rows[b], loss, result.criteria.relative_gap[b]) for chosen in candidates) if found is not None),
-                None) for b in range(A.shape[0])]
+                _polish(A[b], y[b], beta[b], masks[b], (result.W[b] * chosen[:, None]).T, result.z.rows[b], rows[b],
+                        loss, result.criteria.relative_gap[b])
+                for chosen in ((groups[b],) if torch.equal(groups[b], larger[b]) else (groups[b], larger[b])))
+                if found is not None), None) for b in range(A.shape[0])]
             W = torch.stack([W[b] if found is None else found[0].T for b, found in enumerate(polished)])
             G = torch.stack([G[b] if found is None else found[1] for b, found in enumerate(polished)])
         ctx.save_for_backward(A, y, beta, masks, W, G)

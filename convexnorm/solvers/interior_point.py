@@ -35,9 +35,9 @@ STALL_GAP = 1e-4
 class InteriorPointSettings:
     """tol: certified relative gap; violation_tol: relative cone violation; max_iterations;
     step_fraction: of the step to the cone boundary; centering_exponent: sigma =
-    (mu_affine / mu)^exponent (Mehrotra); patience: iterations without a smaller certified gap after which a program stops
-    (at float64's limit the Newton directions lose accuracy and the iterates drift; the best
-    iterate is returned)."""
+    (mu_affine / mu)^exponent (Mehrotra); patience: iterations without a smaller certified gap
+    after which a program stops (at float64's limit the Newton directions lose accuracy and the
+    iterates drift; the best iterate is returned)."""
 
     tol: float = 1e-7
     violation_tol: float = 1e-7

@@ -68,6 +68,11 @@ class Primal(_Vector):
     X: torch.Tensor
     xi: torch.Tensor | None = None
 
+    @classmethod
+    def of_neurons(cls, W: torch.Tensor) -> "Primal":
+        """The point with neurons W (batch, 2P, k) and the smallest feasible tau_j = ||W_j||."""
+        return cls(torch.cat([torch.linalg.norm(W, dim=-1, keepdim=True), W], -1))
+
     @property
     def W(self) -> torch.Tensor:
         return self.X[..., 1:]
