@@ -25,7 +25,9 @@ from scnn.solvers import AL
 
 import convexnorm as cn
 from _data import regression_problem
-from convexnorm.convex.native import solve_native
+from convexnorm.solvers.native import solve_native
+from convexnorm.solvers.problem import ConvexBNProblem
+from convexnorm.solvers.interior_point import InteriorPointSettings
 
 
 def evaluate(U_prime: np.ndarray, gates: np.ndarray, V: np.ndarray, Wt: np.ndarray, y: np.ndarray, beta: float):
@@ -57,11 +59,12 @@ def main() -> None:
         U_prime = cn.whiten(X).U_prime
         gates = np.random.default_rng(1).standard_normal((U_prime.shape[1], args.gates))
         patterns = cn.arrangement_patterns(U_prime, (U_prime @ gates >= 0).T)  # distinct, nonzero: same program
-        masks = torch.from_numpy(patterns.T.astype(float))
+        problem = ConvexBNProblem(torch.from_numpy(U_prime)[None], torch.from_numpy(patterns.T.astype(float))[None],
+                                  torch.from_numpy(y)[None], torch.tensor([args.beta], dtype=torch.float64), "squared")
         start = time.perf_counter()
-        result = solve_native(torch.from_numpy(U_prime), masks, torch.from_numpy(y), args.beta)
+        result = solve_native(problem, InteriorPointSettings(tol=1e-6))
         t_native = time.perf_counter() - start
-        W, P = result.W.numpy(), patterns.shape[0]
+        W, P = result.W[0].T.numpy(), patterns.shape[0]
         native = evaluate(U_prime, patterns.T, W[:, :P].T, W[:, P:].T, y, args.beta)
         model = ConvexReLU(gates, c=1, bias=False)
         start = time.perf_counter()

@@ -1,117 +1,146 @@
-"""Cone algebra and the Newton system of the native interior-point method (issue 5), against
-dense float64 references."""
+"""Cone algebra and the Newton system of the interior-point method (solvers/cones.py,
+solvers/newton.py), against dense float64 references."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from convexnorm.convex._cones import (boost, jordan_divide, jordan_product, nt_scaling, orthant_max_step, reflect,
-                                      shift_into_cones, soc_det, soc_max_step)
-from convexnorm.convex.native import _coupling_matrix, _dense_coupling, _NewtonSystem, _Program, _batched
+from convexnorm.solvers import newton
+from convexnorm.solvers.cones import (NTScaling, jordan_divide, jordan_product, orthant_max_step, reflect, soc_det,
+                                      soc_max_step)
+from convexnorm.solvers.kkt import Conic, Primal
+from convexnorm.solvers.newton import Breakdown, NewtonSystem, cholesky
+from convexnorm.solvers.problem import ConvexBNProblem
+
+f64 = torch.float64
 
 
-def interior(m: int, count: int, generator: torch.Generator) -> torch.Tensor:
-    """Random columns strictly inside the second-order cone of dimension m."""
-    u = torch.randn(m, count, generator=generator, dtype=torch.float64)
-    u[0] = u[1:].norm(dim=0) + torch.rand(count, generator=generator, dtype=torch.float64) + 0.1
+def interior(count: int, m: int, generator: torch.Generator) -> torch.Tensor:
+    """Random points strictly inside the second-order cone of dimension m (count, m)."""
+    u = torch.randn(count, m, generator=generator, dtype=f64)
+    u[:, 0] = u[:, 1:].norm(dim=1) + torch.rand(count, generator=generator, dtype=f64) + 0.1
     return u
 
 
 def test_nesterov_todd_scaling() -> None:
     generator = torch.Generator().manual_seed(0)
-    s, z = interior(5, 7, generator), interior(5, 7, generator)
-    V, V_inverse = nt_scaling(s, z)
-    assert torch.allclose(_batched(V, z), _batched(V_inverse, s), atol=1e-12)  # lambda = V z = V^-1 s
-    assert torch.allclose(V @ V_inverse, torch.eye(5, dtype=torch.float64).expand(7, 5, 5), atol=1e-12)
-    assert torch.allclose(V, V.transpose(1, 2))
-    assert bool((soc_det(_batched(V, z)) > 0).all())
-    w = interior(5, 3, generator)
-    w = w / soc_det(w).sqrt()
-    J = torch.diag(torch.tensor([1.0, -1, -1, -1, -1], dtype=torch.float64))
-    assert torch.allclose(boost(w) @ J @ boost(w), J.expand(3, 5, 5), atol=1e-12)  # a hyperbolic rotation
-    assert torch.allclose(boost(w) @ boost(reflect(w)), torch.eye(5, dtype=torch.float64).expand(3, 5, 5), atol=1e-12)
+    s, z = interior(7, 5, generator), interior(7, 5, generator)
+    V = NTScaling.of(s, z)
+    assert torch.allclose(V.apply(z), V.apply_inverse(s), atol=1e-12)  # lambda = V z = V^-1 s
+    dense_inverse = V.inverse()
+    v = torch.randn(7, 5, generator=generator, dtype=f64)
+    assert torch.allclose((dense_inverse @ v[..., None])[..., 0], V.apply_inverse(v), atol=1e-12)
+    assert torch.allclose(V.apply(V.apply_inverse(v)), v, atol=1e-12)
+    assert torch.allclose(V.apply_inverse_square(v), V.apply_inverse(V.apply_inverse(v)), atol=1e-12)
+    assert torch.allclose(dense_inverse, dense_inverse.transpose(1, 2))
+    assert bool((soc_det(V.apply(z)) > 0).all())
 
 
 def test_jordan_product_and_division() -> None:
     generator = torch.Generator().manual_seed(1)
-    lam, v = interior(4, 6, generator), torch.randn(4, 6, generator=generator, dtype=torch.float64)
+    lam, v = interior(6, 4, generator), torch.randn(6, 4, generator=generator, dtype=f64)
     product = jordan_product(lam, v)
-    assert torch.allclose(product[0], (lam * v).sum(0))
-    assert torch.allclose(product[1:], lam[0] * v[1:] + v[0] * lam[1:])
+    assert torch.allclose(product[:, 0], (lam * v).sum(1))
+    assert torch.allclose(product[:, 1:], lam[:, :1] * v[:, 1:] + v[:, :1] * lam[:, 1:])
     assert torch.allclose(jordan_divide(lam, product), v, atol=1e-12)
+    assert torch.equal(reflect(lam)[:, 1:], -lam[:, 1:])
 
 
 def test_max_steps_reach_the_boundary() -> None:
     generator = torch.Generator().manual_seed(2)
-    u, d = interior(4, 9, generator), torch.randn(4, 9, generator=generator, dtype=torch.float64) * 3
+    u, d = interior(9, 4, generator), torch.randn(9, 4, generator=generator, dtype=f64) * 3
     alpha = soc_max_step(u, d)
-    inside = u + 0.999 * alpha * d
-    assert bool((soc_det(inside) > 0).all()) and bool((inside[0] > 0).all())
-    at = u + alpha * d
-    on_boundary = soc_det(at).abs() / (at**2).sum(0)
-    assert float(on_boundary.min()) < 1e-10
-    assert soc_max_step(u, u) == float("inf")  # moving outward never leaves the cone
-    assert orthant_max_step(torch.tensor([1.0, 2.0]), torch.tensor([-4.0, 1.0])) == 0.25
-    orthant, cone = shift_into_cones(torch.tensor([-1.0, 3.0]), torch.tensor([[0.5], [2.0]]))
-    assert float(orthant.min()) > 0 and float(soc_det(cone)) > 0  # shifted by 1 - min eigenvalue (-1.5)
-    assert torch.equal(orthant, torch.tensor([1.5, 5.5]))
+    inside = u + 0.999 * alpha[:, None] * d
+    assert bool((soc_det(inside) > 0).all()) and bool((inside[:, 0] > 0).all())
+    at = u + alpha[:, None] * d
+    on_boundary = soc_det(at).abs() / (at**2).sum(1)
+    assert float(on_boundary.max()) < 1e-10
+    assert bool(torch.isinf(soc_max_step(u, u)).all())  # moving outward never leaves the cone
+    assert torch.equal(orthant_max_step(torch.tensor([1.0, 2.0]), torch.tensor([-4.0, 1.0])),
+                       torch.tensor([0.25, float("inf")]))
 
 
+def _dense_newton_matrix(problem: ConvexBNProblem, system: NewtonSystem) -> torch.Tensor:
+    """grad^2 phi + G^T V^-2 G of one program as a dense matrix, column by column through G and
+    the loss's curvature (no Woodbury): the reference for NewtonSystem.solve_x."""
+    from convexnorm.solvers.kkt import constraint_adjoint, constraint_map
+
+    groups, m = 2 * problem.patterns, problem.width + 1
+    hinge = problem.loss == "hinge"
+    size = groups * m + (problem.samples if hinge else 0)
+    columns = []
+    for index in range(size):
+        e = torch.zeros(size, dtype=f64)
+        e[index] = 1
+        x = Primal(e[: groups * m].view(1, groups, m), e[groups * m:].view(1, -1) if hinge else None)
+        Gx = constraint_map(problem, x)
+        column = constraint_adjoint(problem, system.inverse_square(Gx))
+        if not hinge:
+            curvature = system.curvature
+            f = problem.predictions(x.W)
+            column = column + Primal(torch.cat([torch.zeros_like(x.X[..., :1]),
+                                                problem.predictions_adjoint(curvature * f)], -1))
+        columns.append(torch.cat([part.flatten() for part in column.parts()]))
+    return torch.stack(columns, 1)
+
+
+@pytest.mark.parametrize("loss", ["squared", "logistic", "hinge"])
 @pytest.mark.parametrize("route", ["woodbury", "dense"])
-def test_newton_system_matches_the_dense_kkt_solve(route: str) -> None:
-    """_NewtonSystem.solve (block elimination, then Woodbury over pattern pairs or the whole
-    matrix with B^T B) == the dense solve of P dx + G^T dz = b_x, G dx + ds = b_z,
-    V dz + V^-1 ds = d."""
+def test_newton_system_matches_the_dense_matrix(loss: str, route: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NewtonSystem.solve_x (block elimination, then Woodbury over the predictions, or the whole
+    matrix factorized densely past DENSE_CURVATURE) == a dense solve with grad^2 phi + G^T V^-2 G
+    built column by column; and NewtonSystem.solve satisfies its three equations."""
+    from convexnorm.solvers.kkt import constraint_adjoint, constraint_map
+
     generator = torch.Generator().manual_seed(3)
     n, k, P = 7, 3, 4
-    A = torch.linalg.qr(torch.randn(n, k, generator=generator, dtype=torch.float64))[0]
-    masks = (torch.rand(n, P, generator=generator) > 0.5).double()
-    program = _Program.from_patterns(A, masks, torch.randn(n, generator=generator, dtype=torch.float64), 0.1, "squared")
-    groups, m = 2 * P, k + 1
-    s, z = interior(m, groups, generator), interior(m, groups, generator)
-    weight = torch.rand(n, groups, generator=generator, dtype=torch.float64) + 0.5
-    V, V_inverse = nt_scaling(s, z)
-    assert _dense_coupling(program) is None  # 2P(k+1) = 32 > n = 7: Woodbury is the cheaper side
-    system = _NewtonSystem(program, weight, V_inverse, _coupling_matrix(program) if route == "dense" else None)
-    b_W, b_tau = torch.randn(k, groups, generator=generator, dtype=torch.float64), torch.randn(groups, generator=generator, dtype=torch.float64)
-    b_o, b_c = torch.randn(n, groups, generator=generator, dtype=torch.float64), torch.randn(m, groups, generator=generator, dtype=torch.float64)
-    d_o, d_c = torch.randn(n, groups, generator=generator, dtype=torch.float64), torch.randn(m, groups, generator=generator, dtype=torch.float64)
-    dW, dtau, dz_o, dz_c, ds_o, ds_c = system.solve((b_W, b_tau), (b_o, b_c), (d_o, d_c))
+    A = torch.linalg.qr(torch.randn(n, k, generator=generator, dtype=f64))[0][None]
+    masks = (torch.rand(1, n, P, generator=generator) > 0.5).double()
+    y = torch.randn(1, n, generator=generator, dtype=f64)
+    if loss != "squared":
+        y = torch.sign(y)
+    problem = ConvexBNProblem(A, masks, y, torch.tensor([0.1], dtype=f64), loss)
+    if route == "dense":
+        monkeypatch.setattr(newton, "DENSE_CURVATURE", -1.0)
+    positive = lambda *shape: torch.rand(1, *shape, generator=generator, dtype=f64) + 0.5  # noqa: E731
+    hinge = loss == "hinge"
+    s = Conic(positive(n, 2 * P), interior(2 * P, k + 1, generator)[None],
+              positive(n) if hinge else None, positive(n) if hinge else None)
+    z = Conic(positive(n, 2 * P), interior(2 * P, k + 1, generator)[None],
+              positive(n) if hinge else None, positive(n) if hinge else None)
+    x = Primal(torch.randn(1, 2 * P, k + 1, generator=generator, dtype=f64),
+               torch.randn(1, n, generator=generator, dtype=f64) if hinge else None)
+    system = NewtonSystem(problem, x, s, z)
+    assert (system.dense is not None) == (route == "dense")
+    b = x.map(lambda t: torch.randn(t.shape, generator=generator, dtype=f64))
+    solution = system.solve_x(b)
+    reference = torch.linalg.solve(_dense_newton_matrix(problem, system), torch.cat([t.flatten() for t in b.parts()]))
+    assert torch.allclose(torch.cat([t.flatten() for t in solution.parts()]), reference, atol=1e-9)
 
-    # dense reference: x = (tau_j, W_j) per group; rows of z, s: the orthant (n per group), then the cones
-    nx, no, nc = groups * m, n * groups, m * groups
-    G = torch.zeros(no + nc, nx, dtype=torch.float64)
-    B = torch.zeros(n, nx, dtype=torch.float64)
-    for j in range(groups):
-        cols = slice(j * m, (j + 1) * m)
-        G[j * n:(j + 1) * n, j * m + 1:(j + 1) * m] = -program.E[:, j:j + 1] * A
-        G[no + j * m:no + (j + 1) * m, cols] = -torch.eye(m, dtype=torch.float64)
-        B[:, j * m + 1:(j + 1) * m] = program.o[j] * program.M[:, j:j + 1] * A
-    scaling, scaling_inverse = torch.zeros(no + nc, no + nc, dtype=torch.float64), torch.zeros(no + nc, no + nc, dtype=torch.float64)
-    root = (1 / weight).sqrt().T.reshape(-1)  # orthant V = diag(sqrt(s / z)) = weight^-1/2
-    scaling[:no, :no], scaling_inverse[:no, :no] = torch.diag(root), torch.diag(1 / root)
-    scaling[no:, no:], scaling_inverse[no:, no:] = torch.block_diag(*V), torch.block_diag(*V_inverse)
-    size = nx + 2 * (no + nc)
-    K = torch.zeros(size, size, dtype=torch.float64)
-    K[:nx, :nx], K[:nx, nx:nx + no + nc] = B.T @ B, G.T
-    K[nx:nx + no + nc, :nx], K[nx:nx + no + nc, nx + no + nc:] = G, torch.eye(no + nc, dtype=torch.float64)
-    K[nx + no + nc:, nx:nx + no + nc], K[nx + no + nc:, nx + no + nc:] = scaling, scaling_inverse
-    flat = lambda orthant, cone: torch.cat([orthant.T.reshape(-1), cone.T.reshape(-1)])  # noqa: E731
-    rhs = torch.cat([torch.cat([b_tau[None], b_W]).T.reshape(-1), flat(b_o, b_c), flat(d_o, d_c)])
-    solution = torch.linalg.solve(K, rhs)
-    assert torch.allclose(torch.cat([dtau[None], dW]).T.reshape(-1), solution[:nx], atol=1e-9)
-    assert torch.allclose(flat(dz_o, dz_c), solution[nx:nx + no + nc], atol=1e-9)
-    assert torch.allclose(flat(ds_o, ds_c), solution[nx + no + nc:], atol=1e-9)
+    b_z = s.map(lambda t: torch.randn(t.shape, generator=generator, dtype=f64))
+    d = s.map(lambda t: torch.randn(t.shape, generator=generator, dtype=f64))
+    dx, dz, ds = system.solve(b, b_z, d)
+    Gdx = constraint_map(problem, dx)
+    curvature_term = Primal(torch.zeros_like(dx.X), None if dx.xi is None else torch.zeros_like(dx.xi))
+    if not hinge:
+        f = problem.predictions(dx.W)
+        curvature_term = Primal(torch.cat([torch.zeros_like(dx.X[..., :1]),
+                                           problem.predictions_adjoint(system.curvature * f)], -1))
+    first = curvature_term + constraint_adjoint(problem, dz) - b
+    second = Gdx + ds - b_z
+    assert max(float(t.abs().max()) for t in first.parts() + second.parts()) < 1e-9
+    # V dz + V^-1 ds = d, orthant parts scaled by sqrt(z / s)
+    third = system.roots.map(lambda r, a, c: a / r + c * r, dz, ds) - d
+    third.cones = system.scaling.apply(dz.cones) + system.scaling.apply_inverse(ds.cones) - d.cones
+    assert max(float(t.abs().max()) for t in third.parts()) < 1e-9
 
 
 def test_newton_blocks_regularized_only_within_rounding() -> None:
     """A block singular to rounding gets a tiny diagonal shift; an indefinite one raises
-    _Breakdown, which stops the interior-point method instead of returning a wrong step."""
-    from convexnorm.convex.native import _Breakdown, _cholesky
-
-    singular = torch.tensor([[[1.0, 1.0], [1.0, 1.0]]], dtype=torch.float64)
-    L = _cholesky(singular)
+    Breakdown, which stops the interior-point method instead of returning a wrong step."""
+    singular = torch.tensor([[[1.0, 1.0], [1.0, 1.0]]], dtype=f64)
+    L = cholesky(singular)
     assert torch.allclose(L @ L.transpose(1, 2), singular, atol=1e-6)
-    with pytest.raises(_Breakdown):
-        _cholesky(torch.tensor([[[1.0, 0.0], [0.0, -1.0]]], dtype=torch.float64))
+    with pytest.raises(Breakdown):
+        cholesky(torch.tensor([[[1.0, 0.0], [0.0, -1.0]]], dtype=f64))

@@ -156,7 +156,7 @@ def test_bad_episodes_are_named() -> None:
         block(flat, y)
     with pytest.raises(ValueError, match="episodes .* need solver='torch'"):
         ConvexBNReLU(3, beta=0.2, n_patterns=10)(H, y)
-    with pytest.raises(ValueError, match="solver_args for solver='torch'"):
+    with pytest.raises(ValueError, match=r"ConvexBNReLU: solver='torch' does not take option\(s\) \['method'\]"):
         ConvexBNReLU(3, solver="torch", solver_args={"method": "al"})(H, y)
 
 

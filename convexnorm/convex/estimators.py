@@ -123,7 +123,9 @@ def _fit_scalar(
                         f"the violating patterns (max dual value {cert.max_dual_value:.6g}) are already in the set")
             break
         patterns = np.concatenate([patterns, np.array(new)])
-        solution = solve_convex_program(U_prime, patterns, y, *args, warm_start=solution.warm, pool=pool)
+        # the round solves over the active patterns and the new ones (left-out violators are put back)
+        subset = np.concatenate([solution.active_patterns, np.ones(len(new), dtype=bool)])
+        solution = solve_convex_program(U_prime, patterns, y, *args, pool=pool, subset=subset)
         history.append(solution.objective)
         logger.info("%s: grow round %d, %d patterns, objective %.8g", owner, round_index + 1,
                     len(patterns), solution.objective)
@@ -135,8 +137,8 @@ class _ConvexBNBase(BaseEstimator):
 
     Parameters: ``beta`` (weight decay, > 0), ``patterns`` ("auto", "exhaustive" or a number
     of sampled gates), ``solver`` ("clarabel", "scs", "torch"), ``loss``, ``random_state``
-    (the sampled gates and probes), ``solver_options`` (passed to the solver; for "torch"
-    also "device", "dtype" and "accept_inaccurate"), ``whitening_rank`` and ``whitening``
+    (the sampled gates and probes), ``solver_options`` (passed to the solver; for "torch" the
+    interior-point settings, "threads", "device" and "accept_inaccurate"), ``whitening_rank`` and ``whitening``
     (docs/math.md section 7), ``grow`` (column generation) with ``max_rounds``,
     ``n_probes`` and ``max_new_patterns``, ``progress`` (a tqdm bar for the grow rounds;
     each round is also logged at INFO level on the "convexnorm" logger).

@@ -7,6 +7,7 @@ residue. The estimators and the block's ``freeze`` call ``solve_convex_program``
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from dataclasses import dataclass, field, replace
@@ -15,12 +16,13 @@ import cvxpy as cp
 import numpy as np
 import torch
 
-from convexnorm._validation import check_device, check_dtype
-from convexnorm.convex.native import solve_native
+from convexnorm._validation import check_device
 from convexnorm.errors import SolverError
 from convexnorm.convex.certificate import GROW_RTOL, exact_dual_values
 from convexnorm.losses import negative_gradient, torch_loss
 from convexnorm.programs import convex_bn_program
+from convexnorm.solvers.native import native_settings, solve_native
+from convexnorm.solvers.problem import ConvexBNProblem
 
 logger = logging.getLogger("convexnorm")
 
@@ -57,16 +59,16 @@ POLISH_ROUNDS = 3
 @dataclass(frozen=True)
 class ScalarSolution:
     """One scalar-output convex model: neurons s_j (rows) with output signs +-1, the
-    solver's report (status or measured optimality), the dual multipliers of the margin
-    constraints times y (hinge loss: the certificate's lam) and, for solver='torch', the
-    full (W, G) iterate used to warm-start a later solve."""
+    solver's report (status or measured optimality) and the dual multipliers of the margin
+    constraints times y (hinge loss: the certificate's lam) and which of the patterns solved
+    over carry a neuron."""
 
     neurons: np.ndarray  # (m, r + 1)
     signs: np.ndarray  # (m,)
     objective: float
     report: dict = field(default_factory=dict)
-    warm: tuple | None = None
     dual: np.ndarray | None = None
+    active_patterns: np.ndarray | None = None
 
     def predict(self, U_rows: np.ndarray, pool: np.ndarray | None = None) -> np.ndarray:
         """sum_j sign_j (u' . s_j)_+ for whitened rows u' (training or test-time map),
@@ -77,46 +79,42 @@ class ScalarSolution:
 
 def _solve_native(
     U_prime: np.ndarray, patterns: np.ndarray, y: np.ndarray, beta: float, loss: str, owner: str,
-    solver_options: dict | None, warm_start: tuple | None,
-) -> tuple[np.ndarray, np.ndarray, dict, tuple]:
-    """solver='torch': the native solver on solver_options['device'] (default CPU), float64
-    unless solver_options['dtype'] says otherwise; other options go to solve_native. A solve
-    that misses its tolerances raises SolverError unless solver_options['accept_inaccurate']."""
+    solver_options: dict | None,
+) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray]:
+    """solver='torch': the interior-point method (solvers/native.py) in float64 on
+    solver_options['device'] (default CPU); its other options are native_settings'. A solve that
+    misses its tolerances raises SolverError unless solver_options['accept_inaccurate']. Returns
+    S, T, the report and lam (the dual bound's multipliers)."""
     options = dict(solver_options or {})
     device = check_device(options.pop("device", "cpu"), owner)
-    dtype = check_dtype(options.pop("dtype", torch.float64), owner)
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"{owner}: solver='torch' computes in float32 or float64, got {dtype}")
     accept = bool(options.pop(ACCEPT_INACCURATE, False))
-    A = torch.as_tensor(U_prime, dtype=dtype, device=device)
-    masks = torch.as_tensor(patterns.T, dtype=dtype, device=device)
-    try:
-        result = solve_native(A, masks, torch.as_tensor(y, dtype=dtype, device=device), beta, loss,
-                              warm_start=warm_start, **options)
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"{owner}: {error}") from error
-    if not result.converged:
-        message = (f"{owner}: solver='torch' stopped after {result.iterations} iterations without meeting its "
-                   f"tolerances (relative gap {result.relative_gap}, stationarity {result.stationarity:.2e}, "
-                   f"violation {result.violation:.2e})")
+    settings, threads = native_settings(options, owner)
+    as_tensor = functools.partial(torch.as_tensor, dtype=torch.float64, device=device)
+    problem = ConvexBNProblem(as_tensor(U_prime)[None], as_tensor(patterns.T)[None], as_tensor(y)[None],
+                              as_tensor([beta]), loss)
+    result = solve_native(problem, settings, threads)
+    measured = {name: float(getattr(result.criteria, name)[0])
+                for name in ("objective", "lower_bound", "relative_gap", "violation")}
+    converged, iterations = bool(result.converged[0]), int(result.iterations[0])
+    if not converged:
+        message = (f"{owner}: solver='torch' stopped after {iterations} iterations without meeting its tolerances "
+                   f"(relative gap {measured['relative_gap']:.2e}, violation {measured['violation']:.2e}, "
+                   f"tol {settings.tol:g})")
         if not accept:
-            raise SolverError(f"{message}; raise max_outer or loosen tol in solver_options, or pass "
+            raise SolverError(f"{message}; raise max_iterations or loosen tol in solver_options, or pass "
                               f"solver_options={{'{ACCEPT_INACCURATE}': True}} to keep the inaccurate solution")
         warnings.warn(message, RuntimeWarning, stacklevel=4)
     P = patterns.shape[0]
-    W = result.W.double().cpu().numpy()
-    report = {"solver": "torch", "method": result.method, "converged": result.converged,
-              "relative_gap": result.relative_gap,
-              "stationarity": result.stationarity, "violation": result.violation, "iterations": result.iterations}
-    return W[:, :P], W[:, P:], report, (result.W, result.G)
+    W = result.W[0].T.cpu().numpy()
+    report = {"solver": "torch", "converged": converged, "iterations": iterations, **measured}
+    return W[:, :P], W[:, P:], report, result.lam[0].cpu().numpy() if loss == "hinge" else None
 
 
 def _solve_variables(
     U_prime: np.ndarray, patterns: np.ndarray, y: np.ndarray, beta: float, loss: str, solver: str,
-    owner: str, solver_options: dict | None, warm_start: tuple | None = None, pool: np.ndarray | None = None,
-    tight: bool = True,
-) -> tuple[np.ndarray, np.ndarray, dict, tuple | None, np.ndarray | None]:
-    """S and T of one solve, the solver's report, the native warm-start state and (hinge loss)
+    owner: str, solver_options: dict | None, pool: np.ndarray | None = None, tight: bool = True,
+) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray | None]:
+    """S and T of one solve, the solver's report and (hinge loss)
     lam = y * alpha from the margin constraints' multipliers. For cvxpy, Parameters are
     treated as constants (cvxpy's parametric canonicalization of this program grows as
     n P^2 r' and suits only small layers). ``tight``: Clarabel at TIGHT_CLARABEL first; its
@@ -125,7 +123,7 @@ def _solve_variables(
         if pool is not None:
             raise ValueError(f"{owner}: solver='torch' does not solve pooled (convolutional) programs; "
                              "use 'clarabel' or 'scs'")
-        return (*_solve_native(U_prime, patterns, y, beta, loss, owner, solver_options, warm_start), None)
+        return _solve_native(U_prime, patterns, y, beta, loss, owner, solver_options)
     rows, r_prime = U_prime.shape
     program = convex_bn_program(len(y), r_prime, len(patterns), loss, constraint_rows=rows)
     program.set_data(U_prime, patterns, y, beta, pool)
@@ -149,7 +147,7 @@ def _solve_variables(
         if status == cp.OPTIMAL:
             report = {"solver": name, "status": status, "solve_time": program.problem.solver_stats.solve_time}
             dual = None if program.margin is None else y * np.asarray(program.margin.dual_value, dtype=float)
-            return program.S.value, program.T.value, report, None, dual
+            return program.S.value, program.T.value, report, dual
         retry = index + 1 < len(attempts) and status != cp.INFEASIBLE and status != cp.UNBOUNDED
         if not retry:
             break
@@ -176,44 +174,41 @@ def solve_convex_program(
     solver: str,
     owner: str,
     solver_options: dict | None = None,
-    warm_start: tuple | None = None,
     pool: np.ndarray | None = None,
     tight_first: bool = False,
+    subset: np.ndarray | None = None,
 ) -> ScalarSolution:
     """Solve over ``patterns`` (rows of U' summed by ``pool`` for convolutions), then polish:
     solve again over the patterns whose groups are active (norm above ``_zero_threshold``),
     so that the residue of inactive groups does not perturb the solution (Clarabel: always,
     at TIGHT_CLARABEL); residue groups are then dropped (RESIDUE_RTOLS). The native interior-point
     method removes its residue itself (certified), so its solutions are not re-solved.
-    ``warm_start`` is a previous solution's ``warm`` state (solver='torch'); ``tight_first`` asks
-    Clarabel for TIGHT_CLARABEL in the first solve as well."""
+    ``tight_first`` asks Clarabel for TIGHT_CLARABEL in the first solve as well. ``subset``
+    (boolean, one per pattern): solve over these patterns first (column generation: the last
+    round's active patterns and the new ones); a left-out pattern that violates the solution's
+    optimality over all of ``patterns`` is put back and the program solved again."""
     if not isinstance(solver, str) or solver not in SOLVERS:
         raise ValueError(f"{owner}: solver must be one of {sorted(SOLVERS)}, got {solver!r}")
     args = (y, beta, loss, solver, owner, solver_options)
-    S, T, report, warm, dual = _solve_variables(U_prime, patterns, *args, warm_start=warm_start, pool=pool,
-                                                tight=tight_first)
-    norms = np.maximum(np.linalg.norm(S, axis=0), np.linalg.norm(T, axis=0))
-    active = norms > _zero_threshold(norms, U_prime, y)
-    polish = active.any() and (not active.all() or solver == "clarabel")
-    first = report
-    for _ in range(POLISH_ROUNDS if polish and report.get("method") != "ipm" else 0):
-        restricted = None
-        if warm is not None:
-            index = torch.as_tensor(np.concatenate([np.flatnonzero(active), len(patterns) + np.flatnonzero(active)]),
-                                    device=warm[0].device)
-            restricted = (warm[0][:, index], warm[1][:, index])
-        S_active, T_active, report, _, dual = _solve_variables(U_prime, patterns[active], *args,
-                                                               warm_start=restricted, pool=pool)
+    chosen = np.ones(len(patterns), dtype=bool) if subset is None else np.asarray(subset, dtype=bool).copy()
+    tight = tight_first
+    for round_index in range(POLISH_ROUNDS + 1):
+        S_chosen, T_chosen, report, dual = _solve_variables(U_prime, patterns[chosen], *args, pool=pool, tight=tight)
         S, T = np.zeros((U_prime.shape[1], len(patterns))), np.zeros((U_prime.shape[1], len(patterns)))
-        S[:, active], T[:, active] = S_active, T_active
-        if "iterations" in first:
-            report = {**report, "iterations": first["iterations"] + report["iterations"]}
-        missed = _violating_excluded(U_prime, patterns, active, S, T, y, beta, loss, dual, pool)
+        S[:, chosen], T[:, chosen] = S_chosen, T_chosen
+        tight = True
+        if round_index == 0 and solver != "torch":
+            norms = np.maximum(np.linalg.norm(S, axis=0), np.linalg.norm(T, axis=0))
+            active = norms > _zero_threshold(norms, U_prime, y)
+            if active.any() and (not active[chosen].all() or solver == "clarabel"):
+                chosen = active
+                continue
+        missed = _violating_excluded(U_prime, patterns, chosen, S, T, y, beta, loss, dual, pool)
         if not missed.any():
             break
-        logger.info("%s: %d pattern(s) left out of the polishing solve violate its optimality; solving again with "
-                    "them", owner, int(missed.sum()))
-        active |= missed
+        logger.info("%s: %d pattern(s) left out of the solve violate its optimality; solving again with them",
+                    owner, int(missed.sum()))
+        chosen |= missed
     norms = np.concatenate([np.linalg.norm(S, axis=0), np.linalg.norm(T, axis=0)])
     neurons = np.concatenate([S.T, T.T])
     signs = np.concatenate([np.ones(S.shape[1]), -np.ones(T.shape[1])])
@@ -226,7 +221,8 @@ def solve_convex_program(
         if (solution.objective <= whole.objective + DROP_RTOL * abs(whole.objective)
                 and moved <= DROP_RTOL * max(np.linalg.norm(y), 1.0)):
             break
-    return replace(solution, report=report, warm=warm, dual=dual)
+    active_patterns = keep[: len(patterns)] | keep[len(patterns):]
+    return replace(solution, report=report, dual=dual, active_patterns=active_patterns)
 
 
 def _violating_excluded(U_prime: np.ndarray, patterns: np.ndarray, active: np.ndarray, S: np.ndarray, T: np.ndarray,

@@ -24,7 +24,7 @@ from convexnorm.losses import MARGIN_LOSSES, check_loss, loss_terms
 from convexnorm.nn._solve import call_program
 from convexnorm.programs import ConvexBNProgram, convex_bn_program
 from convexnorm.solvers.implicit import InteriorPointSolve
-from convexnorm.solvers.interior_point import InteriorPointSettings
+from convexnorm.solvers.native import native_settings
 from convexnorm.solvers.threads import intra_op_threads
 
 #: Cone constraints (2D - I) U' s >= 0 may be violated by this fraction of max ||s||.
@@ -167,13 +167,7 @@ class ConvexBNReLU(nn.Module):
     def _solve_episodes(self, U_prime: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """S and T (B, k, P) of the episodes' programs, by the batched interior-point method."""
         masks = self._patterns(U_prime)
-        options = {"tol": BLOCK_TOL, **self.solver_args}
-        threads = options.pop("threads", 1)
-        try:
-            settings = InteriorPointSettings(**options)
-        except TypeError as error:
-            raise ValueError(f"ConvexBNReLU: solver_args for solver='torch' are tol, violation_tol, max_iterations "
-                             f"and threads ({error})") from error
+        settings, threads = native_settings(self.solver_args, "ConvexBNReLU", tol=BLOCK_TOL)
         beta = self.beta.to(U_prime).expand(U_prime.shape[0])
         if self.loss == "hinge" and torch.is_grad_enabled() and (U_prime.requires_grad or y.requires_grad
                                                                  or beta.requires_grad):

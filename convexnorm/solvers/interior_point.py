@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from convexnorm._validation import check_count, check_positive
 from convexnorm.solvers.cones import (NTScaling, identity_like, jordan_divide, jordan_product, orthant_max_step,
                                       soc_max_step, soc_min_eigenvalue)
 from convexnorm.solvers.kkt import (Conic, Criteria, Primal, constraint_adjoint, constraint_map, constraint_offset,
@@ -45,6 +46,15 @@ class InteriorPointSettings:
     step_fraction: float = 0.99
     centering_exponent: int = 3
     patience: int = 4
+
+    def __post_init__(self) -> None:
+        """ValueError for a value the method cannot run with."""
+        for name in ("tol", "violation_tol"):
+            check_positive(getattr(self, name), "InteriorPointSettings", name)
+        for name in ("max_iterations", "centering_exponent", "patience"):
+            check_count(getattr(self, name), "InteriorPointSettings", name)
+        if not 0 < check_positive(self.step_fraction, "InteriorPointSettings", "step_fraction") < 1:
+            raise ValueError(f"InteriorPointSettings: step_fraction must be in (0, 1), got {self.step_fraction!r}")
 
 
 @dataclass
@@ -86,6 +96,11 @@ def _initial_point(problem: ConvexBNProblem) -> tuple[Primal, Conic, Conic]:
     return x, _shifted_into_cone(-residual), _shifted_into_cone(residual)
 
 
+def _zero_network(problem: ConvexBNProblem, like: Primal) -> Primal:
+    """The point W = 0, tau = 0 (hinge: the slacks xi = 1 that f = 0 needs)."""
+    return Primal(torch.zeros_like(like.X), None if like.xi is None else torch.ones_like(like.xi))
+
+
 def _max_step(u: Conic, d: Conic) -> torch.Tensor:
     """Largest alpha per program with u + alpha d in K."""
     steps = [orthant_max_step(a, b).flatten(1).amin(1) for a, b in zip(u.orthants(), d.orthants())]
@@ -117,10 +132,13 @@ def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = I
     """Solve every program of the batch (see the module docstring)."""
     x, s, z = _initial_point(problem)
     batch = problem.batch
-    done = torch.zeros(batch, dtype=torch.bool, device=problem.A.device)
     iterations = torch.zeros(batch, dtype=torch.long, device=problem.A.device)
     degree = s.degree()
-    measured = criteria(problem, x, z)
+    # W = 0 where it is certified at once (y = 0, or beta above every group's dual norm at lam = -loss'(0))
+    zero = _zero_network(problem, x)
+    measured, at_zero = criteria(problem, x, z), criteria(problem, zero, z)
+    done = at_zero.met(settings.tol, settings.violation_tol)
+    x, measured = zero.where(done, x), at_zero.where(done, measured)
     best = _Best(x, s, z, measured, settings.violation_tol)
     for iteration in range(settings.max_iterations):
         done = done | measured.met(settings.tol, settings.violation_tol) | (best.stalled >= settings.patience)

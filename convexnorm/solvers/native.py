@@ -1,0 +1,83 @@
+"""solver="torch": the batched interior-point method behind the options every public class takes.
+
+``native_settings`` turns ``solver_options`` (tol, violation_tol, max_iterations, step_fraction,
+centering_exponent, patience, threads) into the method's settings, the same for the estimators
+and the block; ``solve_native`` runs it and returns the certified solution without the
+solver's residue: groups far below the largest are set to exactly zero where the dual bound
+still certifies the result within ``tol`` (docs/math.md, section 4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+import torch
+
+from convexnorm._validation import check_count
+from convexnorm.solvers.interior_point import InteriorPointSettings, interior_point
+from convexnorm.solvers.kkt import Criteria, Primal, criteria, multipliers
+from convexnorm.solvers.problem import ConvexBNProblem
+from convexnorm.solvers.threads import intra_op_threads
+
+#: Groups below these fractions of the largest norm are tried as exact zeros, largest first;
+#: the first whose certified gap stays within tol (and violation within violation_tol) is kept.
+ZERO_GROUP_RTOLS = (1e-3, 1e-4, 1e-5, 1e-6)
+#: The option names of solver="torch" besides the settings' fields.
+THREADS = "threads"
+
+
+def option_names() -> tuple[str, ...]:
+    return (*(f.name for f in fields(InteriorPointSettings)), THREADS)
+
+
+def native_settings(options: Mapping[str, Any] | None, owner: str, **defaults: Any
+                    ) -> tuple[InteriorPointSettings, int | None]:
+    """(settings, threads) from ``options`` over ``defaults``; threads defaults to 1 (on a loaded
+    2-core machine torch's default threads collapsed the method 125x: docs/benchmarks.md).
+    ValueError, naming ``owner``, for an unknown option or a bad value."""
+    merged = {**defaults, **(options or {})}
+    threads = merged.pop(THREADS, 1)
+    unknown = sorted(set(merged) - set(option_names()))
+    if unknown:
+        raise ValueError(f"{owner}: solver='torch' does not take option(s) {unknown}; it takes {list(option_names())}")
+    if threads is not None:
+        check_count(threads, owner, "solver_options['threads']")
+    try:
+        settings = InteriorPointSettings(**merged)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{owner}: solver='torch': {error}") from error
+    return settings, threads
+
+
+@dataclass
+class NativeSolution:
+    """Per program: neurons W (batch, 2P, k), the dual bound's multipliers lam (batch, n; the hinge
+    loss: y * alpha of its margin constraints), the criteria of W, convergence and iterations."""
+
+    W: torch.Tensor
+    lam: torch.Tensor
+    criteria: Criteria
+    converged: torch.Tensor
+    iterations: torch.Tensor
+
+
+def solve_native(problem: ConvexBNProblem, settings: InteriorPointSettings = InteriorPointSettings(),
+                 threads: int | None = 1) -> NativeSolution:
+    """Solve every program of ``problem`` by the interior-point method (``threads``: torch's
+    intra-op threads meanwhile), then remove the residue of inactive groups where certified."""
+    with intra_op_threads(threads):
+        result = interior_point(problem, settings)
+        lam = multipliers(problem, result.x, result.z)
+        W, measured = result.W, result.criteria
+        norms = torch.linalg.norm(W, dim=-1)
+        settled = torch.zeros_like(result.converged)
+        for rtol in ZERO_GROUP_RTOLS:
+            keep = norms > rtol * norms.amax(-1, keepdim=True)
+            cleaned = W * keep[..., None]
+            trial = criteria(problem, Primal.of_neurons(cleaned), result.z)
+            accept = ~settled & trial.met(settings.tol, settings.violation_tol)
+            W = torch.where(accept[:, None, None], cleaned, W)
+            measured = trial.where(accept, measured)
+            settled = settled | accept
+    return NativeSolution(W, lam, measured, measured.met(settings.tol, settings.violation_tol), result.iterations)
