@@ -52,10 +52,10 @@ def main() -> None:
         masks = block._patterns(U_prime).numpy().T.astype(bool)
         direct = median_seconds(lambda: solve_convex_program(U_prime.numpy(), masks, y.numpy(), 0.05, "squared",
                                                              "clarabel", "bench"), args.repeats)
-        for label, solver, solver_args in (("SCS", "cvxpylayers", {}),
+        for label, solver, solver_options in (("SCS", "cvxpylayers", {}),
                                            ("Clarabel", "cvxpylayers", {"solve_method": "Clarabel"}),
                                            ("native", "torch", {})):
-            block = ConvexBNReLU(d, beta=0.05, n_patterns=P, solver=solver, solver_args=solver_args)
+            block = ConvexBNReLU(d, beta=0.05, n_patterns=P, solver=solver, solver_options=solver_options)
             H_var = H.clone().requires_grad_(True)
             start = time.perf_counter()
             block(H_var, y)

@@ -51,7 +51,7 @@ def main() -> None:
         x = torch.randn(n, c, h, w, dtype=dtype, device=args.device, generator=None)
         modules = {
             "torch": torch.nn.BatchNorm2d(c, dtype=dtype, device=args.device),
-            "native": BatchNorm2d(c, dtype=dtype, device=args.device, backend="native"),
+            "native": BatchNorm2d(c, dtype=dtype, device=args.device, solver="torch"),
             "cvxpylayers": BatchNorm2d(c, dtype=dtype, device=args.device),
         }
         repeats = {"torch": 50 * args.repeats, "native": 50 * args.repeats, "cvxpylayers": args.repeats}

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Sequence
 
-def _with_convex_norms(model, backend: str):
+def _with_convex_norms(model, solver: str):
     """A copy of ``model`` whose torch BatchNorm layers are convexnorm's (same state dict)."""
     import copy
 
@@ -27,12 +27,12 @@ def _with_convex_norms(model, backend: str):
         if type(child) in replacements:
             replacement = replacements[type(child)](
                 child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats,
-                dtype=torch.float64, backend=backend,
+                dtype=torch.float64, solver=solver,
             )
             replacement.load_state_dict(child.state_dict())
             setattr(ours, name, replacement)
         else:
-            setattr(ours, name, _with_convex_norms(child, backend))
+            setattr(ours, name, _with_convex_norms(child, solver))
     return ours
 
 
@@ -51,7 +51,7 @@ def _step(model, x, y) -> tuple[dict, float]:
     return result, elapsed
 
 
-def layers(seed: int = 0, batch_size: int = 64, backend: str = "cvxpylayers") -> int:
+def layers(seed: int = 0, batch_size: int = 64, solver: str = "cvxpylayers") -> int:
     """Run digit classifiers with torch's BatchNorm and with ours; print the agreement."""
     import torch
     from sklearn.datasets import load_digits
@@ -68,12 +68,12 @@ def layers(seed: int = 0, batch_size: int = 64, backend: str = "cvxpylayers") ->
             nn.Flatten(), nn.Linear(8 * 64, 10),
         ),
     }
-    print(f"convexnorm layers: {batch_size} scikit-learn digits, float64, backend={backend!r}")
+    print(f"convexnorm layers: {batch_size} scikit-learn digits, float64, solver={solver!r}")
     print(f"{'model':<20} {'mode':<6} {'quantity':<20} {'max abs diff':>12}")
     worst = 0.0
     for title, reference in models.items():
         reference = reference.double()
-        ours = _with_convex_norms(reference, backend)
+        ours = _with_convex_norms(reference, solver)
         for mode in ("train", "eval"):
             reference.train(mode == "train")
             ours.train(mode == "train")
@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     layers_parser.add_argument("--seed", type=_count(0), default=0, help="seed of the models' initialization")
     layers_parser.add_argument("--batch-size", type=_count(2), default=64, help="digits in the batch")
-    layers_parser.add_argument("--backend", choices=("cvxpylayers", "native"), default="cvxpylayers",
+    layers_parser.add_argument("--solver", choices=("cvxpylayers", "torch"), default="cvxpylayers",
                                help="how the layers compute the normalization")
     args = parser.parse_args(argv)
     interactive = sys.stderr.isatty()
@@ -228,8 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             return demo(tuple(args.pair), args.components, args.beta, args.patterns, args.rounds, args.steps,
                         args.seed, progress=interactive)
-        return layers(args.seed, args.batch_size, args.backend)
-    except ValueError as error:  # bad input found by the library (e.g. a batch too large for a backend)
+        return layers(args.seed, args.batch_size, args.solver)
+    except ValueError as error:  # bad input found by the library (e.g. a batch too large for a solver)
         print(f"convexnorm {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -46,7 +46,7 @@ def train_convex_head(data, epochs: int, seed: int) -> dict[str, list[float]]:
     X_train, X_test, y_train, y_test = data
     torch.manual_seed(seed)
     features = extractor()
-    head = ConvexBNReLU(FEATURES, beta=1e-2, n_patterns=WIDTH, seed=seed, solver_args={"solve_method": "Clarabel"})
+    head = ConvexBNReLU(FEATURES, beta=1e-2, n_patterns=WIDTH, seed=seed, solver_options={"solve_method": "Clarabel"})
     optimizer = torch.optim.Adam(features.parameters(), lr=1e-2)
     generator = torch.Generator().manual_seed(seed)
     curves: dict[str, list[float]] = {"loss": [], "test": [], "seconds": []}

@@ -65,7 +65,7 @@ def main() -> None:
     data = (data[0].float(), data[1].float(), data[2], data[3])
     print(f"{'normalization':<34} {'test acc':>8} {'train s':>8} {'max |z|':>8}")
     for name, norm in (
-        ("BatchNorm1d (convexnorm, native)", BatchNorm1d(16, affine=False, backend="native", track_running_stats=False)),
+        ("BatchNorm1d (convexnorm, native)", BatchNorm1d(16, affine=False, solver="torch", track_running_stats=False)),
         (f"ProgramNorm, |z| <= {BOUND}", ProgramNorm(bounded_standardization, 16, affine=False)),
     ):
         accuracy, elapsed, hidden = train(norm, data)

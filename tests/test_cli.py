@@ -11,7 +11,7 @@ from convexnorm.cli import main
 
 
 def test_layers_reports_agreement_with_torch(capsys) -> None:
-    assert main(["layers", "--batch-size", "16", "--backend", "cvxpylayers"]) == 0
+    assert main(["layers", "--batch-size", "16", "--solver", "cvxpylayers"]) == 0
     out = capsys.readouterr().out
     assert "CNN (BatchNorm2d)" in out and "MLP (BatchNorm1d)" in out
     worst = float(out.strip().splitlines()[-1].split()[-1])
@@ -32,7 +32,7 @@ def test_demo_compares_convex_training_with_adam(capsys) -> None:
     (["demo", "--beta", "nan"], "--beta: must be a finite number > 0"),
     (["demo", "--pair", "8", "12"], "digits are 0-9"),
     (["layers", "--batch-size", "1"], "--batch-size: must be >= 2"),
-    (["layers", "--backend", "gpu"], "invalid choice"),
+    (["layers", "--solver", "gpu"], "invalid choice"),
     (["nonsense"], "invalid choice"),
 ])
 def test_bad_arguments_print_one_line_and_exit_2(args, message, capsys) -> None:
@@ -59,7 +59,7 @@ def test_help_is_fast_and_lists_every_default() -> None:
 
 
 def test_importing_the_library_leaves_matplotlib_alone() -> None:
-    """Neither ``import convexnorm`` nor its diagnostics switch the user's matplotlib backend."""
+    """Neither ``import convexnorm`` nor its diagnostics switch the user's matplotlib solver."""
     probe = ("import convexnorm, convexnorm.diagnostics, matplotlib; convexnorm.diagnostics.plot_relative_loss; "
              "print(matplotlib.get_backend())")
     env = {**os.environ, "MPLBACKEND": "svg"}

@@ -182,7 +182,7 @@ def test_estimated_statistics_follow_the_update_rule_without_gradient():
 
 def test_batch_statistics_of_one_sample_name_the_alternatives():
     with pytest.raises(ValueError, match="EstimatedBatchNorm.*BNP"):
-        cn.nn.BatchNorm1d(3, backend="native")(torch.randn(1, 3))
+        cn.nn.BatchNorm1d(3, solver="torch")(torch.randn(1, 3))
 
 
 def test_relative_loss_closed_form_and_divergence():

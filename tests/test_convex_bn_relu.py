@@ -132,7 +132,7 @@ def test_bad_input_and_solver_failure_keep_state() -> None:
         ConvexBNReLU(3, loss="logistic")(H, y)
     with pytest.raises(ValueError, match="H must be"):
         block(H[:, :2], y)
-    failing = ConvexBNReLU(3, beta=0.1, n_patterns=8, solver_args={"max_iters": 2})
+    failing = ConvexBNReLU(3, beta=0.1, n_patterns=8, solver_options={"max_iters": 2})
     with pytest.raises(cn.SolverError, match="ConvexBNReLU"):
         failing(H, y)
     for key, value in block.state_dict().items():

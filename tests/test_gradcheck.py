@@ -15,23 +15,23 @@ from convexnorm.programs import standardization_program
 F64 = {"dtype": torch.float64}
 
 
-def layers(backend: str) -> list[tuple[torch.nn.Module, tuple[int, ...]]]:
+def layers(solver: str) -> list[tuple[torch.nn.Module, tuple[int, ...]]]:
     return [
-        (cn.nn.BatchNorm1d(3, backend=backend, **F64), (6, 3)),
-        (cn.nn.BatchNorm2d(2, backend=backend, **F64), (3, 2, 2, 2)),
-        (cn.nn.LayerNorm(4, backend=backend, **F64), (3, 4)),
-        (cn.nn.GroupNorm(2, 4, backend=backend, **F64), (2, 4, 2)),
+        (cn.nn.BatchNorm1d(3, solver=solver, **F64), (6, 3)),
+        (cn.nn.BatchNorm2d(2, solver=solver, **F64), (3, 2, 2, 2)),
+        (cn.nn.LayerNorm(4, solver=solver, **F64), (3, 4)),
+        (cn.nn.GroupNorm(2, 4, solver=solver, **F64), (2, 4, 2)),
     ]
 
 
-@pytest.mark.parametrize("backend", ["native", "cvxpylayers"])
-def test_normalization_layers_pass_gradcheck(backend) -> None:
+@pytest.mark.parametrize("solver", ["torch", "cvxpylayers"])
+def test_normalization_layers_pass_gradcheck(solver) -> None:
     torch.manual_seed(0)
-    for layer, shape in layers(backend):
+    for layer, shape in layers(solver):
         for training in (True, False):
             layer.train(training)
             x = torch.randn(*shape, **F64, requires_grad=True)
-            # the program backend solves to 1e-10 (SCS): the forward is accurate to ~1e-10
+            # the program solver solves to 1e-10 (SCS): the forward is accurate to ~1e-10
             assert gradcheck(layer, (x,), eps=1e-6, atol=1e-6, rtol=1e-5, nondet_tol=0.0), (layer, training)
 
 
@@ -58,15 +58,15 @@ def block_inputs(seed: int = 0):
     return H, y
 
 
-@pytest.mark.parametrize("solver, solver_args, tolerance, rtol", [
+@pytest.mark.parametrize("solver, solver_options, tolerance, rtol", [
     # SCS at 1e-12: central differences with eps 1e-5 agree with diffcp's gradients to 1.4e-6
     ("cvxpylayers", {"eps_abs": 1e-12, "eps_rel": 1e-12, "max_iters": 1_000_000}, 1e-5, 1e-3),
     # the batched interior-point method at its default tolerance, polished to float64's precision
     ("torch", {}, 1e-7, 1e-6),
 ])
-def test_convex_bn_relu_block_passes_gradcheck(solver, solver_args, tolerance, rtol) -> None:
+def test_convex_bn_relu_block_passes_gradcheck(solver, solver_options, tolerance, rtol) -> None:
     H, y = block_inputs()
-    block = cn.nn.ConvexBNReLU(3, beta=0.1, n_patterns=6, solver=solver, solver_args=solver_args,
+    block = cn.nn.ConvexBNReLU(3, beta=0.1, n_patterns=6, solver=solver, solver_options=solver_options,
                                learnable_beta=True)
     beta = block.log_beta
     assert gradcheck(lambda h, t: block(h, t), (H, y), eps=1e-5, atol=tolerance, rtol=rtol, nondet_tol=0.0)

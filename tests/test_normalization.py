@@ -11,7 +11,7 @@ import convexnorm
 from convexnorm import nn as cnn
 
 TOL = 1e-6
-BACKENDS = ["cvxpylayers", "native"]
+SOLVERS = ["cvxpylayers", "torch"]
 
 # (our class, torch class, constructor args, constructor kwargs, input shape)
 CASES = {
@@ -34,7 +34,7 @@ CASES = {
 }
 
 
-def make_pair(case: str, backend: str, seed: int = 0):
+def make_pair(case: str, solver: str, seed: int = 0):
     ours_cls, torch_cls, args, kwargs, shape = CASES[case]
     generator = torch.Generator().manual_seed(seed)
     reference_kwargs = dict(kwargs)
@@ -46,7 +46,7 @@ def make_pair(case: str, backend: str, seed: int = 0):
     with torch.no_grad():
         for p in reference.parameters():
             p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float64))
-    ours = ours_cls(*args, **kwargs, dtype=torch.float64, backend=backend)
+    ours = ours_cls(*args, **kwargs, dtype=torch.float64, solver=solver)
     ours.load_state_dict(reference.state_dict())
     assert ours.state_dict().keys() == reference.state_dict().keys()
     return ours, reference, shape, generator
@@ -66,10 +66,10 @@ def assert_close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
     assert err <= TOL, f"{what}: max abs error {err:.3e}"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_matches_torch_in_train_and_eval(case: str, backend: str) -> None:
-    ours, reference, shape, generator = make_pair(case, backend)
+def test_matches_torch_in_train_and_eval(case: str, solver: str) -> None:
+    ours, reference, shape, generator = make_pair(case, solver)
     for mode in ("train", "train", "eval"):
         ours.train(mode == "train")
         reference.train(mode == "train")
@@ -85,13 +85,13 @@ def test_matches_torch_in_train_and_eval(case: str, backend: str) -> None:
             assert_close(getattr(ours, name).double(), buffer.double(), f"{mode} buffer {name}")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_state_dict_round_trip(backend: str) -> None:
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_state_dict_round_trip(solver: str) -> None:
     reference = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3), torch.nn.LayerNorm(3))
     reference.train()
     reference(torch.randn(8, 4))
     ours = torch.nn.Sequential(
-        torch.nn.Linear(4, 3), cnn.BatchNorm1d(3, backend=backend), cnn.LayerNorm(3, backend=backend)
+        torch.nn.Linear(4, 3), cnn.BatchNorm1d(3, solver=solver), cnn.LayerNorm(3, solver=solver)
     )
     ours.load_state_dict(reference.state_dict(), strict=True)
     back = copy.deepcopy(reference)
@@ -101,11 +101,11 @@ def test_state_dict_round_trip(backend: str) -> None:
         assert torch.equal(back.state_dict()[key], value)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_float32_input_gives_float32_output(backend: str) -> None:
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_float32_input_gives_float32_output(solver: str) -> None:
     x = torch.randn(6, 4, 3, 3)
-    for module in (cnn.BatchNorm2d(4, backend=backend), cnn.GroupNorm(2, 4, backend=backend),
-                   cnn.LayerNorm((3, 3), backend=backend)):
+    for module in (cnn.BatchNorm2d(4, solver=solver), cnn.GroupNorm(2, 4, solver=solver),
+                   cnn.LayerNorm((3, 3), solver=solver)):
         y = module(x)
         assert y.dtype == torch.float32 and y.device == x.device
         reference = {"BatchNorm2d": torch.nn.BatchNorm2d(4), "GroupNorm": torch.nn.GroupNorm(2, 4),
@@ -115,10 +115,10 @@ def test_float32_input_gives_float32_output(backend: str) -> None:
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("case", ["bn2d", "ln", "gn"])
-def test_cuda_matches_torch(case: str, backend: str) -> None:
-    ours, reference, shape, generator = make_pair(case, backend)
+def test_cuda_matches_torch(case: str, solver: str) -> None:
+    ours, reference, shape, generator = make_pair(case, solver)
     ours, reference = ours.cuda(), reference.cuda()
     x = torch.randn(shape, generator=generator, dtype=torch.float64).cuda()
     weights = torch.randn(shape, generator=generator, dtype=torch.float64).cuda()
@@ -168,12 +168,12 @@ def assert_unchanged(module: torch.nn.Module, before: dict[str, torch.Tensor]) -
         assert torch.equal(value, before[key]), f"{key} changed"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_non_finite_input_raises_and_keeps_state(backend: str, bad: float) -> None:
-    for module, shape in ((cnn.BatchNorm2d(3, backend=backend), (4, 3, 2, 2)),
-                          (cnn.LayerNorm(5, backend=backend), (3, 5)),
-                          (cnn.GroupNorm(1, 3, backend=backend), (2, 3, 4))):
+def test_non_finite_input_raises_and_keeps_state(solver: str, bad: float) -> None:
+    for module, shape in ((cnn.BatchNorm2d(3, solver=solver), (4, 3, 2, 2)),
+                          (cnn.LayerNorm(5, solver=solver), (3, 5)),
+                          (cnn.GroupNorm(1, 3, solver=solver), (2, 3, 4))):
         x = torch.randn(shape)
         x.view(-1)[3] = bad
         before = snapshot(module)
@@ -182,10 +182,10 @@ def test_non_finite_input_raises_and_keeps_state(backend: str, bad: float) -> No
         assert_unchanged(module, before)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_one_value_per_channel_in_training_raises_as_torch(backend: str) -> None:
-    for ours, reference, x in ((cnn.BatchNorm1d(3, backend=backend), torch.nn.BatchNorm1d(3), torch.randn(1, 3)),
-                               (cnn.BatchNorm2d(3, backend=backend), torch.nn.BatchNorm2d(3), torch.randn(1, 3, 1, 1))):
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_one_value_per_channel_in_training_raises_as_torch(solver: str) -> None:
+    for ours, reference, x in ((cnn.BatchNorm1d(3, solver=solver), torch.nn.BatchNorm1d(3), torch.randn(1, 3)),
+                               (cnn.BatchNorm2d(3, solver=solver), torch.nn.BatchNorm2d(3), torch.randn(1, 3, 1, 1))):
         with pytest.raises(ValueError):
             reference(x)
         before = snapshot(ours)
@@ -196,29 +196,29 @@ def test_one_value_per_channel_in_training_raises_as_torch(backend: str) -> None
         assert torch.allclose(ours(x), reference.eval()(x))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_wrong_shapes_raise_value_error(backend: str) -> None:
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_wrong_shapes_raise_value_error(solver: str) -> None:
     with pytest.raises(ValueError, match="BatchNorm1d: expected 3 channels"):
-        cnn.BatchNorm1d(3, backend=backend)(torch.randn(4, 5))
+        cnn.BatchNorm1d(3, solver=solver)(torch.randn(4, 5))
     with pytest.raises(ValueError, match="BatchNorm2d: expected 4D"):
-        cnn.BatchNorm2d(3, backend=backend)(torch.randn(4, 3))
+        cnn.BatchNorm2d(3, solver=solver)(torch.randn(4, 3))
     with pytest.raises(ValueError, match="LayerNorm: expected input with trailing shape"):
-        cnn.LayerNorm((2, 3), backend=backend)(torch.randn(4, 3, 2))
+        cnn.LayerNorm((2, 3), solver=solver)(torch.randn(4, 3, 2))
     with pytest.raises(ValueError, match="GroupNorm: expected 4 channels"):
-        cnn.GroupNorm(2, 4, backend=backend)(torch.randn(4, 6, 2))
+        cnn.GroupNorm(2, 4, solver=solver)(torch.randn(4, 6, 2))
     with pytest.raises(ValueError, match="divisible"):
         cnn.GroupNorm(4, 6)
-    with pytest.raises(ValueError, match="backend"):
-        cnn.BatchNorm1d(3, backend="scs")
+    with pytest.raises(ValueError, match="solver"):
+        cnn.BatchNorm1d(3, solver="scs")
     with pytest.raises(ValueError, match="eps"):
         cnn.LayerNorm(3, eps=-1.0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_zero_variance_with_eps_zero_raises(backend: str) -> None:
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_zero_variance_with_eps_zero_raises(solver: str) -> None:
     x = torch.randn(6, 3, dtype=torch.float64)
     x[:, 1] = 2.5
-    module = cnn.BatchNorm1d(3, eps=0.0, dtype=torch.float64, backend=backend)
+    module = cnn.BatchNorm1d(3, eps=0.0, dtype=torch.float64, solver=solver)
     before = snapshot(module)
     with pytest.raises(ValueError, match="BatchNorm1d: group 1 has zero variance and eps=0"):
         module(x)
@@ -228,21 +228,21 @@ def test_zero_variance_with_eps_zero_raises(backend: str) -> None:
     with pytest.raises(ValueError, match="zero variance"):
         module(torch.randn(6, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="LayerNorm: group 0 has zero variance"):
-        cnn.LayerNorm(4, eps=0.0, backend=backend)(torch.ones(2, 4))
+        cnn.LayerNorm(4, eps=0.0, solver=solver)(torch.ones(2, 4))
     # with eps > 0 a constant group is well defined: zeros, as in torch
-    y = cnn.BatchNorm1d(3, dtype=torch.float64, backend=backend)(x)
+    y = cnn.BatchNorm1d(3, dtype=torch.float64, solver=solver)(x)
     assert_close(y, torch.nn.BatchNorm1d(3, dtype=torch.float64)(x), "constant channel, eps > 0")
 
 
 @pytest.mark.parametrize(
-    "solver_args, message",
+    "solver_options, message",
     [
         ({"max_iters": 2}, "the program was not solved .*max_iters"),
         ({"eps_abs": 1e-3, "eps_rel": 1e-3}, "inaccurate solve, optimality error"),
     ],
 )
-def test_failed_or_inaccurate_solve_raises_solver_error(solver_args: dict, message: str) -> None:
-    module = cnn.BatchNorm1d(3, dtype=torch.float64, solver_args=solver_args)
+def test_failed_or_inaccurate_solve_raises_solver_error(solver_options: dict, message: str) -> None:
+    module = cnn.BatchNorm1d(3, dtype=torch.float64, solver_options=solver_options)
     before = snapshot(module)
     with pytest.raises(convexnorm.SolverError, match=f"BatchNorm1d: {message}"):
         module(torch.randn(16, 3, dtype=torch.float64))
@@ -251,7 +251,7 @@ def test_failed_or_inaccurate_solve_raises_solver_error(solver_args: dict, messa
 
 def test_other_solve_method_is_checked_too() -> None:
     x = torch.randn(12, 3, dtype=torch.float64, requires_grad=True)
-    module = cnn.BatchNorm1d(3, dtype=torch.float64, solver_args={"solve_method": "Clarabel"})
+    module = cnn.BatchNorm1d(3, dtype=torch.float64, solver_options={"solve_method": "Clarabel"})
     y = module(x)
     assert_close(y.detach(), torch.nn.BatchNorm1d(3, dtype=torch.float64)(x).detach(), "Clarabel forward")
 

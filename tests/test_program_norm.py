@@ -124,4 +124,4 @@ def test_program_norm_errors() -> None:
     # Clarabel inside diffcp reports no status for an infeasible problem: the
     # constraint check catches the wrong answer instead.
     with pytest.raises(convexnorm.SolverError, match="ProgramNorm: inaccurate solve"):
-        ProgramNorm(infeasible, 3, solver_args={"solve_method": "Clarabel"})(x)
+        ProgramNorm(infeasible, 3, solver_options={"solve_method": "Clarabel"})(x)

@@ -161,8 +161,8 @@ def test_layer_arguments_are_validated(make, message) -> None:
 @pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex128])
 def test_layers_and_block_refuse_non_floating_input(dtype) -> None:
     x = torch.ones(4, 3).to(dtype)
-    for module in (cn.nn.BatchNorm1d(3, backend="native"), cn.nn.LayerNorm(3, backend="native"),
-                   cn.nn.GroupNorm(1, 3, backend="native"), cn.nn.EstimatedBatchNorm1d(3)):
+    for module in (cn.nn.BatchNorm1d(3, solver="torch"), cn.nn.LayerNorm(3, solver="torch"),
+                   cn.nn.GroupNorm(1, 3, solver="torch"), cn.nn.EstimatedBatchNorm1d(3)):
         with pytest.raises(ValueError, match=f"{type(module).__name__}: input must be a floating-point tensor"):
             module(x)
     block = cn.nn.ConvexBNReLU(3, beta=0.1, n_patterns=4)
@@ -174,7 +174,7 @@ def test_layers_and_block_refuse_non_floating_input(dtype) -> None:
 
 def test_groups_too_large_for_the_program_backend_are_refused_up_front() -> None:
     layer = cn.nn.BatchNorm1d(1)
-    with pytest.raises(ValueError, match="too large for backend='cvxpylayers'.*backend='native'"):
+    with pytest.raises(ValueError, match="too large for solver='cvxpylayers'.*solver='torch'"):
         layer(torch.randn(10_000, 1, dtype=torch.float64))
     assert int(layer.num_batches_tracked) == 0  # no state changed
 
@@ -225,7 +225,7 @@ def _catalogue():
          "ConvexBNRegressor.certify: random_state"),
         (lambda: cn.nn.ConvexBNReLU(2, n_patterns=3).freeze(H, t, solver="foo"), "ConvexBNReLU.freeze: solver must be"),
         (lambda: cn.nn.ConvexBNReLU(2, seed="x"), "ConvexBNReLU: seed must be"),
-        (lambda: cn.nn.BatchNorm1d(2, solver_args=[1, 2]), "BatchNorm1d: solver_args must be"),
+        (lambda: cn.nn.BatchNorm1d(2, solver_options=[1, 2]), "BatchNorm1d: solver_options must be"),
         (lambda: cn.diagnostics.plot_relative_loss({}, "unused.png"), "plot_relative_loss: expected a nonempty dict"),
         (lambda: cn.diagnostics.relative_loss(model, torch.randn(4, 2), labels, [-1.0]), "relative_loss: each of"),
         (lambda: cn.diagnostics.relative_loss(model, torch.randn(4, 2), labels, []), "relative_loss: step_sizes"),

@@ -93,7 +93,7 @@ def test_block_gradients_agree_with_cvxpylayers(loss: str) -> None:
     for solver, args in (("cvxpylayers", {"eps_abs": 1e-12, "eps_rel": 1e-12, "max_iters": 1_000_000}),
                          ("torch", {})):
         block = ConvexBNReLU(3, beta=0.2, n_patterns=10, learnable_beta=True, loss=loss, solver=solver,
-                             solver_args=args)
+                             solver_options=args)
         H_var, y_var = H.clone().requires_grad_(True), y.clone().requires_grad_(True)
         predictions, objective = block(H_var, y_var, H_query=H_query, return_objective=True)
         value = (predictions * weights).sum() + 0.3 * objective
@@ -157,11 +157,11 @@ def test_bad_episodes_are_named() -> None:
     with pytest.raises(ValueError, match="episodes .* need solver='torch'"):
         ConvexBNReLU(3, beta=0.2, n_patterns=10)(H, y)
     with pytest.raises(ValueError, match=r"ConvexBNReLU: solver='torch' does not take option\(s\) \['method'\]"):
-        ConvexBNReLU(3, solver="torch", solver_args={"method": "al"})(H, y)
+        ConvexBNReLU(3, solver="torch", solver_options={"method": "al"})(H, y)
 
 
 def test_unsolved_episode_is_named_and_settings_are_checked() -> None:
-    block = ConvexBNReLU(3, beta=0.2, n_patterns=10, solver="torch", solver_args={"max_iterations": 3})
+    block = ConvexBNReLU(3, beta=0.2, n_patterns=10, solver="torch", solver_options={"max_iterations": 3})
     H, y = episodes()
     with pytest.raises(cn.SolverError, match=r"ConvexBNReLU: solver='torch' did not meet its tolerances in "
                                              r"episode\(s\) \[0, 1, 2\]"):

@@ -40,7 +40,7 @@ def bn_relu_network(d: int, width: int, outputs: int = 1) -> nn.Sequential:
 def _bn_relu_network(d: int, width: int, outputs: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(d, width, bias=False),
-        BatchNorm1d(width, eps=0.0, backend="native"),
+        BatchNorm1d(width, eps=0.0, solver="torch"),
         nn.ReLU(),
         nn.Linear(width, outputs, bias=False),
     ).double()
@@ -66,7 +66,7 @@ def _bn_relu_conv_network(in_channels: int, width: int, kernel_size: int | tuple
                           outputs: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, width, kernel_size, stride=stride, bias=False),
-        BatchNorm2d(width, eps=0.0, backend="native"),
+        BatchNorm2d(width, eps=0.0, solver="torch"),
         nn.ReLU(),
         SumPool2d(),
         nn.Linear(width, outputs, bias=False),

@@ -49,9 +49,9 @@ def compile_program(program: Any) -> CvxpyLayer:
     return CvxpyLayer(program.problem, parameters=list(program.parameters), variables=list(program.variables))
 
 
-def solver_arguments(solver_args: Mapping[str, Any] | None) -> dict[str, Any]:
+def solver_arguments(solver_options: Mapping[str, Any] | None) -> dict[str, Any]:
     """diffcp arguments: the user's, on top of tight defaults for the chosen solve method."""
-    user = dict(solver_args or {})
+    user = dict(solver_options or {})
     method = user.get("solve_method", "SCS")
     return {"solve_method": method, "mode": DEFAULT_GRADIENT_MODE, **SOLVE_METHOD_DEFAULTS.get(method, {}), **user}
 
@@ -61,13 +61,13 @@ def call_program(
     parameters: Sequence[torch.Tensor],
     *,
     owner: str,
-    solver_args: Mapping[str, Any] | None = None,
+    solver_options: Mapping[str, Any] | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Solve a (batch of) program(s) through its compiled CvxpyLayer: float64 CPU tensors
     in and out, differentiable. Raises SolverError (naming ``owner``) when the solver fails,
     reports an inaccurate status or returns non-finite values."""
     layer = compile_program(program)
-    args = solver_arguments(solver_args)
+    args = solver_arguments(solver_options)
     if not (torch.is_grad_enabled() and any(p.requires_grad for p in parameters)):
         for key in _BACKWARD_ONLY_KEYS:
             args.pop(key, None)
@@ -82,7 +82,7 @@ def call_program(
         if "Inaccurate" in str(warning.message):
             raise SolverError(
                 f"{owner}: solver status 'solved/inaccurate' "
-                "(raise max_iters or loosen eps_abs/eps_rel in solver_args)"
+                "(raise max_iters or loosen eps_abs/eps_rel in solver_options)"
             )
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     if not all(torch.isfinite(v).all() for v in values):
@@ -107,7 +107,7 @@ def solve_program(
     groups: torch.Tensor,
     *,
     owner: str,
-    solver_args: Mapping[str, Any] | None = None,
+    solver_options: Mapping[str, Any] | None = None,
     tol: float = CHECK_TOL,
 ) -> torch.Tensor:
     """z*(x) for every row x of ``groups`` (shape (G, n)), in one batched cvxpylayers call.
@@ -116,7 +116,7 @@ def solve_program(
     optimality error (certificate or constraint violation) exceeds ``tol``.
     """
     x = groups.to(device="cpu", dtype=torch.float64)
-    values = call_program(program, [x], owner=owner, solver_args=solver_args)
+    values = call_program(program, [x], owner=owner, solver_options=solver_options)
     detached = [v.detach() for v in values]
     if program.certificate is not None:
         errors = program.certificate(x.detach(), *detached).numpy()
@@ -126,6 +126,6 @@ def solve_program(
     if errors[worst] > tol:
         raise SolverError(
             f"{owner}: inaccurate solve, optimality error {errors[worst]:.2e} > {tol:.0e} "
-            f"in group {worst}, although the solver reported no failure; tighten solver_args"
+            f"in group {worst}, although the solver reported no failure; tighten solver_options"
         )
     return values[0].to(device=groups.device, dtype=groups.dtype)

@@ -54,9 +54,9 @@ class ConvexBNReLU(nn.Module):
     and returns sum_i (u' s_i)_+ - (u' t_i)_+ for the rows u' of H's whitened data, or of
     ``H_query`` under the test-time map. ``solver="torch"`` solves with the batched
     interior-point method of ``convexnorm.solvers`` (gradients from the KKT system of the
-    solution's active set; ``solver_args``: tol, violation_tol, max_iterations, threads) and accepts
-    episodes: H (B, n, d), y (B, n), H_query (B, m, d), one program per episode in one batched
-    solve. ``solver="cvxpylayers"`` solves through cvxpylayers (``solver_args`` go to diffcp),
+    solution's active set; ``solver_options``: those of the estimators' solver="torch", see
+    ``convexnorm.solvers.native.native_settings``) and accepts episodes: H (B, n, d), y (B, n), H_query (B, m, d), one program per episode in one batched
+    solve. ``solver="cvxpylayers"`` solves through cvxpylayers (``solver_options`` go to diffcp),
     one episode at a time. ``return_objective=True`` also returns the optimal objective (one
     per episode) as a differentiable tensor. Each batch must have full rank min(n - 1,
     in_features). Margin losses take labels y in {-1, +1}.
@@ -70,7 +70,7 @@ class ConvexBNReLU(nn.Module):
         loss: str = "squared",
         seed: int = 0,
         learnable_beta: bool = False,
-        solver_args: Mapping[str, Any] | None = None,
+        solver_options: Mapping[str, Any] | None = None,
         solver: str = "cvxpylayers",
         whitening_rank: int | None = None,
         whitening: str = "full",
@@ -87,12 +87,12 @@ class ConvexBNReLU(nn.Module):
         beta = check_positive(beta, "ConvexBNReLU", "beta")
         check_count(in_features, "ConvexBNReLU", "in_features")
         check_count(n_patterns, "ConvexBNReLU", "n_patterns")
-        check_options(solver_args, "ConvexBNReLU", "solver_args")
+        check_options(solver_options, "ConvexBNReLU", "solver_options")
         check_count(seed, "ConvexBNReLU", "seed", minimum=0)
         self.in_features = in_features
         self.n_patterns = n_patterns
         self.loss = loss
-        self.solver_args = dict(solver_args or {})
+        self.solver_options = dict(solver_options or {})
         generator = torch.Generator().manual_seed(seed)
         self.register_buffer("gates", torch.randn(in_features + 1, n_patterns, generator=generator, dtype=torch.float64))
         log_beta = torch.tensor(math.log(beta), dtype=torch.float64)
@@ -167,7 +167,7 @@ class ConvexBNReLU(nn.Module):
     def _solve_episodes(self, U_prime: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """S and T (B, k, P) of the episodes' programs, by the batched interior-point method."""
         masks = self._patterns(U_prime)
-        settings, threads = native_settings(self.solver_args, "ConvexBNReLU", tol=BLOCK_TOL)
+        settings, threads = native_settings(self.solver_options, "ConvexBNReLU", tol=BLOCK_TOL)
         beta = self.beta.to(U_prime).expand(U_prime.shape[0])
         if self.loss == "hinge" and torch.is_grad_enabled() and (U_prime.requires_grad or y.requires_grad
                                                                  or beta.requires_grad):
@@ -188,7 +188,7 @@ class ConvexBNReLU(nn.Module):
         targets = [] if self.loss in MARGIN_LOSSES else [y]
         program = _program(n, r_prime, self.n_patterns, self.loss)
         S, T = call_program(program, [*DU, *SU, *targets, self.beta.to(torch.float64)], owner="ConvexBNReLU",
-                            solver_args=self.solver_args)
+                            solver_options=self.solver_options)
         with torch.no_grad():
             scale = max(float(torch.linalg.norm(S, dim=0).max()), float(torch.linalg.norm(T, dim=0).max()), 1e-300)
             cones = torch.stack([SU[i].detach() @ torch.stack([S[:, i], T[:, i]], 1) for i in range(self.n_patterns)])

@@ -3,9 +3,9 @@
 Each layer cuts its input into groups (a channel over the batch for BatchNorm, a
 sample's features for LayerNorm, a sample's channel group for GroupNorm), maps
 every group x to z*(x) = (x - mean x) / sqrt(var x + eps) and applies the affine
-map in torch. ``backend="cvxpylayers"`` computes z* by solving the program of
+map in torch. ``solver="cvxpylayers"`` computes z* by solving the program of
 ``convexnorm.programs.standardization_program`` for all groups in one batched
-cvxpylayers call (gradients by implicit differentiation); ``backend="native"``
+cvxpylayers call (gradients by implicit differentiation); ``solver="torch"``
 computes the same numbers directly in torch.
 
 Constructor arguments, parameters, buffers and ``state_dict`` keys are those of
@@ -28,7 +28,7 @@ from convexnorm.nn._solve import solve_program
 from convexnorm.nn.micro_batch import SINGLE_SAMPLE_HINT
 from convexnorm.programs import NormalizationProgram, standardization_program
 
-BACKENDS = ("cvxpylayers", "native")
+SOLVERS = ("cvxpylayers", "torch")
 #: Largest group the program backend accepts: cvxpylayers' canonical data grows as n^2
 #: (measured: 4.4 GB peak for one group of 16,384 numbers, 14 s).
 MAX_PROGRAM_GROUP = 8192
@@ -43,12 +43,12 @@ def _ungroup_channels(z: Tensor, shape: torch.Size) -> Tensor:
 class _NormBase(nn.Module):
     """Runs the normalization program of each group through the chosen backend."""
 
-    def __init__(self, backend: str, solver_args: Mapping[str, Any] | None) -> None:
+    def __init__(self, solver: str, solver_options: Mapping[str, Any] | None) -> None:
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"{type(self).__name__}: backend must be one of {BACKENDS}, got {backend!r}")
-        self.backend = backend
-        self.solver_args = check_options(solver_args, type(self).__name__, "solver_args")
+        if solver not in SOLVERS:
+            raise ValueError(f"{type(self).__name__}: solver must be one of {SOLVERS}, got {solver!r}")
+        self.solver = solver
+        self.solver_options = check_options(solver_options, type(self).__name__, "solver_options")
 
     @property
     def _name(self) -> str:
@@ -95,23 +95,23 @@ class _NormBase(nn.Module):
 
     def _normalize(self, groups: Tensor) -> Tensor:
         """Normalize every row of ``groups`` (G, n); raises before any state changes."""
-        if self.backend == "native":
+        if self.solver == "torch":
             return self._native(groups)
         if groups.shape[1] > MAX_PROGRAM_GROUP:
             raise ValueError(f"{self._name}: a group of {groups.shape[1]:,} numbers is too large for "
-                             f"backend='cvxpylayers' (at most {MAX_PROGRAM_GROUP:,}: its canonical program grows as "
-                             "the square of the group size); use backend='native' or a smaller batch")
-        return solve_program(self._program(groups.shape[1]), groups, owner=self._name, solver_args=self.solver_args)
+                             f"solver='cvxpylayers' (at most {MAX_PROGRAM_GROUP:,}: its canonical program grows as "
+                             "the square of the group size); use solver='torch' or a smaller batch")
+        return solve_program(self._program(groups.shape[1]), groups, owner=self._name, solver_options=self.solver_options)
 
     def extra_repr(self) -> str:
-        return f"backend={self.backend!r}"
+        return f"solver={self.solver!r}"
 
 
 class _Standardize(_NormBase):
     """Groups standardized to zero mean and unit variance: z = (x - mean) / sqrt(var + eps)."""
 
-    def __init__(self, eps: float, backend: str, solver_args: Mapping[str, Any] | None) -> None:
-        super().__init__(backend, solver_args)
+    def __init__(self, eps: float, solver: str, solver_options: Mapping[str, Any] | None) -> None:
+        super().__init__(solver, solver_options)
         self.eps = check_positive(eps, type(self).__name__, "eps", allow_zero=True)
 
     def _program(self, n: int) -> NormalizationProgram:
@@ -150,10 +150,10 @@ class _BatchNorm(_Standardize):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         *,
-        backend: str = "cvxpylayers",
-        solver_args: Mapping[str, Any] | None = None,
+        solver: str = "cvxpylayers",
+        solver_options: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(eps, backend, solver_args)
+        super().__init__(eps, solver, solver_options)
         factory = self._factory(device, dtype)
         self.num_features = check_count(num_features, self._name, "num_features", minimum=0)
         self.momentum = check_momentum(momentum, self._name)
@@ -253,10 +253,10 @@ class LayerNorm(_Standardize):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         *,
-        backend: str = "cvxpylayers",
-        solver_args: Mapping[str, Any] | None = None,
+        solver: str = "cvxpylayers",
+        solver_options: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(eps, backend, solver_args)
+        super().__init__(eps, solver, solver_options)
         factory = self._factory(device, dtype)
         if isinstance(normalized_shape, int):
             normalized_shape = (normalized_shape,)
@@ -299,10 +299,10 @@ class GroupNorm(_Standardize):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         *,
-        backend: str = "cvxpylayers",
-        solver_args: Mapping[str, Any] | None = None,
+        solver: str = "cvxpylayers",
+        solver_options: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(eps, backend, solver_args)
+        super().__init__(eps, solver, solver_options)
         check_count(num_groups, "GroupNorm", "num_groups")
         check_count(num_channels, "GroupNorm", "num_channels")
         if num_channels % num_groups != 0:
@@ -344,9 +344,9 @@ class ProgramNorm(_NormBase):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         *,
-        solver_args: Mapping[str, Any] | None = None,
+        solver_options: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__("cvxpylayers", solver_args)
+        super().__init__("cvxpylayers", solver_options)
         if not callable(program):
             raise ValueError("ProgramNorm: program must be a callable n -> NormalizationProgram")
         check_count(num_channels, "ProgramNorm", "num_channels")
