@@ -68,7 +68,8 @@ def test_block_objective_equals_the_regressor_on_the_same_patterns() -> None:
 
 
 def test_program_is_built_once_per_shape(monkeypatch: pytest.MonkeyPatch) -> None:
-    from convexnorm.nn import _solve, convex_bn_relu
+    from convexnorm.nn import convex_bn_relu
+    from convexnorm.solvers import cvxpylayers_backend as _solve
 
     built = []
     original = _solve.CvxpyLayer

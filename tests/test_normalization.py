@@ -136,7 +136,7 @@ def test_cuda_matches_torch(case: str, solver: str) -> None:
 
 
 def test_program_is_canonicalized_once_per_shape(monkeypatch: pytest.MonkeyPatch) -> None:
-    from convexnorm.nn import _solve
+    from convexnorm.solvers import cvxpylayers_backend as _solve
 
     built = []
     original = _solve.CvxpyLayer

@@ -180,6 +180,41 @@ def test_every_subpackage_imports_first(first: str) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
 
 
+def test_the_solver_layer_imports_neither_nn_nor_convex() -> None:
+    """Imports run one way: every module of convexnorm.solvers loads without convexnorm.nn or
+    convexnorm.convex (which both build on it)."""
+    import subprocess
+    import sys
+
+    modules = ["backends", "cvxpy_backend", "cvxpylayers_backend", "native", "implicit", "interior_point"]
+    code = ("import sys; " + "; ".join(f"import convexnorm.solvers.{m}" for m in modules)
+            + "; bad = [m for m in sys.modules if m.startswith(('convexnorm.nn', 'convexnorm.convex'))]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
+
+
+def test_every_backend_behind_one_entry_point() -> None:
+    """solve_program gives the same optimum with every backend, typed results, and names the
+    owner for an unknown solver."""
+    from convexnorm.solvers.backends import SOLVERS, ProgramSolution, solve_program
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((30, 3))
+    y = np.sin(2 * X[:, 0])
+    U_prime = cn.whiten(X).U_prime
+    patterns = cn.arrangement_patterns(U_prime, 12, seed=0)
+    objectives = {}
+    for name in SOLVERS:
+        solution = solve_program(U_prime, patterns, y, 0.1, "squared", name, "test")
+        assert isinstance(solution, ProgramSolution) and solution.S.shape == (U_prime.shape[1], len(patterns))
+        W = np.concatenate([solution.S, solution.T], 1)
+        f = (patterns.T * (U_prime @ solution.S)).sum(1) - (patterns.T * (U_prime @ solution.T)).sum(1)
+        objectives[name] = 0.5 * np.sum((f - y) ** 2) + 0.1 * np.linalg.norm(W, axis=0).sum()
+    assert max(objectives.values()) - min(objectives.values()) <= 1e-5 * objectives["clarabel"]
+    with pytest.raises(ValueError, match=r"test: solver must be one of \['clarabel', 'scs', 'torch'\]"):
+        solve_program(U_prime, patterns, y, 0.1, "squared", "mosek", "test")
+
+
 
 def test_best_iterate_never_trades_a_met_test_for_a_smaller_gap() -> None:
     """The best iterate is scored with the stopping test's violation tolerance: an iterate that

@@ -25,11 +25,12 @@ from sklearn.utils.validation import check_is_fitted
 
 from convexnorm._validation import check_beta, check_count, random_state_of, validated
 from convexnorm.convex.certificate import Certificate
-from convexnorm.convex.estimators import (SOLVERS, ScalarSolution, _fit_scalar, certify_solution,
-                                          check_growth_parameters, unchanged_on_failure)
+from convexnorm.convex.estimators import (ScalarSolution, _fit_scalar, certify_solution, check_growth_parameters,
+                                          unchanged_on_failure)
 from convexnorm.convex.network import recover_network
 from convexnorm.convex.patterns import arrangement_patterns
 from convexnorm.convex.whitening import Whitening, whiten
+from convexnorm.solvers.backends import SOLVERS
 
 
 def image_patches(images: np.ndarray, kernel_size: int | tuple[int, int], stride: int = 1) -> np.ndarray:

@@ -27,9 +27,10 @@ from convexnorm._validation import (check_beta, check_count, check_matrix, check
 from convexnorm.convex.certificate import GROW_RTOL, Certificate, can_certify_exactly, certify_multipliers
 from convexnorm.convex.network import recover_network
 from convexnorm.convex.patterns import arrangement_patterns
-from convexnorm.convex.solve import SOLVERS, ScalarSolution, dual_multipliers, solve_convex_program
+from convexnorm.convex.solve import ScalarSolution, dual_multipliers, solve_convex_program
 from convexnorm.convex.whitening import WHITENINGS, Whitening, check_whitening_rank, whiten
 from convexnorm.losses import check_loss
+from convexnorm.solvers.backends import check_solver
 
 logger = logging.getLogger("convexnorm")
 
@@ -181,8 +182,7 @@ class _ConvexBNBase(BaseEstimator):
         check_whitening_rank(self.whitening_rank, owner)
         if self.whitening not in WHITENINGS:
             raise ValueError(f"{owner}: whitening must be one of {WHITENINGS}, got {self.whitening!r}")
-        if not isinstance(self.solver, str) or self.solver not in SOLVERS:
-            raise ValueError(f"{owner}: solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
+        check_solver(self.solver, owner)
         check_growth_parameters(self, owner)
 
     def _whitening(self, X: np.ndarray) -> Whitening:

@@ -1,43 +1,25 @@
-"""Solving the convex BN-ReLU program over a set of patterns (docs/math.md, section 3).
+"""The estimators' use of a solve over a set of patterns (docs/math.md, section 3).
 
-One home for the choice of solver: cvxpy with Clarabel or SCS (with the retries below) or the
-native PyTorch solver (``native.py``), followed by polishing and the removal of solver
-residue. The estimators and the block's ``freeze`` call ``solve_convex_program``.
+The backends (cvxpy with Clarabel or SCS, the native interior-point method) are the solver
+layer's (``convexnorm.solvers.backends.solve_program``); here a solve is polished (re-solved
+over its active patterns), left-out patterns that violate its optimality are put back, and
+solver residue is removed. The estimators and the block's ``freeze`` call ``solve_convex_program``.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import warnings
 from dataclasses import dataclass, field, replace
 
-import cvxpy as cp
 import numpy as np
 import torch
 
-from convexnorm._validation import check_device
-from convexnorm.errors import SolverError
 from convexnorm.convex.certificate import GROW_RTOL, exact_dual_values
 from convexnorm.losses import negative_gradient, torch_loss
-from convexnorm.programs import convex_bn_program
-from convexnorm.solvers.native import native_settings, solve_native
-from convexnorm.solvers.problem import ConvexBNProblem
+from convexnorm.solvers.backends import check_solver, solve_program
 
 logger = logging.getLogger("convexnorm")
 
-#: cvxpy solvers and their defaults.
-SOLVERS = {
-    "clarabel": (cp.CLARABEL, {}),
-    "scs": (cp.SCS, {"eps_abs": 1e-7, "eps_rel": 1e-7, "max_iters": 200_000}),
-    "torch": (None, {}),
-}
-#: The final (polishing) Clarabel solve asks for 1e-10 (at Clarabel's 1e-8 default the hinge
-#: program's objective moved by up to 1e-6 relative between equivalent solves); the first solve,
-#: which only finds the active patterns, runs at Clarabel's defaults (1e-10 throughout made
-#: examples/implicit_regularization.py 2.7x slower). Where Clarabel cannot reach 1e-10
-#: ('optimal_inaccurate') the program is solved again at its defaults, then with SCS.
-TIGHT_CLARABEL = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10}
 #: Groups with ||s_i|| below this fraction of max(largest group, ||y|| / ||U'||) are left out of
 #: the polishing solve (a left-out pattern that turns out to be needed is put back).
 NEURON_RTOL = 1e-6
@@ -48,9 +30,6 @@ NEURON_RTOL = 1e-6
 #: at); a fixed 1e-9 kept Clarabel's residue as neurons (44 instead of 22 on diabetes).
 RESIDUE_RTOLS = (1e-6, 1e-7, 1e-8, 1e-9)
 DROP_RTOL = 1e-10
-#: solver_options key that keeps an inaccurate native solve (with a RuntimeWarning) instead of
-#: raising SolverError.
-ACCEPT_INACCURATE = "accept_inaccurate"
 #: Polishing solves at most: a pattern left out of one (inactive in the looser first solve) that
 #: violates its optimality is put back and the polish repeated.
 POLISH_ROUNDS = 3
@@ -75,84 +54,6 @@ class ScalarSolution:
         summed by ``pool`` (samples x rows) for convolutional programs."""
         out = np.maximum(U_rows @ self.neurons.T, 0.0) @ self.signs
         return out if pool is None else pool @ out
-
-
-def _solve_native(
-    U_prime: np.ndarray, patterns: np.ndarray, y: np.ndarray, beta: float, loss: str, owner: str,
-    solver_options: dict | None,
-) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray]:
-    """solver='torch': the interior-point method (solvers/native.py) in float64 on
-    solver_options['device'] (default CPU); its other options are native_settings'. A solve that
-    misses its tolerances raises SolverError unless solver_options['accept_inaccurate']. Returns
-    S, T, the report and lam (the dual bound's multipliers)."""
-    options = dict(solver_options or {})
-    device = check_device(options.pop("device", "cpu"), owner)
-    accept = bool(options.pop(ACCEPT_INACCURATE, False))
-    settings, threads = native_settings(options, owner)
-    as_tensor = functools.partial(torch.as_tensor, dtype=torch.float64, device=device)
-    problem = ConvexBNProblem(as_tensor(U_prime)[None], as_tensor(patterns.T)[None], as_tensor(y)[None],
-                              as_tensor([beta]), loss)
-    result = solve_native(problem, settings, threads)
-    measured = {name: float(getattr(result.criteria, name)[0])
-                for name in ("objective", "lower_bound", "relative_gap", "violation")}
-    converged, iterations = bool(result.converged[0]), int(result.iterations[0])
-    if not converged:
-        message = (f"{owner}: solver='torch' stopped after {iterations} iterations without meeting its tolerances "
-                   f"(relative gap {measured['relative_gap']:.2e}, violation {measured['violation']:.2e}, "
-                   f"tol {settings.tol:g})")
-        if not accept:
-            raise SolverError(f"{message}; raise max_iterations or loosen tol in solver_options, or pass "
-                              f"solver_options={{'{ACCEPT_INACCURATE}': True}} to keep the inaccurate solution")
-        warnings.warn(message, RuntimeWarning, stacklevel=4)
-    P = patterns.shape[0]
-    W = result.W[0].T.cpu().numpy()
-    report = {"solver": "torch", "converged": converged, "iterations": iterations, **measured}
-    return W[:, :P], W[:, P:], report, result.lam[0].cpu().numpy() if loss == "hinge" else None
-
-
-def _solve_variables(
-    U_prime: np.ndarray, patterns: np.ndarray, y: np.ndarray, beta: float, loss: str, solver: str,
-    owner: str, solver_options: dict | None, pool: np.ndarray | None = None, tight: bool = True,
-) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray | None]:
-    """S and T of one solve, the solver's report and (hinge loss)
-    lam = y * alpha from the margin constraints' multipliers. For cvxpy, Parameters are
-    treated as constants (cvxpy's parametric canonicalization of this program grows as
-    n P^2 r' and suits only small layers). ``tight``: Clarabel at TIGHT_CLARABEL first; its
-    'optimal_inaccurate' or failure is retried."""
-    if solver == "torch":
-        if pool is not None:
-            raise ValueError(f"{owner}: solver='torch' does not solve pooled (convolutional) programs; "
-                             "use 'clarabel' or 'scs'")
-        return _solve_native(U_prime, patterns, y, beta, loss, owner, solver_options)
-    rows, r_prime = U_prime.shape
-    program = convex_bn_program(len(y), r_prime, len(patterns), loss, constraint_rows=rows)
-    program.set_data(U_prime, patterns, y, beta, pool)
-    user = solver_options or {}
-    attempts = [(solver, user)]
-    if solver == "clarabel":
-        attempts = ([(solver, {**TIGHT_CLARABEL, **user})] if tight else []) + [(solver, user), ("scs", {})]
-    for index, (name, options) in enumerate(attempts):
-        cvxpy_solver, defaults = SOLVERS[name]
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Solution may be inaccurate", category=UserWarning)
-                # warm_start=False: cvxpy would otherwise reuse the previous attempt's solver settings
-                program.problem.solve(solver=cvxpy_solver, ignore_dpp=True, warm_start=False,
-                                      **{**defaults, **options})
-            status = program.problem.status
-        except cp.error.SolverError as error:
-            status = f"failed ({error})"
-        except TypeError as error:
-            raise ValueError(f"{owner}: solver_options not accepted by {name!r}: {error}") from error
-        if status == cp.OPTIMAL:
-            report = {"solver": name, "status": status, "solve_time": program.problem.solver_stats.solve_time}
-            dual = None if program.margin is None else y * np.asarray(program.margin.dual_value, dtype=float)
-            return program.S.value, program.T.value, report, dual
-        retry = index + 1 < len(attempts) and status != cp.INFEASIBLE and status != cp.UNBOUNDED
-        if not retry:
-            break
-        logger.info("%s: %s returned %r, solving again with %s", owner, name, status, attempts[index + 1][0])
-    raise SolverError(f"{owner}: solver {name!r} returned status {status!r}")
 
 
 def _zero_threshold(norms: np.ndarray, U_prime: np.ndarray, y: np.ndarray,
@@ -187,13 +88,13 @@ def solve_convex_program(
     (boolean, one per pattern): solve over these patterns first (column generation: the last
     round's active patterns and the new ones); a left-out pattern that violates the solution's
     optimality over all of ``patterns`` is put back and the program solved again."""
-    if not isinstance(solver, str) or solver not in SOLVERS:
-        raise ValueError(f"{owner}: solver must be one of {sorted(SOLVERS)}, got {solver!r}")
+    check_solver(solver, owner)
     args = (y, beta, loss, solver, owner, solver_options)
     chosen = np.ones(len(patterns), dtype=bool) if subset is None else np.asarray(subset, dtype=bool).copy()
     tight = tight_first
     for round_index in range(POLISH_ROUNDS + 1):
-        S_chosen, T_chosen, report, dual = _solve_variables(U_prime, patterns[chosen], *args, pool=pool, tight=tight)
+        solved = solve_program(U_prime, patterns[chosen], *args, pool=pool, tight=tight)
+        S_chosen, T_chosen, report, dual = solved.S, solved.T, solved.report, solved.dual
         S, T = np.zeros((U_prime.shape[1], len(patterns))), np.zeros((U_prime.shape[1], len(patterns)))
         S[:, chosen], T[:, chosen] = S_chosen, T_chosen
         tight = True

@@ -21,7 +21,7 @@ from convexnorm.convex.whitening import (WHITENINGS, Whitening, check_whitening_
                                          whiten_tensor)
 from convexnorm.errors import SolverError
 from convexnorm.losses import MARGIN_LOSSES, check_loss, loss_terms
-from convexnorm.nn._solve import call_program
+from convexnorm.solvers.cvxpylayers_backend import call_program
 from convexnorm.programs import ConvexBNProgram, convex_bn_program
 from convexnorm.solvers.implicit import InteriorPointSolve
 from convexnorm.solvers.native import native_settings

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from convexnorm._validation import check_count, check_device, check_dtype, check_float_tensor, check_momentum, \
     check_options, check_positive
 from convexnorm.nn._channels import channel_affine, channel_groups, channel_view
-from convexnorm.nn._solve import solve_program
+from convexnorm.solvers.cvxpylayers_backend import solve_program
 from convexnorm.nn.micro_batch import SINGLE_SAMPLE_HINT
 from convexnorm.programs import NormalizationProgram, standardization_program
 

@@ -9,12 +9,17 @@ still certifies the result within ``tol`` (docs/math.md, section 4).
 
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
-from convexnorm._validation import check_count
+from convexnorm._validation import check_count, check_device
+from convexnorm.errors import SolverError
+from convexnorm.solvers.backends import ProgramSolution
 from convexnorm.solvers.interior_point import InteriorPointSettings, interior_point
 from convexnorm.solvers.kkt import Criteria, Primal, criteria, multipliers
 from convexnorm.solvers.problem import ConvexBNProblem
@@ -25,6 +30,9 @@ from convexnorm.solvers.threads import intra_op_threads
 ZERO_GROUP_RTOLS = (1e-3, 1e-4, 1e-5, 1e-6)
 #: The option names of solver="torch" besides the settings' fields.
 THREADS = "threads"
+#: solver_options key that keeps an inaccurate solve (with a RuntimeWarning) instead of raising
+#: SolverError.
+ACCEPT_INACCURATE = "accept_inaccurate"
 
 
 def option_names() -> tuple[str, ...]:
@@ -81,3 +89,38 @@ def solve_native(problem: ConvexBNProblem, settings: InteriorPointSettings = Int
             measured = trial.where(accept, measured)
             settled = settled | accept
     return NativeSolution(W, lam, measured, measured.met(settings.tol, settings.violation_tol), result.iterations)
+
+
+def solve_native_program(U_prime: np.ndarray, patterns: np.ndarray, y: np.ndarray, beta: float, loss: str,
+                         solver: str, owner: str, solver_options: dict | None, pool: np.ndarray | None,
+                         tight: bool) -> ProgramSolution:
+    """The backend of solver="torch" (solvers/backends.py): one program in float64 on
+    solver_options["device"] (default CPU); the other options are ``native_settings``'. A solve
+    that misses its tolerances raises SolverError unless solver_options["accept_inaccurate"]
+    (then a RuntimeWarning). Pooled (convolutional) programs are refused."""
+    if pool is not None:
+        raise ValueError(f"{owner}: solver='torch' does not solve pooled (convolutional) programs; "
+                         "use 'clarabel' or 'scs'")
+    options = dict(solver_options or {})
+    device = check_device(options.pop("device", "cpu"), owner)
+    accept = bool(options.pop(ACCEPT_INACCURATE, False))
+    settings, threads = native_settings(options, owner)
+    as_tensor = functools.partial(torch.as_tensor, dtype=torch.float64, device=device)
+    problem = ConvexBNProblem(as_tensor(U_prime)[None], as_tensor(patterns.T)[None], as_tensor(y)[None],
+                              as_tensor([beta]), loss)
+    result = solve_native(problem, settings, threads)
+    measured = {name: float(getattr(result.criteria, name)[0])
+                for name in ("objective", "lower_bound", "relative_gap", "violation")}
+    converged, iterations = bool(result.converged[0]), int(result.iterations[0])
+    if not converged:
+        message = (f"{owner}: solver='torch' stopped after {iterations} iterations without meeting its tolerances "
+                   f"(relative gap {measured['relative_gap']:.2e}, violation {measured['violation']:.2e}, "
+                   f"tol {settings.tol:g})")
+        if not accept:
+            raise SolverError(f"{message}; raise max_iterations or loosen tol in solver_options, or pass "
+                              f"solver_options={{'{ACCEPT_INACCURATE}': True}} to keep the inaccurate solution")
+        warnings.warn(message, RuntimeWarning, stacklevel=5)
+    P = patterns.shape[0]
+    W = result.W[0].T.cpu().numpy()
+    report = {"solver": "torch", "converged": converged, "iterations": iterations, **measured}
+    return ProgramSolution(W[:, :P], W[:, P:], report, result.lam[0].cpu().numpy() if loss == "hinge" else None)

@@ -1,4 +1,4 @@
-"""Solving a batch of normalization programs through cvxpylayers, with checks.
+"""The cvxpylayers backend: a batch of DPP programs solved through cvxpylayers (diffcp), with checks.
 
 The program is canonicalized once (``compile_program`` is cached on the program
 object) and every call only sets parameter values. Solves run on the CPU in
