@@ -7,7 +7,7 @@ u o v = (u^T v, u0 v1 + v0 u1), e = (1, 0). The Nesterov-Todd scaling of interio
 V = eta * boost(w) with V z = V^-1 s = lambda, where ``boost(w)`` is the hyperbolic rotation
 [[w0, w1^T], [w1, I + w1 w1^T / (1 + w0)]] (w^T J w = 1, J = diag(1, -1, ..., -1)). Its inverse
 is the boost of J w and its square is 2 w w^T - J, so V is kept as (eta, w) and applied in
-O(m) per cone (``NTScaling``); only V^-1 is formed densely, for the Newton matrix.
+O(m) per cone (``NTScaling``); only V^-2 is formed densely, for the Newton matrix.
 """
 
 from __future__ import annotations
@@ -63,16 +63,13 @@ class NTScaling:
         jw = reflect(self.w)
         return (2 * (jw * v).sum(-1, keepdim=True) * jw - reflect(v)) / (self.eta**2)[..., None]
 
-    def inverse(self) -> torch.Tensor:
-        """V^-1 = eta^-1 boost(J w) as dense (..., m, m) matrices."""
+    def inverse_square(self) -> torch.Tensor:
+        """V^-2 = eta^-2 (2 (Jw)(Jw)^T - J) as dense (..., m, m) matrices."""
         jw = reflect(self.w)
-        m = jw.shape[-1]
-        out = torch.empty(*jw.shape, m, dtype=jw.dtype, device=jw.device)
-        out[..., 0, :] = jw
-        out[..., 1:, 0] = jw[..., 1:]
-        out[..., 1:, 1:] = torch.eye(m - 1, dtype=jw.dtype, device=jw.device) + jw[..., 1:, None] * (
-            jw[..., None, 1:] / (1 + jw[..., :1, None]))
-        return out / self.eta[..., None, None]
+        out = 2 * jw[..., :, None] * jw[..., None, :]
+        out.diagonal(dim1=-2, dim2=-1).add_(1)
+        out[..., 0, 0] -= 2
+        return out / (self.eta**2)[..., None, None]
 
 
 def jordan_product(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -88,8 +88,7 @@ class NewtonSystem:
         self.weights = Conic(z.rows / s.rows, None, *(None if a is None else a / b
                                                       for a, b in ((z.slack, s.slack), (z.margin, s.margin))))
         self.roots = self.weights.map(torch.sqrt)
-        inverse = self.scaling.inverse()
-        H = inverse @ inverse
+        H = self.scaling.inverse_square()
         H[..., 1:, 1:] += (self.weights.rows.transpose(-1, -2) @ problem.outer).reshape(batch, 2 * P, k, k)
         if problem.loss == "hinge":
             slack, margin = self.weights.slack, self.weights.margin
@@ -109,8 +108,8 @@ class NewtonSystem:
                                                     upper=False)
         Q = self.H_root[..., 1:].transpose(-1, -2) @ self.H_root[..., 1:]
         R = cholesky(Q[:, :P] + Q[:, P:])  # (batch, P, k, k)
-        F = (A @ R.permute(0, 2, 1, 3).reshape(batch, k, P * k)).view(batch, n, P, k) * masks[..., None]
-        F = F.view(batch, n, P * k)
+        F = A @ R.permute(0, 2, 1, 3).reshape(batch, k, P * k)
+        F.view(batch, n, P, k).mul_(masks[..., None])
         capacitance = torch.diag_embed(1 / self.curvature).baddbmm(F, F.transpose(-1, -2))
         self.capacitance = cholesky(capacitance)
 
