@@ -126,3 +126,38 @@ def test_solver_options_are_checked() -> None:
         cn.ConvexBNRegressor(beta=0.1, patterns=10, solver="torch", solver_options={"tol": 0}).fit(X, y)
     with pytest.raises(ValueError, match=r"ConvexBNRegressor: solver_options\['threads'\] must be an integer"):
         cn.ConvexBNRegressor(beta=0.1, patterns=10, solver="torch", solver_options={"threads": 0}).fit(X, y)
+
+
+def test_a_stalled_solve_is_finished_by_the_polish_and_residue_is_removed() -> None:
+    """At tol = 1e-12 (beyond what the interior-point iterates reach in float64) solve_native
+    finishes each program by Newton's method on its active set, certified by the dual bound;
+    inactive groups come back as exact zeros, as many neurons as Clarabel's solution has."""
+    from convexnorm.solvers.interior_point import InteriorPointSettings, interior_point
+    from convexnorm.solvers.native import solve_native
+    from convexnorm.solvers.problem import ConvexBNProblem
+
+    X, y = data(n=40, seed=3)
+    U_prime = cn.whiten(X).U_prime
+    patterns = cn.arrangement_patterns(U_prime, 20, seed=1)
+    as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float64)[None]  # noqa: E731
+    problem = ConvexBNProblem(as_tensor(U_prime), as_tensor(patterns.T), as_tensor(y), torch.tensor([0.1],
+                              dtype=torch.float64), "squared")
+    settings = InteriorPointSettings(tol=1e-12)
+    assert not bool(interior_point(problem, settings).converged[0])
+    result = solve_native(problem, settings)
+    assert bool(result.converged[0]) and float(result.criteria.relative_gap[0]) <= 1e-12
+    reference = cn.ConvexBNRegressor(beta=0.1, patterns=patterns).fit(X, y)
+    assert rel(float(result.criteria.objective[0]), reference.objective_) < 1e-9
+    norms = torch.linalg.norm(result.W[0], dim=-1)
+    assert int((norms > 0).sum()) == reference.n_neurons_ < 2 * len(patterns)
+
+
+def test_native_estimator_drops_the_residue_of_inactive_groups() -> None:
+    """The estimator's solution carries no more neurons than Clarabel's (before: every group of
+    the interior-point iterate, 2P neurons, because the bound at the cleaned point's own
+    multipliers was 1e-3 lower than at the solution's)."""
+    X, y = data()
+    reference = cn.ConvexBNRegressor(beta=0.1, patterns=60).fit(X, y)
+    native = cn.ConvexBNRegressor(beta=0.1, patterns=60, solver="torch").fit(X, y)
+    assert native.n_neurons_ <= reference.n_neurons_ < 2 * len(native.patterns_)
+    assert rel(native.objective_, reference.objective_) < 1e-6

@@ -124,9 +124,7 @@ def _fit_scalar(
                         f"the violating patterns (max dual value {cert.max_dual_value:.6g}) are already in the set")
             break
         patterns = np.concatenate([patterns, np.array(new)])
-        # the round solves over the active patterns and the new ones (left-out violators are put back)
-        subset = np.concatenate([solution.active_patterns, np.ones(len(new), dtype=bool)])
-        solution = solve_convex_program(U_prime, patterns, y, *args, pool=pool, subset=subset)
+        solution = solve_convex_program(U_prime, patterns, y, *args, pool=pool)
         history.append(solution.objective)
         logger.info("%s: grow round %d, %d patterns, objective %.8g", owner, round_index + 1,
                     len(patterns), solution.objective)

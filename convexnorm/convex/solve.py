@@ -39,15 +39,13 @@ POLISH_ROUNDS = 3
 class ScalarSolution:
     """One scalar-output convex model: neurons s_j (rows) with output signs +-1, the
     solver's report (status or measured optimality) and the dual multipliers of the margin
-    constraints times y (hinge loss: the certificate's lam) and which of the patterns solved
-    over carry a neuron."""
+    constraints times y (hinge loss: the certificate's lam)."""
 
     neurons: np.ndarray  # (m, r + 1)
     signs: np.ndarray  # (m,)
     objective: float
     report: dict = field(default_factory=dict)
     dual: np.ndarray | None = None
-    active_patterns: np.ndarray | None = None
 
     def predict(self, U_rows: np.ndarray, pool: np.ndarray | None = None) -> np.ndarray:
         """sum_j sign_j (u' . s_j)_+ for whitened rows u' (training or test-time map),
@@ -77,20 +75,16 @@ def solve_convex_program(
     solver_options: dict | None = None,
     pool: np.ndarray | None = None,
     tight_first: bool = False,
-    subset: np.ndarray | None = None,
 ) -> ScalarSolution:
     """Solve over ``patterns`` (rows of U' summed by ``pool`` for convolutions), then polish:
     solve again over the patterns whose groups are active (norm above ``_zero_threshold``),
     so that the residue of inactive groups does not perturb the solution (Clarabel: always,
     at TIGHT_CLARABEL); residue groups are then dropped (RESIDUE_RTOLS). The native interior-point
     method removes its residue itself (certified), so its solutions are not re-solved.
-    ``tight_first`` asks Clarabel for TIGHT_CLARABEL in the first solve as well. ``subset``
-    (boolean, one per pattern): solve over these patterns first (column generation: the last
-    round's active patterns and the new ones); a left-out pattern that violates the solution's
-    optimality over all of ``patterns`` is put back and the program solved again."""
+    ``tight_first`` asks Clarabel for TIGHT_CLARABEL in the first solve as well."""
     check_solver(solver, owner)
     args = (y, beta, loss, solver, owner, solver_options)
-    chosen = np.ones(len(patterns), dtype=bool) if subset is None else np.asarray(subset, dtype=bool).copy()
+    chosen = np.ones(len(patterns), dtype=bool)
     tight = tight_first
     for round_index in range(POLISH_ROUNDS + 1):
         solved = solve_program(U_prime, patterns[chosen], *args, pool=pool, tight=tight)
@@ -122,8 +116,7 @@ def solve_convex_program(
         if (solution.objective <= whole.objective + DROP_RTOL * abs(whole.objective)
                 and moved <= DROP_RTOL * max(np.linalg.norm(y), 1.0)):
             break
-    active_patterns = keep[: len(patterns)] | keep[len(patterns):]
-    return replace(solution, report=report, dual=dual, active_patterns=active_patterns)
+    return replace(solution, report=report, dual=dual)
 
 
 def _violating_excluded(U_prime: np.ndarray, patterns: np.ndarray, active: np.ndarray, S: np.ndarray, T: np.ndarray,

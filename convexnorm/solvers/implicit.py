@@ -204,6 +204,22 @@ def active_sets(result: InteriorPointResult) -> tuple[torch.Tensor, torch.Tensor
     return groups, result.z.rows > result.s.rows
 
 
+def polish_episode(problem: ConvexBNProblem, result: InteriorPointResult, groups: torch.Tensor, rows: torch.Tensor,
+                   episode: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``_polish`` of one episode of an interior-point result from its active sets (``active_sets``):
+    (W (k, 2P), G (n, 2P)) or None. A group still shrinking to zero may pass the active-group
+    test, so the polish is also tried without the groups below SMALL_GROUP_RTOL of the largest."""
+    b = episode
+    norms = torch.linalg.norm(result.W[b], dim=-1)
+    larger = groups[b] & (norms > SMALL_GROUP_RTOL * norms.max())
+    for chosen in (groups[b],) if torch.equal(groups[b], larger) else (groups[b], larger):
+        found = _polish(problem.A[b], problem.y[b], problem.beta[b], problem.masks[b], (result.W[b] * chosen[:, None]).T,
+                        result.z.rows[b], rows[b], problem.loss, result.criteria.relative_gap[b])
+        if found is not None:
+            return found
+    return None
+
+
 class InteriorPointSolve(torch.autograd.Function):
     """W*(A, y, beta) (batch, 2P, k) for fixed masks, by the batched interior-point method."""
 
@@ -226,13 +242,7 @@ class InteriorPointSolve(torch.autograd.Function):
         groups, rows = active_sets(result)
         G = result.z.rows * rows
         if loss != "hinge":
-            # a group still shrinking to zero may pass the test: the polish also tries without the small ones
-            larger = groups & (norms > SMALL_GROUP_RTOL * norms.amax(-1, keepdim=True))
-            polished = [next((found for found in (
-                _polish(A[b], y[b], beta[b], masks[b], (result.W[b] * chosen[:, None]).T, result.z.rows[b], rows[b],
-                        loss, result.criteria.relative_gap[b])
-                for chosen in ((groups[b],) if torch.equal(groups[b], larger[b]) else (groups[b], larger[b])))
-                if found is not None), None) for b in range(A.shape[0])]
+            polished = [polish_episode(problem, result, groups, rows, b) for b in range(A.shape[0])]
             W = torch.stack([W[b] if found is None else found[0].T for b, found in enumerate(polished)])
             G = torch.stack([G[b] if found is None else found[1] for b, found in enumerate(polished)])
         ctx.save_for_backward(A, y, beta, masks, W, G)

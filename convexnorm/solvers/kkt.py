@@ -171,7 +171,12 @@ class Criteria(_Vector):
 
 
 def criteria(problem: ConvexBNProblem, x: Primal, z: Conic) -> Criteria:
-    objective = problem.objective(x.W)
-    lower = problem.dual_bound(multipliers(problem, x, z), z.rows)
-    gap = (objective - lower) / objective.abs().clamp_min(1e-12)
-    return Criteria(objective, lower, gap, problem.violation(x.W))
+    """The criteria of x against the dual bound at the multipliers of (x, z)."""
+    return bounded_criteria(problem, x.W, problem.dual_bound(multipliers(problem, x, z), z.rows))
+
+
+def bounded_criteria(problem: ConvexBNProblem, W: torch.Tensor, lower_bound: torch.Tensor) -> Criteria:
+    """The criteria of neurons W against a given lower bound on the optimum (one per program)."""
+    objective = problem.objective(W)
+    gap = (objective - lower_bound) / objective.abs().clamp_min(1e-12)
+    return Criteria(objective, lower_bound, gap, problem.violation(W))

@@ -36,6 +36,8 @@ from convexnorm.solvers.problem import ConvexBNProblem
 #: d = w_s w_m / (w_s + w_m) unbounded) the difference u - H^-1 B^T c loses all accuracy (measured:
 #: relative residual 1e-6 at d = 1e4, above 1 at d = 1e7), and the whole matrix is factorized densely.
 DENSE_CURVATURE = 1e4
+#: Steps of iterative refinement of each Newton solve.
+REFINEMENT_STEPS = 1
 
 
 class Breakdown(ArithmeticError):
@@ -124,7 +126,21 @@ class NewtonSystem:
         g = self.problem.predictions_adjoint(v)
         return torch.cat([torch.zeros_like(g[..., :1]), g], -1)
 
+    def apply(self, x: Primal) -> Primal:
+        """(grad^2 phi + G^T V^-2 G) x, matrix-free."""
+        out = constraint_adjoint(self.problem, self.inverse_square(constraint_map(self.problem, x)))
+        if x.xi is None:
+            out.X = out.X + self._predictions_adjoint(self.curvature * self._predictions(x.X))
+        return out
+
     def solve_x(self, b: Primal) -> Primal:
+        """(grad^2 phi + G^T V^-2 G)^-1 b, with REFINEMENT_STEPS of iterative refinement."""
+        x = self._solve_x(b)
+        for _ in range(REFINEMENT_STEPS):
+            x = x + self._solve_x(b - self.apply(x))
+        return x
+
+    def _solve_x(self, b: Primal) -> Primal:
         """(grad^2 phi + G^T V^-2 G)^-1 b, by Woodbury (hinge: the slacks eliminated first)."""
         b_X = b.X
         if b.xi is not None:

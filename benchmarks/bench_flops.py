@@ -1,0 +1,76 @@
+"""The interior-point method's achieved flop rate against the machine's matrix-multiply rate (issue 13).
+
+Per iteration the method's dense linear algebra is (n samples, P patterns, k = r + 1, batch B):
+the rows' weights into the group blocks A^T diag(w_j) A (2 * 2P n k^2), the Cholesky factors and
+inverses of the 2P blocks of size k + 1 and of the P pattern blocks ((2P (k+1)^3 + P k^3) / 3 * 3),
+F = M_i * (A R_i) (2 n P k^2), the n x n capacitance F F^T (2 n^2 P k) and its Cholesky factor
+(n^3 / 3). That count per iteration over the measured seconds per iteration is the achieved rate;
+the reference is a torch matmul of the capacitance's shape, (n x P k) times its transpose, timed
+in the same run with the same threads (1, the solver's default). The ratio says how far the
+method is from its flop limit; the rest of the time is elementwise work and Python.
+
+Run: python benchmarks/bench_flops.py [--sizes 128x16x128 1000x10x1000] [--batch 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+
+import convexnorm as cn
+from _data import regression_problem
+from convexnorm.solvers.interior_point import InteriorPointSettings, interior_point
+from convexnorm.solvers.problem import ConvexBNProblem
+
+
+def flops_per_iteration(B: int, n: int, k: int, P: int) -> float:
+    groups = 2 * P
+    blocks = groups * (k + 1) ** 3 + P * k**3  # Cholesky, triangular inverse, products: about 3 x (size^3 / 3)
+    return B * (2 * groups * n * k * k + blocks + 2 * n * P * k * k + 2 * n * n * P * k + n**3 / 3)
+
+
+def matmul_rate(B: int, n: int, k: int, P: int, repeats: int = 5) -> float:
+    F = torch.randn(B, n, P * k, dtype=torch.float64)
+    torch.bmm(F, F.transpose(1, 2))
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.bmm(F, F.transpose(1, 2))
+    seconds = (time.perf_counter() - start) / repeats
+    return 2 * B * n * n * P * k / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", nargs="+", default=["128x16x128", "1000x10x1000"], help="n x r x patterns")
+    parser.add_argument("--batch", type=int, default=1, help="programs solved together (same data)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, {platform.machine()}, 1 thread, batch {args.batch}")
+    print(f"{'n x r x P':<14} {'iters':>5} {'s/iter':>8} {'GFlop/iter':>10} {'GFlop/s':>8} {'matmul GFlop/s':>14} "
+          f"{'fraction':>8}")
+    for size in args.sizes:
+        n, r, gates = (int(v) for v in size.split("x"))
+        X, y = regression_problem(n, r)
+        U_prime = cn.whiten(X).U_prime
+        patterns = cn.arrangement_patterns(U_prime, gates, seed=0)
+        as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float64)[None].expand(args.batch, *a.shape)  # noqa: E731
+        problem = ConvexBNProblem(as_tensor(U_prime).contiguous(), as_tensor(patterns.T).contiguous(),
+                                  as_tensor(y).contiguous(), torch.full((args.batch,), 0.1, dtype=torch.float64),
+                                  "squared")
+        start = time.perf_counter()
+        result = interior_point(problem, InteriorPointSettings(tol=1e-7))
+        seconds = time.perf_counter() - start
+        iterations = int(result.iterations.max())
+        B, k, P = args.batch, U_prime.shape[1], len(patterns)
+        work = flops_per_iteration(B, n, k, P)
+        achieved = work * iterations / seconds
+        reference = matmul_rate(B, n, k, P)
+        print(f"{size:<14} {iterations:5d} {seconds / iterations:8.4f} {work / 1e9:10.3f} {achieved / 1e9:8.2f} "
+              f"{reference / 1e9:14.2f} {achieved / reference:8.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
