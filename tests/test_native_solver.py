@@ -120,7 +120,8 @@ def test_zero_solution_is_certified() -> None:
 def test_solver_options_are_checked() -> None:
     """Unknown or bad solver_options name the estimator; the block takes the same options."""
     X, y = data()
-    with pytest.raises(ValueError, match=r"ConvexBNRegressor: solver='torch' does not take option\(s\) \['max_outer'\]"):
+    unknown = r"ConvexBNRegressor: solver='torch' does not take option\(s\) \['max_outer'\]"
+    with pytest.raises(ValueError, match=unknown):
         cn.ConvexBNRegressor(beta=0.1, patterns=10, solver="torch", solver_options={"max_outer": 3}).fit(X, y)
     with pytest.raises(ValueError, match="ConvexBNRegressor: solver='torch': InteriorPointSettings: tol must be"):
         cn.ConvexBNRegressor(beta=0.1, patterns=10, solver="torch", solver_options={"tol": 0}).fit(X, y)

@@ -213,8 +213,9 @@ def polish_episode(problem: ConvexBNProblem, result: InteriorPointResult, groups
     norms = torch.linalg.norm(result.W[b], dim=-1)
     larger = groups[b] & (norms > SMALL_GROUP_RTOL * norms.max())
     for chosen in (groups[b],) if torch.equal(groups[b], larger) else (groups[b], larger):
-        found = _polish(problem.A[b], problem.y[b], problem.beta[b], problem.masks[b], (result.W[b] * chosen[:, None]).T,
-                        result.z.rows[b], rows[b], problem.loss, result.criteria.relative_gap[b])
+        found = _polish(problem.A[b], problem.y[b], problem.beta[b], problem.masks[b],
+                        (result.W[b] * chosen[:, None]).T, result.z.rows[b], rows[b], problem.loss,
+                        result.criteria.relative_gap[b])
         if found is not None:
             return found
     return None

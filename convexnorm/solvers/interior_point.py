@@ -155,19 +155,21 @@ def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = I
         lam = _lambda(system, s, z)
         lam_square = _jordan(lam, lam, torch.mul, jordan_product)
 
-        def direction(weight: float | torch.Tensor, complementarity: Conic) -> tuple[Primal, Conic, Conic]:
-            """Newton step to (1 - weight) of the residuals with lambda o (V dz + V^-1 ds) = complementarity."""
+        def direction(weight: float | torch.Tensor, complementarity: Conic,
+                      refine: bool) -> tuple[Primal, Conic, Conic]:
+            """Newton step to (1 - weight) of the residuals with lambda o (V dz + V^-1 ds) = complementarity
+            (``refine``: iteratively refined, for the step taken; the predictor only sets sigma)."""
             d = _jordan(lam, complementarity, lambda a, b: b / a, jordan_divide)
-            return system.solve(r_x.scaled(-weight), r_z.scaled(-weight), d)
+            return system.solve(r_x.scaled(-weight), r_z.scaled(-weight), d, refine)
 
-        dx, dz, ds = direction(1.0, -lam_square)
+        dx, dz, ds = direction(1.0, -lam_square, False)
         alpha = _max_step(s, ds).minimum(_max_step(z, dz)).clamp(max=1.0)
         mu_affine = (s + ds.scaled(alpha)).dot(z + dz.scaled(alpha)) / degree
         sigma = (mu_affine / mu).clamp(0, 1) ** settings.centering_exponent
         # Mehrotra's corrector: the second-order term (V^-1 ds) o (V dz) of the affine step
         second = _jordan(ds, dz, torch.mul, lambda a, b: jordan_product(system.scaling.apply_inverse(a),
                                                                         system.scaling.apply(b)))
-        dx, dz, ds = direction(1 - sigma, -lam_square - second + _identity(lam).scaled(mu * sigma))
+        dx, dz, ds = direction(1 - sigma, -lam_square - second + _identity(lam).scaled(mu * sigma), True)
         alpha = (settings.step_fraction * _max_step(s, ds).minimum(_max_step(z, dz))).clamp(max=1.0)
         alpha = torch.where(done | ~torch.isfinite(alpha), torch.zeros_like(alpha), alpha)
         x, s, z = x + dx.scaled(alpha), s + ds.scaled(alpha), z + dz.scaled(alpha)

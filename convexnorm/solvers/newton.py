@@ -133,10 +133,10 @@ class NewtonSystem:
             out.X = out.X + self._predictions_adjoint(self.curvature * self._predictions(x.X))
         return out
 
-    def solve_x(self, b: Primal) -> Primal:
-        """(grad^2 phi + G^T V^-2 G)^-1 b, with REFINEMENT_STEPS of iterative refinement."""
+    def solve_x(self, b: Primal, refine: bool = True) -> Primal:
+        """(grad^2 phi + G^T V^-2 G)^-1 b, with REFINEMENT_STEPS of iterative refinement (``refine``)."""
         x = self._solve_x(b)
-        for _ in range(REFINEMENT_STEPS):
+        for _ in range(REFINEMENT_STEPS if refine else 0):
             x = x + self._solve_x(b - self.apply(x))
         return x
 
@@ -168,10 +168,10 @@ class NewtonSystem:
         out.cones = self.scaling.apply_inverse(v.cones)
         return out
 
-    def solve(self, b_x: Primal, b_z: Conic, d: Conic) -> tuple[Primal, Conic, Conic]:
+    def solve(self, b_x: Primal, b_z: Conic, d: Conic, refine: bool = True) -> tuple[Primal, Conic, Conic]:
         """The Newton equations grad^2 phi dx + G^T dz = b_x, G dx + ds = b_z, V dz + V^-1 ds = d;
         returns dx, dz, ds (with ds = V d - V^2 dz: dz = V^-2 (G dx - b_z) + V^-1 d)."""
         problem = self.problem
-        dx = self.solve_x(b_x + constraint_adjoint(problem, self.inverse_square(b_z) - self.inverse(d)))
+        dx = self.solve_x(b_x + constraint_adjoint(problem, self.inverse_square(b_z) - self.inverse(d)), refine)
         Gdx = constraint_map(problem, dx)
         return dx, self.inverse_square(Gdx - b_z) + self.inverse(d), b_z - Gdx
