@@ -44,16 +44,18 @@ def option_names() -> tuple[str, ...]:
     return (*(f.name for f in fields(InteriorPointSettings)), THREADS)
 
 
-def native_settings(options: Mapping[str, Any] | None, owner: str, **defaults: Any
+def native_settings(options: Mapping[str, Any] | None, owner: str, also: tuple[str, ...] = (), **defaults: Any
                     ) -> tuple[InteriorPointSettings, int | None]:
     """(settings, threads) from ``options`` over ``defaults``; threads defaults to 1 (on a loaded
     2-core machine torch's default threads collapsed the method 125x: docs/benchmarks.md).
-    ValueError, naming ``owner``, for an unknown option or a bad value."""
+    ValueError, naming ``owner``, for an unknown option or a bad value; ``also``: the caller's
+    own option names (already removed from ``options``), listed in that message."""
     merged = {**defaults, **(options or {})}
     threads = merged.pop(THREADS, 1)
     unknown = sorted(set(merged) - set(option_names()))
     if unknown:
-        raise ValueError(f"{owner}: solver='torch' does not take option(s) {unknown}; it takes {list(option_names())}")
+        raise ValueError(f"{owner}: solver='torch' does not take option(s) {unknown}; it takes "
+                         f"{[*option_names(), *also]}")
     if threads is not None:
         check_count(threads, owner, "solver_options['threads']")
     try:
@@ -122,7 +124,7 @@ def solve_native_program(U_prime: np.ndarray, patterns: np.ndarray, y: np.ndarra
     options = dict(solver_options or {})
     device = check_device(options.pop("device", "cpu"), owner)
     accept = bool(options.pop(ACCEPT_INACCURATE, False))
-    settings, threads = native_settings(options, owner, tol=ESTIMATOR_TOL)
+    settings, threads = native_settings(options, owner, ("device", ACCEPT_INACCURATE), tol=ESTIMATOR_TOL)
     as_tensor = functools.partial(torch.as_tensor, dtype=torch.float64, device=device)
     problem = ConvexBNProblem(as_tensor(U_prime)[None], as_tensor(patterns.T)[None], as_tensor(y)[None],
                               as_tensor([beta]), loss)
