@@ -9,7 +9,7 @@ Task: scikit-learn digits, 0-4 (label -1) vs 5-9 (label +1), squared loss.
 - Baseline: the same extractor with an ordinary Linear-BatchNorm1d-ReLU-Linear head of
   the same width, trained by Adam on the whole batch.
 
-Run: python examples/end_to_end_convex_head.py  (a few minutes on 2 CPU cores; the README shows one measured run, times vary 2-3x between runs);
+Run: python examples/end_to_end_convex_head.py  (under a minute on 2 CPU cores; the README shows one measured run, times vary 2-3x between runs);
 writes docs/figures/end_to_end_convex_head.png.
 """
 
@@ -46,7 +46,7 @@ def train_convex_head(data, epochs: int, seed: int) -> dict[str, list[float]]:
     X_train, X_test, y_train, y_test = data
     torch.manual_seed(seed)
     features = extractor()
-    head = ConvexBNReLU(FEATURES, beta=1e-2, n_patterns=WIDTH, seed=seed, solver_options={"solve_method": "Clarabel"})
+    head = ConvexBNReLU(FEATURES, beta=1e-2, n_patterns=WIDTH, seed=seed, solver="torch")
     optimizer = torch.optim.Adam(features.parameters(), lr=1e-2)
     generator = torch.Generator().manual_seed(seed)
     curves: dict[str, list[float]] = {"loss": [], "test": [], "seconds": []}
@@ -64,7 +64,7 @@ def train_convex_head(data, epochs: int, seed: int) -> dict[str, list[float]]:
             losses.append(loss.item())
         curves["seconds"].append(time.perf_counter() - start)
         with torch.no_grad():
-            frozen = head.freeze(features(X_train), y_train)
+            frozen = head.freeze(features(X_train), y_train, solver="torch")
             curves["test"].append(accuracy(frozen(features(X_test)).squeeze(1), y_test))
         curves["loss"].append(float(np.mean(losses)))
     return curves
