@@ -56,10 +56,7 @@ def main() -> None:
         X, y = regression_problem(n, r)
         U_prime = cn.whiten(X).U_prime
         patterns = cn.arrangement_patterns(U_prime, gates, seed=0)
-        as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float64)[None].expand(args.batch, *a.shape)  # noqa: E731
-        problem = ConvexBNProblem(as_tensor(U_prime).contiguous(), as_tensor(patterns.T).contiguous(),
-                                  as_tensor(y).contiguous(), torch.full((args.batch,), 0.1, dtype=torch.float64),
-                                  "squared")
+        problem = ConvexBNProblem.from_arrays([(U_prime, patterns, y)] * args.batch, 0.1, "squared")
         start = time.perf_counter()
         result = interior_point(problem, InteriorPointSettings(tol=1e-7))
         seconds = time.perf_counter() - start

@@ -59,8 +59,7 @@ def main() -> None:
         U_prime = cn.whiten(X).U_prime
         gates = np.random.default_rng(1).standard_normal((U_prime.shape[1], args.gates))
         patterns = cn.arrangement_patterns(U_prime, (U_prime @ gates >= 0).T)  # distinct, nonzero: same program
-        problem = ConvexBNProblem(torch.from_numpy(U_prime)[None], torch.from_numpy(patterns.T.astype(float))[None],
-                                  torch.from_numpy(y)[None], torch.tensor([args.beta], dtype=torch.float64), "squared")
+        problem = ConvexBNProblem.from_arrays([(U_prime, patterns, y)], args.beta, "squared")
         start = time.perf_counter()
         result = solve_native(problem, InteriorPointSettings(tol=1e-6))
         t_native = time.perf_counter() - start

@@ -140,9 +140,7 @@ def test_a_stalled_solve_is_finished_by_the_polish_and_residue_is_removed() -> N
     X, y = data(n=40, seed=3)
     U_prime = cn.whiten(X).U_prime
     patterns = cn.arrangement_patterns(U_prime, 20, seed=1)
-    as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float64)[None]  # noqa: E731
-    problem = ConvexBNProblem(as_tensor(U_prime), as_tensor(patterns.T), as_tensor(y), torch.tensor([0.1],
-                              dtype=torch.float64), "squared")
+    problem = ConvexBNProblem.from_arrays([(U_prime, patterns, y)], 0.1, "squared")
     settings = InteriorPointSettings(tol=1e-12)
     assert not bool(interior_point(problem, settings).converged[0])
     result = solve_native(problem, settings)

@@ -27,18 +27,11 @@ def program(seed: int, n: int, d: int, P: int, loss: str) -> tuple[np.ndarray, n
     return U_prime, sample_patterns(U_prime, P, seed), y
 
 
-def batched(items: list[tuple[np.ndarray, np.ndarray, np.ndarray]], beta: float, loss: str) -> ConvexBNProblem:
-    A = torch.stack([torch.from_numpy(U) for U, _, _ in items])
-    masks = torch.stack([torch.from_numpy(p.T.astype(float)) for _, p, _ in items])
-    y = torch.stack([torch.from_numpy(t) for _, _, t in items])
-    return ConvexBNProblem(A, masks, y, torch.full((len(items),), beta, dtype=torch.float64), loss)
-
-
 @pytest.mark.parametrize("loss", ["squared", "logistic", "hinge"])
 @pytest.mark.parametrize("seed, n, d, P", [(0, 40, 3, 20), (1, 60, 5, 40)])
 def test_interior_point_matches_clarabel(loss: str, seed: int, n: int, d: int, P: int) -> None:
     U_prime, patterns, y = program(seed, n, d, P, loss)
-    result = interior_point(batched([(U_prime, patterns, y)], 0.1, loss))
+    result = interior_point(ConvexBNProblem.from_arrays([(U_prime, patterns, y)], 0.1, loss))
     reference = solve_convex_program(U_prime, patterns.astype(bool), y, 0.1, loss, "clarabel", "test",
                                      tight_first=True)
     assert bool(result.converged.all())
@@ -50,9 +43,9 @@ def test_interior_point_matches_clarabel(loss: str, seed: int, n: int, d: int, P
 @pytest.mark.parametrize("loss", ["squared", "logistic", "hinge"])
 def test_batched_solves_equal_one_by_one(loss: str) -> None:
     items = [program(seed, 30, 3, 12, loss) for seed in range(3)]
-    together = interior_point(batched(items, 0.2, loss))
+    together = interior_point(ConvexBNProblem.from_arrays(items, 0.2, loss))
     for index, item in enumerate(items):
-        alone = interior_point(batched([item], 0.2, loss))
+        alone = interior_point(ConvexBNProblem.from_arrays([item], 0.2, loss))
         # the same iterates up to the rounding of batched against single matrix products, which the
         # last iterations amplify in W's ill-determined directions (measured: objectives 1e-13 apart,
         # W up to 3e-7 of its largest entry)
@@ -259,7 +252,7 @@ def test_polish_rejects_a_wrong_active_set() -> None:
     from convexnorm.solvers.implicit import _polish, active_sets
 
     U_prime, patterns, y = program(0, 30, 3, 12, "squared")
-    problem = batched([(U_prime, patterns, y)], 0.2, "squared")
+    problem = ConvexBNProblem.from_arrays([(U_prime, patterns, y)], 0.2, "squared")
     result = interior_point(problem)
     gap = result.criteria.relative_gap[0]
     args = problem.A[0], problem.y[0], problem.beta[0], problem.masks[0]

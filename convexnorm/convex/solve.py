@@ -79,9 +79,9 @@ def solve_convex_program(
     """Solve over ``patterns`` (rows of U' summed by ``pool`` for convolutions), then polish:
     solve again over the patterns whose groups are active (norm above ``_zero_threshold``),
     so that the residue of inactive groups does not perturb the solution (Clarabel: always,
-    at TIGHT_CLARABEL); residue groups are then dropped (RESIDUE_RTOLS). The native interior-point
+    at the cvxpy backend's TIGHT_CLARABEL); residue groups are then dropped (RESIDUE_RTOLS). The native interior-point
     method removes its residue itself (certified), so its solutions are not re-solved.
-    ``tight_first`` asks Clarabel for TIGHT_CLARABEL in the first solve as well."""
+    ``tight_first`` asks Clarabel for its tight tolerances in the first solve as well."""
     check_solver(solver, owner)
     args = (y, beta, loss, solver, owner, solver_options)
     chosen = np.ones(len(patterns), dtype=bool)

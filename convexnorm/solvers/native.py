@@ -9,7 +9,6 @@ still certifies the result within ``tol`` (docs/math.md, section 4).
 
 from __future__ import annotations
 
-import functools
 import warnings
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
@@ -22,7 +21,7 @@ from convexnorm.errors import SolverError
 from convexnorm.solvers.backends import ProgramSolution
 from convexnorm.solvers.interior_point import InteriorPointSettings, interior_point
 from convexnorm.solvers.implicit import active_sets, polish_episode
-from convexnorm.solvers.kkt import Conic, Criteria, Primal, bounded_criteria, criteria, multipliers
+from convexnorm.solvers.kkt import Conic, Criteria, Primal, bounded_criteria, multipliers
 from convexnorm.solvers.problem import ConvexBNProblem
 from convexnorm.solvers.threads import intra_op_threads
 
@@ -94,8 +93,8 @@ def solve_native(problem: ConvexBNProblem, settings: InteriorPointSettings = Int
                 found = polish_episode(problem, result, groups, rows, b)
                 if found is not None:
                     W[b], z.rows[b] = found[0].T, found[1]
-        measured = criteria(problem, Primal.of_neurons(W), z)
         lam = multipliers(problem, Primal.of_neurons(W), z)
+        measured = bounded_criteria(problem, W, problem.dual_bound(lam, z.rows))
         norms = torch.linalg.norm(W, dim=-1)
         settled = torch.zeros_like(result.converged)
         for rtol in ZERO_GROUP_RTOLS:
@@ -125,9 +124,7 @@ def solve_native_program(U_prime: np.ndarray, patterns: np.ndarray, y: np.ndarra
     device = check_device(options.pop("device", "cpu"), owner)
     accept = bool(options.pop(ACCEPT_INACCURATE, False))
     settings, threads = native_settings(options, owner, ("device", ACCEPT_INACCURATE), tol=ESTIMATOR_TOL)
-    as_tensor = functools.partial(torch.as_tensor, dtype=torch.float64, device=device)
-    problem = ConvexBNProblem(as_tensor(U_prime)[None], as_tensor(patterns.T)[None], as_tensor(y)[None],
-                              as_tensor([beta]), loss)
+    problem = ConvexBNProblem.from_arrays([(U_prime, patterns, y)], beta, loss, device)
     result = solve_native(problem, settings, threads)
     measured = {name: float(getattr(result.criteria, name)[0])
                 for name in ("objective", "lower_bound", "relative_gap", "violation")}

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Sequence
 
+import numpy as np
 import torch
 
 from convexnorm.losses import LOSSES, dual_value, loss_terms
@@ -35,6 +37,18 @@ class ConvexBNProblem:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+
+    @classmethod
+    def from_arrays(cls, programs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], beta: float, loss: str,
+                    device: torch.device | str | None = None) -> "ConvexBNProblem":
+        """A batch of programs of one shape from numpy arrays (U' (n, k), patterns (P, n) boolean,
+        y (n,)) and one beta, float64 on ``device``."""
+        def stacked(index: int, transpose: bool = False) -> torch.Tensor:
+            return torch.stack([torch.as_tensor(program[index].T if transpose else program[index],
+                                                dtype=torch.float64, device=device) for program in programs])
+
+        beta = torch.full((len(programs),), float(beta), dtype=torch.float64, device=device)
+        return cls(stacked(0), stacked(1, transpose=True), stacked(2), beta, loss)
 
     @property
     def batch(self) -> int:
