@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import convexnorm as cn
-from convexnorm.convex.certificate import cone_dual_value, dual_value
+from convexnorm.convex import estimators
+from convexnorm.convex.certificate import REFINED_PATTERNS, cone_dual_value, dual_value, probe
 
 
 def issue_problem():
@@ -94,6 +95,42 @@ def test_grow_from_20_patterns_reaches_the_optimum_over_all_patterns(index) -> N
     everything = estimator(beta=0.1, loss=loss, patterns="exhaustive").fit(X, y)
     assert abs(grown.objective_ - everything.objective_) <= 1e-6 * abs(everything.objective_)
     assert single(grown.certify(method="exact")).optimal is True
+
+
+def test_every_probe_value_is_attained_by_its_direction() -> None:
+    """The ascent's values (computed from the same product as its steps) and the refined ones are
+    lam^T (U' u)_+ or -lam^T (U' u)_+ at the returned unit directions."""
+    rng = np.random.default_rng(5)
+    U_prime = cn.whiten(rng.standard_normal((60, 3))).U_prime
+    lam = rng.standard_normal(60)
+    values, points, masks = probe(U_prime, lam, 200, random_state=0)
+    attained = dual_value(U_prime, lam, points)
+    assert np.all(np.isclose(values, attained, rtol=1e-12, atol=1e-12)
+                  | np.isclose(values, -attained, rtol=1e-12, atol=1e-12))
+    assert np.allclose(np.linalg.norm(points, axis=0), 1, atol=1e-12) and masks.shape == (values.size, 60)
+
+
+def test_grow_by_probes_tries_the_ascent_first_and_stops_on_the_full_probe(monkeypatch) -> None:
+    """Column generation by probes (patterns not enumerable: forced here): every round runs the
+    ascent alone (refined_patterns=0) first, the refined probe only when that finds no new
+    pattern, so growth stops on the full probe's word; it reaches the optimum over all patterns."""
+    X, y = issue_problem()
+    calls = []
+    certify = estimators.certify_multipliers
+
+    def recorded(*args, **kwargs):
+        calls.append(kwargs["refined_patterns"])
+        return certify(*args, **kwargs)
+
+    monkeypatch.setattr(estimators, "certify_multipliers", recorded)
+    monkeypatch.setattr(estimators, "can_certify_exactly", lambda U_prime: False)
+    grown = cn.ConvexBNRegressor(beta=0.1, patterns=20, grow=True, max_rounds=30, random_state=0).fit(X, y)
+    assert calls[0] == 0 and calls[-2:] == [0, REFINED_PATTERNS]
+    assert all(a == 0 or b == 0 for a, b in zip(calls, calls[1:]))  # the full probe only right after the ascent's
+    everything = cn.ConvexBNRegressor(beta=0.1, patterns="exhaustive").fit(X, y)
+    assert abs(grown.objective_ - everything.objective_) <= 1e-6 * everything.objective_
+    monkeypatch.undo()
+    assert grown.certify(method="exact").optimal is True
 
 
 def test_only_exact_certification_reports_a_lower_bound() -> None:

@@ -97,15 +97,21 @@ def cone_dual_value(U_prime: np.ndarray, mask: np.ndarray, lam: np.ndarray) -> t
     """max of lam^T (U' u)_+ over unit u in the cone of pattern ``mask``: ||Pi_K(U'^T D lam)||
     by nonnegative least squares (Lawson-Hanson). Returns (value attained, unit u); the value
     is that of the returned u, 0 with u = 0 when the projection is zero (to rounding)."""
+    value, u, _ = _cone_solve(U_prime, mask, lam)
+    return value, u
+
+
+def _cone_solve(U_prime: np.ndarray, mask: np.ndarray, lam: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """``cone_dual_value`` and the multipliers mu >= 0 of the rows' constraints (n,)."""
     signed = np.where(mask, 1.0, -1.0)[:, None] * U_prime
     c = U_prime.T @ (mask * lam)
     multipliers, _ = nnls(signed.T, -c, maxiter=50 * max(len(mask), 10))
     projection = c + signed.T @ multipliers
     size = np.linalg.norm(projection)
     if size <= 1e-10 * np.linalg.norm(c) or size <= 1e-300:  # rounding residue: the cone is {0} or c is in its polar
-        return 0.0, np.zeros_like(c)
+        return 0.0, np.zeros_like(c), multipliers
     u = projection / size
-    return float(dual_value(U_prime, lam, u)), u
+    return float(dual_value(U_prime, lam, u)), u, multipliers
 
 
 def _ascent_starts(U_prime: np.ndarray, lam: np.ndarray, n_random: int, rng: np.random.RandomState) -> np.ndarray:
@@ -123,43 +129,51 @@ def _ascent_starts(U_prime: np.ndarray, lam: np.ndarray, n_random: int, rng: np.
 
 def _ascend(U_prime: np.ndarray, lam: np.ndarray, u: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """The fixed-point ascent u <- U'^T D(u) lam / ||.|| from every column of u, keeping the
-    best point of each path (the iteration is not monotone). Returns (values, points)."""
-    best_value, best_u = dual_value(U_prime, lam, u), u
-    for _ in range(steps):
-        step = U_prime.T @ ((U_prime @ u >= 0) * lam[:, None])
-        norms = np.linalg.norm(step, axis=0)
-        u = np.where(norms > 0, step / np.maximum(norms, 1e-300), u)
-        value = dual_value(U_prime, lam, u)
+    best point of each path (the iteration is not monotone). One product U' u per point gives
+    both its value lam^T (U' u)_+ = sum_i [U' u >= 0]_i lam_i (U' u)_i and its step.
+    Returns (values, points)."""
+    best_value, best_u = np.full(u.shape[1], -np.inf), u
+    for step_index in range(steps + 1):
+        z = U_prime @ u
+        weighted = (z >= 0) * lam[:, None]
+        value = np.einsum("ij,ij->j", weighted, z)
         better = value > best_value
         best_value = np.where(better, value, best_value)
         best_u = np.where(better, u, best_u)
+        if step_index == steps:
+            break
+        step = U_prime.T @ weighted
+        norms = np.linalg.norm(step, axis=0)
+        u = np.where(norms > 0, step / np.maximum(norms, 1e-300), u)
     return best_value, best_u
 
 
 def _climb(U_prime: np.ndarray, lam: np.ndarray, mask: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """Exact cone solve of ``mask``, then moves to adjacent cells (one flipped row on which the
-    maximizer lies) while the value grows. Returns (value, unit u, its pattern)."""
-    value, u = cone_dual_value(U_prime, mask, lam)
+    maximizer lies) while the value grows: the rows are tried in the order of their constraint's
+    multiplier (the one holding the maximizer back most first) and the first gain is taken.
+    Returns (value, unit u, its pattern)."""
+    value, u, multipliers = _cone_solve(U_prime, mask, lam)
     for _ in range(ADJACENT_MOVES):
         z = U_prime @ u
         boundary = np.flatnonzero(np.abs(z) <= 1e-9 * np.linalg.norm(U_prime, axis=1))
-        best = (value, u, mask)
-        for row in boundary:
+        for row in boundary[np.argsort(-multipliers[boundary], kind="stable")]:
             flipped = mask.copy()
             flipped[row] = ~flipped[row]
-            candidate, v = cone_dual_value(U_prime, flipped, lam)
-            if candidate > best[0] * (1 + 1e-12):
-                best = (candidate, v, flipped)
-        if best[0] <= value * (1 + 1e-12):
+            candidate, v, found = _cone_solve(U_prime, flipped, lam)
+            if candidate > value * (1 + 1e-12):
+                value, u, mask, multipliers = candidate, v, flipped, found
+                break
+        else:
             break
-        value, u, mask = best
     return value, u, mask
 
 
-def probe(U_prime: np.ndarray, lam: np.ndarray, n_probes: int, random_state=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def probe(U_prime: np.ndarray, lam: np.ndarray, n_probes: int, random_state=None,
+          refined_patterns: int = REFINED_PATTERNS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Values of lam^T (U' u)_+ and -lam^T (U' u)_+ found from ``n_probes`` random starts per
     sign plus the structured starts of ``_ascent_starts``: the best point of each ascent, and
-    the REFINED_PATTERNS best distinct patterns refined exactly (``_climb``). Returns
+    the ``refined_patterns`` best distinct patterns refined exactly (``_climb``). Returns
     (values, unit directions (k, m), patterns (m, n)); each value is attained by its direction
     (for the sign it was found with)."""
     rng = check_random_state(random_state)
@@ -170,7 +184,7 @@ def probe(U_prime: np.ndarray, lam: np.ndarray, n_probes: int, random_state=None
         cells = (U_prime @ u >= 0).T
         order = np.argsort(-found)
         _, first = np.unique(np.packbits(cells[order], axis=1), axis=0, return_index=True)
-        top = order[np.sort(first)][:REFINED_PATTERNS]
+        top = order[np.sort(first)][:refined_patterns]
         refined = [_climb(U_prime, direction, cells[i]) for i in top if cells[i].any()]
         values += [found, np.array([r[0] for r in refined])]
         points += [u, np.array([r[1] for r in refined]).reshape(-1, u.shape[0]).T]
@@ -218,6 +232,7 @@ def certify_multipliers(
     targets: np.ndarray | None = None,
     violation_rtol: float = VIOLATION_RTOL,
     residual: np.ndarray | None = None,
+    refined_patterns: int = REFINED_PATTERNS,
 ) -> Certificate:
     """Is max_{||u|| <= 1} |lam^T (U' u)_+| <= beta? ``method``: "exact" (all patterns, from
     ``all_patterns`` when given, else enumerated), "probe", or "auto" (exact when the
@@ -225,7 +240,8 @@ def certify_multipliers(
     unless ``residual`` gives it in sample space for pooled programs) the dual bound
     r'^T y - ||r'||^2 / 2 at r' = min(1, beta / max) (y - f) is reported: as
     ``lower_bound`` when exact, as ``lower_bound_estimate`` after a probe. ``violating_patterns``
-    are those above beta (1 + violation_rtol), largest value first."""
+    are those above beta (1 + violation_rtol), largest value first; ``refined_patterns``: how many
+    of a probe's patterns are refined exactly (``probe``)."""
     if method not in METHODS:
         raise ValueError(f"certify: method must be one of {METHODS}, got {method!r}")
     enumerable = all_patterns is not None or can_certify_exactly(U_prime)
@@ -239,7 +255,7 @@ def certify_multipliers(
         violating = [patterns[i] for i in hits]
         used = 0
     else:
-        values, points, masks = probe(U_prime, lam, n_probes, random_state)
+        values, points, masks = probe(U_prime, lam, n_probes, random_state, refined_patterns)
         top = int(np.argmax(values))
         best, witness = max(float(values[top]), 0.0), points[:, top]
         keep = values > beta * (1 + violation_rtol)

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from convexnorm._validation import (check_beta, check_count, check_matrix, check_options, check_targets,
                                     random_state_of, validated)
-from convexnorm.convex.certificate import GROW_RTOL, Certificate, can_certify_exactly, certify_multipliers
+from convexnorm.convex.certificate import (GROW_RTOL, REFINED_PATTERNS, Certificate, can_certify_exactly,
+                                          certify_multipliers)
 from convexnorm.convex.network import recover_network
 from convexnorm.convex.patterns import arrangement_patterns
 from convexnorm.convex.solve import ScalarSolution, dual_multipliers, solve_convex_program
@@ -107,10 +108,16 @@ def _fit_scalar(
     retried = False
     for round_index in tqdm(range(estimator.max_rounds), desc=f"{owner} grow", disable=not estimator.progress,
                             leave=False):
-        cert = certify_solution(U_prime, y, solution, estimator.beta, estimator.loss, method, estimator.n_probes,
-                                rng, pool, every, violation_rtol=GROW_RTOL)
         known = {bytes(np.packbits(p)) for p in patterns}
-        new = [p for p in cert.violating_patterns if bytes(np.packbits(p)) not in known][: estimator.max_new_patterns]
+        # probes: the ascent alone first (a round needs violators, not the largest ones); the exact
+        # refinement only when that finds no new pattern, so a round stops on the full probe's word
+        for refined in ((0, REFINED_PATTERNS) if method == "probe" else (REFINED_PATTERNS,)):
+            cert = certify_solution(U_prime, y, solution, estimator.beta, estimator.loss, method, estimator.n_probes,
+                                    rng, pool, every, violation_rtol=GROW_RTOL, refined_patterns=refined)
+            new = [p for p in cert.violating_patterns
+                   if bytes(np.packbits(p)) not in known][: estimator.max_new_patterns]
+            if new:
+                break
         if not new and cert.violated and not retried:  # violators already in the set: the solve was not accurate
             logger.info("%s: the violating patterns are already in the set; solving again at tight tolerances", owner)
             solution = solve_convex_program(U_prime, patterns, y, *args, pool=pool, tight_first=True)
