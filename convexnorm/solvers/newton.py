@@ -63,16 +63,20 @@ def cholesky(H: torch.Tensor) -> torch.Tensor:
 
 def _dense_factor(problem: ConvexBNProblem, H: torch.Tensor, curvature: torch.Tensor) -> torch.Tensor:
     """Cholesky factor of H + B^T D B as one dense (batch, 2P m, 2P m) matrix: H's blocks on the
-    diagonal, B the predictions' map (group j: o_j M_j * A on its W part)."""
+    diagonal, B the predictions' map (group j: o_j M_j * A on its W part). The S and T groups of a
+    pattern share M_j, so B^T D B is [[K, -K], [-K, K]] on the W parts with K = N^T D N,
+    N = [M_1 * A, ..., M_P * A] (n x Pk): n (Pk)^2 flops instead of n (2P m)^2."""
     batch, groups, m, _ = H.shape
-    A = problem.A
-    full = A.new_zeros(batch, groups, m, groups, m)
-    full.diagonal(dim1=1, dim2=3).copy_(H.permute(0, 2, 3, 1))
-    B = A.new_zeros(batch, problem.samples, groups, m)
-    B[..., 1:] = torch.cat([problem.masks, -problem.masks], -1)[..., None] * A[:, :, None, :]
-    B = B.flatten(2)
-    full = full.view(batch, groups * m, groups * m).baddbmm(B.transpose(-1, -2), curvature[..., None] * B)
-    return cholesky(full)
+    P = groups // 2
+    N = (problem.masks[..., None] * problem.A[:, :, None, :]).flatten(2)
+    K = (N.transpose(-1, -2) @ (curvature[..., None] * N)).view(batch, P, m - 1, P, m - 1)
+    full = H.new_zeros(batch, 2, P, m, 2, P, m)
+    for a in range(2):
+        for b in range(2):
+            full[:, a, :, 1:, b, :, 1:] = K if a == b else -K
+    full = full.view(batch, groups, m, groups, m)
+    full.diagonal(dim1=1, dim2=3).add_(H.permute(0, 2, 3, 1))
+    return cholesky(full.view(batch, groups * m, groups * m))
 
 
 class NewtonSystem:
