@@ -3,7 +3,9 @@
 For each n x d x P: the block (batched interior-point forward, active-set implicit backward)
 on a new batch, against Sequential(Linear(d, P), BatchNorm1d(P), ReLU, Linear(P, 1)) forward +
 backward on the same batch, timed in the same run; then B episodes of one size in one call
-against one episode. Medians of --repeats runs. Run: python benchmarks/bench_block_head.py
+against one episode. Medians of --repeats runs. ``--head-threads 1`` times the ordinary head on
+one thread, like the block's solver (under load torch's default threads collapse and the ratio
+then measures that). Run: python benchmarks/bench_block_head.py [--head-threads 1]
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 
 from bench_block import median_seconds  # noqa: E402 (benchmarks/ is on the path when run as a script)
 from convexnorm.nn import ConvexBNReLU
+from convexnorm.solvers.threads import intra_op_threads
 
 
 def data(B: int, n: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,8 +37,10 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=32)
     parser.add_argument("--episode-size", default="64x8x64")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--head-threads", type=int, default=None, help="torch threads of the ordinary head")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads "
+    head_threads = args.head_threads or torch.get_num_threads()
+    print(f"torch {torch.__version__}, {platform.machine()}, head on {head_threads} thread(s) "
           "(the block's solver: 1 thread)")
     print(f"{'n x d x P':<11} {'block s':>8} {'head ms':>8} {'block/head':>11}")
     for size in args.sizes:
@@ -48,8 +53,9 @@ def main() -> None:
             head.zero_grad()
             ((head(H[0]).squeeze(1) - y[0]) ** 2).sum().backward()
 
-        head_step()
-        base = median_seconds(head_step, 50 * args.repeats)
+        with intra_op_threads(args.head_threads):
+            head_step()
+            base = median_seconds(head_step, 50 * args.repeats)
         seconds = median_seconds(lambda: block_step(block, H[0], y[0]), args.repeats)
         print(f"{size:<11} {seconds:8.3f} {base * 1e3:8.3f} {seconds / base:11.0f}", flush=True)
     n, d, P = (int(v) for v in args.episode_size.split("x"))

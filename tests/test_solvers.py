@@ -73,6 +73,35 @@ def test_block_episodes_equal_single_batches() -> None:
         assert torch.allclose(predictions[b], single, atol=1e-12) and torch.allclose(objective[b], single_objective)
 
 
+def test_block_forward_and_backward_run_on_the_solver_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """solver_options["threads"] holds for the block's whitening, its solve and its implicit backward
+    (which the autograd engine calls outside the forward); torch's setting is restored after each."""
+    import convexnorm.solvers.implicit as implicit
+
+    seen = {}
+
+    def recorder(name, function):
+        def recorded(*args, **kwargs):
+            seen.setdefault(name, set()).add(torch.get_num_threads())
+            return function(*args, **kwargs)
+        return recorded
+
+    monkeypatch.setattr(implicit, "_episode_vjp", recorder("backward", implicit._episode_vjp))
+    monkeypatch.setattr(implicit, "interior_point", recorder("solve", implicit.interior_point))
+    monkeypatch.setattr(ConvexBNReLU, "_whiten", recorder("whiten", ConvexBNReLU._whiten))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        H, y = episodes()
+        H.requires_grad_(True)
+        block = ConvexBNReLU(3, beta=0.2, n_patterns=10, solver="torch", solver_options={"threads": 1})
+        block(H, y).sum().backward()
+        assert torch.get_num_threads() == 2
+        assert seen == {"whiten": {1}, "solve": {1}, "backward": {1}} and torch.isfinite(H.grad).all()
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("loss", ["squared", "logistic"])
 def test_block_gradients_agree_with_cvxpylayers(loss: str) -> None:
     H, y = episodes(B=1)

@@ -24,6 +24,7 @@ from convexnorm.losses import MARGIN_LOSSES, check_loss, loss_terms
 from convexnorm.solvers.cvxpylayers_backend import call_program
 from convexnorm.programs import ConvexBNProgram, convex_bn_program
 from convexnorm.solvers.implicit import InteriorPointSolve
+from convexnorm.solvers.interior_point import InteriorPointSettings
 from convexnorm.solvers.native import native_settings
 from convexnorm.solvers.threads import intra_op_threads
 
@@ -164,18 +165,21 @@ class ConvexBNReLU(nn.Module):
         gates = torch.cat([self.gates[:r], self.gates[-1:]]).to(U_prime)
         return (U_prime.detach() @ gates >= 0).to(U_prime.dtype)
 
+    def _native_settings(self) -> tuple[InteriorPointSettings, int | None]:
+        """solver="torch": the interior-point settings and intra-op threads of solver_options."""
+        return native_settings(self.solver_options, "ConvexBNReLU", tol=BLOCK_TOL)
+
     def _solve_episodes(self, U_prime: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """S and T (B, k, P) of the episodes' programs, by the batched interior-point method."""
         masks = self._patterns(U_prime)
-        settings, threads = native_settings(self.solver_options, "ConvexBNReLU", tol=BLOCK_TOL)
+        settings, threads = self._native_settings()
         beta = self.beta.to(U_prime).expand(U_prime.shape[0])
         if self.loss == "hinge" and torch.is_grad_enabled() and (U_prime.requires_grad or y.requires_grad
                                                                  or beta.requires_grad):
             raise ValueError("ConvexBNReLU: gradients through the hinge loss need solver='cvxpylayers' (the "
                              "interior-point backward covers the smooth losses); run the forward under "
                              "torch.no_grad() for predictions alone")
-        with intra_op_threads(threads):
-            W = InteriorPointSolve.apply(U_prime, y, beta, masks, self.loss, settings, "ConvexBNReLU")
+        W = InteriorPointSolve.apply(U_prime, y, beta, masks, self.loss, settings, "ConvexBNReLU", threads)
         P = self.n_patterns
         return W[:, :P].transpose(-1, -2), W[:, P:].transpose(-1, -2)
 
@@ -205,7 +209,21 @@ class ConvexBNReLU(nn.Module):
             H, y = H[None], y[None]
             H_query = None if H_query is None else H_query[None]
         device, dtype = H.device, H.dtype
-        solve_on = device if self.solver == "torch" else torch.device("cpu")  # diffcp runs on the CPU
+        if self.solver == "torch":  # the block's own work on the solver's threads (solvers/threads.py)
+            with intra_op_threads(self._native_settings()[1]):
+                predictions, objective = self._predict(H, y, H_query, single, device, return_objective)
+        else:
+            predictions, objective = self._predict(H, y, H_query, single, torch.device("cpu"), return_objective)
+        out = predictions.to(device=device, dtype=dtype)
+        if not return_objective:
+            return out[0] if single else out
+        objective = objective.to(device=device, dtype=dtype)
+        return (out[0], objective[0]) if single else (out, objective)
+
+    def _predict(self, H: Tensor, y: Tensor, H_query: Tensor | None, single: bool, solve_on: torch.device,
+                 return_objective: bool) -> tuple[Tensor, Tensor | None]:
+        """Predictions (B, m) and (``return_objective``) objectives (B,) in float64 on ``solve_on``
+        (diffcp runs on the CPU)."""
         H64, y64 = H.to(solve_on, torch.float64), y.to(solve_on, torch.float64)
         n = H.shape[1]
         whitened = [self._whiten(H64[b], None if single else b) for b in range(H.shape[0])]
@@ -226,14 +244,11 @@ class ConvexBNReLU(nn.Module):
             predictions = network(torch.stack([
                 self._rows((query[b] - mean) @ V / S_values, S_values, n)
                 for b, (mean, _, S_values, V) in enumerate(whitened)]))
-        out = predictions.to(device=device, dtype=dtype)
         if not return_objective:
-            return out[0] if single else out
+            return predictions, None
         fitted = predictions if H_query is None else network(U_prime)
         penalty = torch.linalg.norm(S, dim=-2).sum(-1) + torch.linalg.norm(T, dim=-2).sum(-1)
-        objective = loss_terms(self.loss, fitted, y64).sum(-1) + self.beta.to(solve_on) * penalty
-        objective = objective.to(device=device, dtype=dtype)
-        return (out[0], objective[0]) if single else (out, objective)
+        return predictions, loss_terms(self.loss, fitted, y64).sum(-1) + self.beta.to(solve_on) * penalty
 
     @torch.no_grad()
     def freeze(self, H_train: Tensor, y_train: Tensor, solver: str = "clarabel") -> nn.Sequential:

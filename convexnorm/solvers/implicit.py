@@ -30,6 +30,7 @@ from convexnorm.solvers.interior_point import InteriorPointResult, InteriorPoint
 from convexnorm.solvers.kkt import Conic, Primal, criteria
 from convexnorm.losses import loss_curvature, loss_gradient
 from convexnorm.solvers.problem import ConvexBNProblem
+from convexnorm.solvers.threads import intra_op_threads
 
 #: Groups below this fraction of the largest norm are inactive (zero, zero gradient).
 ACTIVE_GROUP_RTOL = 1e-6
@@ -222,11 +223,20 @@ def polish_episode(problem: ConvexBNProblem, result: InteriorPointResult, groups
 
 
 class InteriorPointSolve(torch.autograd.Function):
-    """W*(A, y, beta) (batch, 2P, k) for fixed masks, by the batched interior-point method."""
+    """W*(A, y, beta) (batch, 2P, k) for fixed masks, by the batched interior-point method; forward
+    and backward on ``threads`` intra-op threads (solvers/threads.py: the backward runs when the
+    autograd engine calls it, outside the caller's thread setting)."""
 
     @staticmethod
     def forward(ctx, A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.Tensor, loss: str,
-                settings: InteriorPointSettings, owner: str) -> torch.Tensor:
+                settings: InteriorPointSettings, owner: str, threads: int | None) -> torch.Tensor:
+        ctx.threads = threads
+        with intra_op_threads(threads):
+            return InteriorPointSolve._solve(ctx, A, y, beta, masks, loss, settings, owner)
+
+    @staticmethod
+    def _solve(ctx, A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.Tensor, loss: str,
+               settings: InteriorPointSettings, owner: str) -> torch.Tensor:
         problem = ConvexBNProblem(A, masks, y, beta, loss)
         result = interior_point(problem, settings)
         failed = torch.nonzero(~result.converged).flatten().tolist()
@@ -253,6 +263,7 @@ class InteriorPointSolve(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_W: torch.Tensor):
         A, y, beta, masks, W, G = ctx.saved_tensors
-        grads = [_episode_vjp(A[b], y[b], beta[b], masks[b], W[b].T, G[b], grad_W[b].T, ctx.loss)
-                 for b in range(A.shape[0])]
-        return (*(torch.stack(parts) for parts in zip(*grads)), None, None, None, None)
+        with intra_op_threads(ctx.threads):
+            grads = [_episode_vjp(A[b], y[b], beta[b], masks[b], W[b].T, G[b], grad_W[b].T, ctx.loss)
+                     for b in range(A.shape[0])]
+        return (*(torch.stack(parts) for parts in zip(*grads)), None, None, None, None, None)
