@@ -230,35 +230,29 @@ class InteriorPointSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.Tensor, loss: str,
                 settings: InteriorPointSettings, owner: str, threads: int | None) -> torch.Tensor:
-        ctx.threads = threads
+        ctx.threads, ctx.loss = threads, loss
         with intra_op_threads(threads):
-            return InteriorPointSolve._solve(ctx, A, y, beta, masks, loss, settings, owner)
-
-    @staticmethod
-    def _solve(ctx, A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.Tensor, loss: str,
-               settings: InteriorPointSettings, owner: str) -> torch.Tensor:
-        problem = ConvexBNProblem(A, masks, y, beta, loss)
-        result = interior_point(problem, settings)
-        failed = torch.nonzero(~result.converged).flatten().tolist()
-        if failed:
-            worst = int(failed[0])
-            raise SolverError(
-                f"{owner}: solver='torch' did not meet its tolerances in episode(s) {failed[:10]} (episode {worst}: "
-                f"relative gap {float(result.criteria.relative_gap[worst]):.2e}, violation "
-                f"{float(result.criteria.violation[worst]):.2e}, tol {settings.tol:g}); loosen tol in "
-                "solver_options or check the episode's data")
-        norms = torch.linalg.norm(result.W, dim=-1)
-        W = torch.where((norms > ACTIVE_GROUP_RTOL * norms.amax(-1, keepdim=True))[..., None], result.W,
-                        torch.zeros_like(result.W))
-        groups, rows = active_sets(result)
-        G = result.z.rows * rows
-        if loss != "hinge":
-            polished = [polish_episode(problem, result, groups, rows, b) for b in range(A.shape[0])]
-            W = torch.stack([W[b] if found is None else found[0].T for b, found in enumerate(polished)])
-            G = torch.stack([G[b] if found is None else found[1] for b, found in enumerate(polished)])
-        ctx.save_for_backward(A, y, beta, masks, W, G)
-        ctx.loss = loss
-        return W
+            problem = ConvexBNProblem(A, masks, y, beta, loss)
+            result = interior_point(problem, settings)
+            failed = torch.nonzero(~result.converged).flatten().tolist()
+            if failed:
+                worst = int(failed[0])
+                raise SolverError(
+                    f"{owner}: solver='torch' did not meet its tolerances in episode(s) {failed[:10]} "
+                    f"(episode {worst}: relative gap {float(result.criteria.relative_gap[worst]):.2e}, violation "
+                    f"{float(result.criteria.violation[worst]):.2e}, tol {settings.tol:g}); loosen tol in "
+                    "solver_options or check the episode's data")
+            norms = torch.linalg.norm(result.W, dim=-1)
+            W = torch.where((norms > ACTIVE_GROUP_RTOL * norms.amax(-1, keepdim=True))[..., None], result.W,
+                            torch.zeros_like(result.W))
+            groups, rows = active_sets(result)
+            G = result.z.rows * rows
+            if loss != "hinge":
+                polished = [polish_episode(problem, result, groups, rows, b) for b in range(A.shape[0])]
+                W = torch.stack([W[b] if found is None else found[0].T for b, found in enumerate(polished)])
+                G = torch.stack([G[b] if found is None else found[1] for b, found in enumerate(polished)])
+            ctx.save_for_backward(A, y, beta, masks, W, G)
+            return W
 
     @staticmethod
     def backward(ctx, grad_W: torch.Tensor):
