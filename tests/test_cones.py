@@ -57,8 +57,8 @@ def test_max_steps_reach_the_boundary() -> None:
     on_boundary = soc_det(at).abs() / (at**2).sum(1)
     assert float(on_boundary.max()) < 1e-10
     assert bool(torch.isinf(soc_max_step(u, u)).all())  # moving outward never leaves the cone
-    assert torch.equal(orthant_max_step(torch.tensor([1.0, 2.0]), torch.tensor([-4.0, 1.0])),
-                       torch.tensor([0.25, float("inf")]))
+    u, d = torch.tensor([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]), torch.tensor([[-4.0, 1.0, -2.0], [4.0, 1.0, 0.0]])
+    assert torch.equal(orthant_max_step(u, d), torch.tensor([0.25, float("inf")]))  # per program: min over entries
 
 
 def _dense_newton_matrix(problem: ConvexBNProblem, system: NewtonSystem) -> torch.Tensor:

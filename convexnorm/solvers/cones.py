@@ -107,8 +107,10 @@ def soc_max_step(u: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
 
 
 def orthant_max_step(u: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """Largest alpha with u + alpha d >= 0 entrywise (u > 0), per entry."""
-    return torch.where(d < 0, -u / d, torch.full_like(u, float("inf")))
+    """Largest alpha with u + alpha d >= 0 in every entry of each program (u > 0; u, d (batch, ...)):
+    -1 / min(d / u) where some d < 0, else inf; (batch,)."""
+    worst = (d / u).flatten(1).amin(1)
+    return torch.where(worst < 0, -1 / worst, torch.full_like(worst, float("inf")))
 
 
 def soc_min_eigenvalue(u: torch.Tensor) -> torch.Tensor:

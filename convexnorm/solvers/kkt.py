@@ -18,6 +18,7 @@ objective and the dual bound at the iterate's multipliers, which certifies the s
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 
 import torch
@@ -26,15 +27,25 @@ from convexnorm.losses import loss_gradient
 from convexnorm.solvers.problem import ConvexBNProblem
 
 
+@functools.cache
+def _names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+def _per_program(alpha: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """alpha (batch,) shaped to broadcast against ``like`` (batch, ...)."""
+    return alpha.reshape(-1, *[1] * (like.dim() - 1))
+
+
 class _Vector:
     """Dataclass of tensors (or None) treated as one vector, batched over the first dimension."""
 
     def map(self, fn, *others):
-        return type(self)(*(None if getattr(self, f.name) is None else
-                            fn(getattr(self, f.name), *(getattr(o, f.name) for o in others)) for f in fields(self)))
+        return type(self)(*(None if getattr(self, name) is None else
+                            fn(getattr(self, name), *(getattr(o, name) for o in others)) for name in _names(type(self))))
 
     def parts(self) -> list[torch.Tensor]:
-        return [getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None]
+        return [part for part in (getattr(self, name) for name in _names(type(self))) if part is not None]
 
     def __add__(self, other):
         return self.map(torch.add, other)
@@ -48,8 +59,12 @@ class _Vector:
     def scaled(self, alpha: torch.Tensor | float):
         """alpha * self, alpha a number or one per program (batch,)."""
         if isinstance(alpha, torch.Tensor):
-            return self.map(lambda t: alpha.reshape(-1, *[1] * (t.dim() - 1)) * t)
+            return self.map(lambda t: _per_program(alpha, t) * t)
         return self.map(lambda t: alpha * t)
+
+    def plus_scaled(self, alpha: torch.Tensor, other):
+        """self + alpha * other, alpha one per program (batch,): one fused operation per part."""
+        return self.map(lambda a, b: torch.addcmul(a, _per_program(alpha, b), b), other)
 
     def dot(self, other) -> torch.Tensor:
         """Inner product per program (batch,)."""
@@ -60,7 +75,7 @@ class _Vector:
 
     def where(self, keep: torch.Tensor, other):
         """self for the programs where ``keep`` (batch,) holds, else other."""
-        return self.map(lambda a, b: torch.where(keep.reshape(-1, *[1] * (a.dim() - 1)), a, b), other)
+        return self.map(lambda a, b: torch.where(_per_program(keep, a), a, b), other)
 
 
 @dataclass
@@ -100,7 +115,7 @@ class Conic(_Vector):
 
 def constraint_map(problem: ConvexBNProblem, x: Primal) -> Conic:
     """G x."""
-    rows = -problem.signs * problem.rows(x.W)
+    rows = problem.negative_signs * problem.rows(x.W)
     if x.xi is None:
         return Conic(rows, -x.X)
     return Conic(rows, -x.X, -x.xi, -(x.xi + problem.y * problem.predictions(x.W)))
@@ -142,8 +157,10 @@ def objective_gradient(problem: ConvexBNProblem, x: Primal) -> Primal:
 
 def kkt_residual(problem: ConvexBNProblem, x: Primal, s: Conic, z: Conic) -> tuple[Primal, Conic]:
     """(r_x, r_z) = (grad phi(x) + G^T z, G x + s - h); differentiable in problem.A, y, beta."""
-    return objective_gradient(problem, x) + constraint_adjoint(problem, z), \
-        constraint_map(problem, x) + s - constraint_offset(problem)
+    r_z = constraint_map(problem, x) + s
+    if r_z.margin is not None:  # h: -1 in the margin part, zero elsewhere (constraint_offset)
+        r_z.margin = r_z.margin + 1
+    return objective_gradient(problem, x) + constraint_adjoint(problem, z), r_z
 
 
 def multipliers(problem: ConvexBNProblem, x: Primal, z: Conic) -> torch.Tensor:
@@ -177,6 +194,7 @@ def criteria(problem: ConvexBNProblem, x: Primal, z: Conic) -> Criteria:
 
 def bounded_criteria(problem: ConvexBNProblem, W: torch.Tensor, lower_bound: torch.Tensor) -> Criteria:
     """The criteria of neurons W against a given lower bound on the optimum (one per program)."""
-    objective = problem.objective(W)
+    rows = problem.rows(W)
+    objective = problem.objective(W, rows)
     gap = (objective - lower_bound) / objective.abs().clamp_min(1e-12)
-    return Criteria(objective, lower_bound, gap, problem.violation(W))
+    return Criteria(objective, lower_bound, gap, problem.violation(W, rows))

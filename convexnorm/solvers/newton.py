@@ -112,7 +112,8 @@ class NewtonSystem:
         #: the explicit inverse H^-1 was not accurate enough near the solution)
         self.H_root = torch.linalg.solve_triangular(L, torch.eye(k + 1, dtype=A.dtype, device=A.device).expand_as(L),
                                                     upper=False)
-        Q = self.H_root[..., 1:].transpose(-1, -2) @ self.H_root[..., 1:]
+        self.H_root_T = self.H_root.transpose(-1, -2).contiguous()
+        Q = self.H_root_T[..., 1:, :] @ self.H_root[..., 1:]
         R = cholesky(Q[:, :P] + Q[:, P:])  # (batch, P, k, k)
         F = A @ R.permute(0, 2, 1, 3).reshape(batch, k, P * k)
         F.view(batch, n, P, k).mul_(masks[..., None])
@@ -120,8 +121,8 @@ class NewtonSystem:
         self.capacitance = cholesky(capacitance)
 
     def _block_solve(self, X: torch.Tensor) -> torch.Tensor:
-        inner = (self.H_root * X[..., None, :]).sum(-1)
-        return (self.H_root * inner[..., :, None]).sum(-2)
+        """H^-1 X block by block: L^-T (L^-1 X_j), two batched matrix-vector products."""
+        return (self.H_root_T @ (self.H_root @ X[..., None]))[..., 0]
 
     def _predictions(self, X: torch.Tensor) -> torch.Tensor:
         return self.problem.predictions(X[..., 1:])
@@ -175,7 +176,7 @@ class NewtonSystem:
     def solve(self, b_x: Primal, b_z: Conic, d: Conic, refine: bool = True) -> tuple[Primal, Conic, Conic]:
         """The Newton equations grad^2 phi dx + G^T dz = b_x, G dx + ds = b_z, V dz + V^-1 ds = d;
         returns dx, dz, ds (with ds = V d - V^2 dz: dz = V^-2 (G dx - b_z) + V^-1 d)."""
-        problem = self.problem
-        dx = self.solve_x(b_x + constraint_adjoint(problem, self.inverse_square(b_z) - self.inverse(d)), refine)
+        problem, scaled = self.problem, self.inverse(d)
+        dx = self.solve_x(b_x + constraint_adjoint(problem, self.inverse_square(b_z) - scaled), refine)
         Gdx = constraint_map(problem, dx)
-        return dx, self.inverse_square(Gdx - b_z) + self.inverse(d), b_z - Gdx
+        return dx, self.inverse_square(Gdx - b_z) + scaled, b_z - Gdx

@@ -74,6 +74,11 @@ class ConvexBNProblem:
         return torch.cat([half, half], -1)
 
     @functools.cached_property
+    def negative_signs(self) -> torch.Tensor:
+        """-E (batch, n, 2P)."""
+        return -self.signs
+
+    @functools.cached_property
     def outer(self) -> torch.Tensor:
         """a_i a_i^T of the rows of A, flattened: (batch, n, k * k)."""
         return (self.A[..., :, None] * self.A[..., None, :]).flatten(-2)
@@ -96,19 +101,20 @@ class ConvexBNProblem:
         """The adjoint of ``rows``: group j gets A^T V_j, (batch, 2P, k)."""
         return V.transpose(-1, -2) @ self.A
 
-    def objective(self, W: torch.Tensor) -> torch.Tensor:
+    def objective(self, W: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """loss(f) + beta sum_j ||W_j|| with ReLU predictions f = sum_j o_j (A W_j)_+ (the value
-        of the recovered network), per program."""
+        of the recovered network), per program (``rows``: A W_j if already at hand)."""
         P = self.patterns
-        Z = torch.relu(self.rows(W))
+        Z = torch.relu(self.rows(W) if rows is None else rows)
         f = Z[..., :P].sum(-1) - Z[..., P:].sum(-1)
         return loss_terms(self.loss, f, self.y).sum(-1) + self.beta * torch.linalg.norm(W, dim=-1).sum(-1)
 
-    def violation(self, W: torch.Tensor) -> torch.Tensor:
-        """Largest violation of E_j * (A W_j) >= 0 relative to the largest ||A W_j||, per program."""
-        Z = self.rows(W)
+    def violation(self, W: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Largest violation of E_j * (A W_j) >= 0 relative to the largest ||A W_j||, per program
+        (``rows``: A W_j if already at hand)."""
+        Z = self.rows(W) if rows is None else rows
         scale = torch.linalg.norm(Z, dim=-2).amax(-1)
-        worst = (-self.signs * Z).clamp_min(0).flatten(1).amax(-1)
+        worst = (self.negative_signs * Z).flatten(1).amax(-1).clamp_min(0)
         return torch.where(scale > 0, worst / scale.clamp_min(torch.finfo(Z.dtype).tiny), torch.zeros_like(worst))
 
     def dual_bound(self, lam: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
@@ -118,9 +124,7 @@ class ConvexBNProblem:
         margin losses u = y lam is first clipped to [0, 1], the domain of loss*."""
         if self.loss != "squared":
             lam = self.y * (self.y * lam).clamp(0, 1)
-        G = G.clamp_min(0)
-        base = self.masks * lam[..., None]
-        V = torch.cat([base, -base], -1) + self.signs * G
-        norms = torch.linalg.norm(self.rows_adjoint(V), dim=-1).amax(-1)
+        norms = torch.linalg.norm(self.predictions_adjoint(lam) + self.rows_adjoint(self.signs * G.clamp_min(0)),
+                                  dim=-1).amax(-1)
         scale = torch.clamp(self.beta / norms.clamp_min(1e-300), max=1.0)
         return dual_value(self.loss, scale[:, None] * lam, self.y)
