@@ -297,3 +297,35 @@ def test_polish_rejects_a_wrong_active_set() -> None:
     # certified to 1e-12 (Clarabel's tight answer lies 2.5e-9 above it: measured)
     assert float(measured.relative_gap[0]) <= 1e-12
     assert float(measured.lower_bound[0]) <= reference <= float(measured.objective[0]) * (1 + 1e-8)
+
+
+def test_polish_stops_at_its_tolerance_and_at_a_step_that_does_not_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Newton's method from a right active set contracts: the polish stops once the largest KKT
+    residual entry is within POLISH_RTOL beta max(1, ||A||_2), fewer than POLISH_STEPS steps here;
+    from a wrong one (every row active) the first step does not contract and the polish ends
+    there, one system built, instead of running all its steps."""
+    import convexnorm.solvers.implicit as implicit
+
+    U_prime, patterns, y = program(0, 30, 3, 12, "squared")
+    problem = ConvexBNProblem.from_arrays([(U_prime, patterns, y)], 0.2, "squared")
+    result = interior_point(problem)
+    gap = result.criteria.relative_gap[0]
+    args = problem.A[0], problem.y[0], problem.beta[0], problem.masks[0]
+    groups, rows = implicit.active_sets(result)
+    W, G = (result.W[0] * groups[0, :, None]).T, result.z.rows[0]
+    built = []
+    original = implicit._ActiveSystem.__init__
+
+    def counted(self, *system_args, **kwargs):
+        built.append(1)
+        original(self, *system_args, **kwargs)
+
+    monkeypatch.setattr(implicit._ActiveSystem, "__init__", counted)
+    assert implicit._polish(*args, W, G, torch.ones_like(G, dtype=torch.bool), "squared", gap) is None
+    assert len(built) == 1
+    built.clear()
+    polished, multipliers = implicit._polish(*args, W, G, rows[0], "squared", gap)
+    assert 2 <= len(built) <= implicit.POLISH_STEPS  # at least one step taken, not all of them
+    system, active = implicit._active_system(*args, polished, multipliers, rows[0], "squared")
+    residual = system.residual(system.W, system.G, *args[:3])
+    assert float(residual.abs().max()) <= implicit.POLISH_RTOL * float(args[2]) * max(1.0, system.A_norm)
