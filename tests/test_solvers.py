@@ -57,6 +57,35 @@ def test_batched_solves_equal_one_by_one(loss: str) -> None:
     assert bool(together.converged.all())
 
 
+def test_stopped_programs_leave_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch costs the sum of its programs' iterations: programs that stop leave it (here one
+    certified at W = 0 before the first iteration and three of different lengths), and each
+    program's answer is still the one it gets alone, in its own place."""
+    import convexnorm.solvers.interior_point as method
+
+    items = [program(seed, 30, 3, 12, "squared") for seed in range(3)]
+    items.insert(1, (items[0][0], items[0][1], np.zeros_like(items[0][2])))  # y = 0: W = 0 is optimal
+    sizes = []
+    original = method.NewtonSystem.__init__
+
+    def counted(self, problem, *args, **kwargs):
+        sizes.append(problem.batch)
+        original(self, problem, *args, **kwargs)
+
+    monkeypatch.setattr(method.NewtonSystem, "__init__", counted)
+    together = interior_point(ConvexBNProblem.from_arrays(items, 0.2, "squared"))
+    assert sizes[1] == 3 and sizes[-1] < 3  # after the initial point: never the zero program, then fewer
+    assert sorted(sizes[1:], reverse=True) == sizes[1:]
+    assert sum(sizes[1:]) == int(together.iterations.sum())
+    assert int(together.iterations[1]) == 0 and float(together.W[1].abs().max()) == 0
+    for index, item in enumerate(items):
+        alone = interior_point(ConvexBNProblem.from_arrays([item], 0.2, "squared"))
+        assert int(together.iterations[index]) == int(alone.iterations[0])
+        assert abs(float(together.criteria.objective[index] - alone.criteria.objective[0])) \
+            <= 1e-12 * max(float(alone.criteria.objective[0]), 1e-300)
+    assert bool(together.converged.all())
+
+
 def episodes(B: int = 3, n: int = 12, d: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     H = torch.randn(B, n, d, generator=generator, dtype=torch.float64)

@@ -141,7 +141,8 @@ def _jordan(u: Conic, v: Conic, orthant, cone) -> Conic:
 
 def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = InteriorPointSettings()
                    ) -> InteriorPointResult:
-    """Solve every program of the batch (see the module docstring)."""
+    """Solve every program of the batch (see the module docstring); stopped programs leave the batch,
+    so a batch costs about the sum of its programs' iterations, not B times the largest."""
     x, s, z = _initial_point(problem)
     batch = problem.batch
     iterations = torch.zeros(batch, dtype=torch.long, device=problem.A.device)
@@ -152,12 +153,27 @@ def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = I
     done = at_zero.met(settings.tol, settings.violation_tol)
     x, measured = zero.where(done, x), at_zero.where(done, measured)
     best = _Best(x, s, z, measured, settings.violation_tol)
+    # the batch shrinks to the programs still running (indices ``running``); the stopped ones' best
+    # iterates are written into the full-size ``final`` (x, s, z, criteria)
+    running = torch.arange(batch, device=problem.A.device)
+    final = [best.x, best.s, best.z, best.criteria]
+
+    def settle(stopped: torch.Tensor) -> None:
+        index = running[stopped]
+        final[:] = [whole.map(lambda a, b: a.index_copy(0, index, b[stopped]), part)
+                    for whole, part in zip(final, (best.x, best.s, best.z, best.criteria))]
+
     for iteration in range(settings.max_iterations):
         done = done | measured.met(settings.tol, settings.violation_tol) | (best.stalled >= settings.patience)
-        logger.debug("interior point: iteration %d, %d of %d stopped, largest gap %.2e", iteration, int(done.sum()),
-                     batch, float(measured.relative_gap.max()))
+        logger.debug("interior point: iteration %d, %d of %d stopped, largest gap %.2e", iteration,
+                     batch - len(running) + int(done.sum()), batch, float(measured.relative_gap.max()))
         if bool(done.all()):
             break
+        if bool(done.any()):
+            settle(done)
+            keep = ~done
+            running, problem, best, done = running[keep], problem.select(keep), best.select(keep), done[keep]
+            x, s, z, measured = (part.map(lambda t: t[keep]) for part in (x, s, z, measured))
         try:
             system = NewtonSystem(problem, x, s, z)
         except Breakdown:
@@ -187,11 +203,12 @@ def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = I
         alpha = (settings.step_fraction * _max_step(s, ds).minimum(_max_step(z, dz))).clamp(max=1.0)
         alpha = torch.where(done | ~torch.isfinite(alpha), torch.zeros_like(alpha), alpha)
         x, s, z = x.plus_scaled(alpha, dx), s.plus_scaled(alpha, ds), z.plus_scaled(alpha, dz)
-        iterations = iterations + (~done).long()
+        iterations.index_add_(0, running, (~done).long())
         measured = criteria(problem, x, z)
         best.update(x, s, z, measured)
-    return InteriorPointResult(best.x, best.s, best.z, best.criteria,
-                               best.criteria.met(settings.tol, settings.violation_tol), iterations)
+    settle(torch.ones_like(done))
+    x, s, z, measured = final
+    return InteriorPointResult(x, s, z, measured, measured.met(settings.tol, settings.violation_tol), iterations)
 
 
 class _Best:
@@ -204,6 +221,13 @@ class _Best:
         self.x, self.s, self.z, self.criteria = x, s, z, measured
         self.violation_tol = violation_tol
         self.stalled = torch.zeros_like(measured.objective, dtype=torch.long)
+
+    def select(self, keep: torch.Tensor) -> "_Best":
+        """The programs where ``keep`` (batch,) holds."""
+        chosen = _Best(*(part.map(lambda t: t[keep]) for part in (self.x, self.s, self.z, self.criteria)),
+                       self.violation_tol)
+        chosen.stalled = self.stalled[keep]
+        return chosen
 
     def score(self, measured: Criteria) -> torch.Tensor:
         return torch.where(measured.violation <= self.violation_tol, measured.relative_gap,

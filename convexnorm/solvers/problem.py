@@ -50,6 +50,10 @@ class ConvexBNProblem:
         beta = torch.full((len(programs),), float(beta), dtype=torch.float64, device=device)
         return cls(stacked(0), stacked(1, transpose=True), stacked(2), beta, loss)
 
+    def select(self, keep: torch.Tensor) -> "ConvexBNProblem":
+        """The programs where ``keep`` (batch,) holds."""
+        return ConvexBNProblem(self.A[keep], self.masks[keep], self.y[keep], self.beta[keep], self.loss)
+
     @property
     def batch(self) -> int:
         return self.A.shape[0]
