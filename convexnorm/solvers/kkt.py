@@ -41,8 +41,11 @@ class _Vector:
     """Dataclass of tensors (or None) treated as one vector, batched over the first dimension."""
 
     def map(self, fn, *others):
-        return type(self)(*(None if getattr(self, name) is None else
-                            fn(getattr(self, name), *(getattr(o, name) for o in others)) for name in _names(type(self))))
+        out = []
+        for name in _names(type(self)):
+            value = getattr(self, name)
+            out.append(None if value is None else fn(value, *(getattr(o, name) for o in others)))
+        return type(self)(*out)
 
     def parts(self) -> list[torch.Tensor]:
         return [part for part in (getattr(self, name) for name in _names(type(self))) if part is not None]
