@@ -5,7 +5,7 @@ says little; this alternates fresh processes of the two trees (say a commit chec
 ``git worktree add /tmp/before REV`` and the working tree) for ``--rounds`` rounds and prints
 each round's best time per batch and the ratio of the medians. The batches are those of
 bench_block_head.py (``data``, ``block_step``): ConvexBNReLU(d, beta=0.05, n_patterns=P,
-solver="torch") on one episode of each size and on --episodes episodes of 64x8x64.
+solver="torch") on one episode of each size and on 32 episodes of 64x8x64 (``SIZES``).
 Run: python benchmarks/bench_ab.py BEFORE_TREE AFTER_TREE [--rounds 3]
 """
 
@@ -56,13 +56,12 @@ def main() -> None:
         return child(args.child)
     if len(args.trees) != 2:
         parser.error("give two source trees: BEFORE_TREE AFTER_TREE")
-    rounds: dict[str, list[list[float]]] = {tree: [] for tree in args.trees}
+    before, after = [], []
     for _ in range(args.rounds):
-        for tree in args.trees:
+        for tree, rounds in zip(args.trees, (before, after)):
             out = subprocess.run([sys.executable, __file__, "--child", tree], check=True, capture_output=True,
                                  text=True).stdout.split()
-            rounds[tree].append([float(v) for v in out])
-    before, after = (rounds[tree] for tree in args.trees)
+            rounds.append([float(v) for v in out])
     print(f"{'batch':<24} {'before s (rounds)':<26} {'after s (rounds)':<26} after/before (medians)")
     for index, (size, B, _) in enumerate(SIZES):
         old, new = [r[index] for r in before], [r[index] for r in after]

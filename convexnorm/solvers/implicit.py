@@ -168,28 +168,31 @@ def _polish(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.T
     if system is None:
         return None
     scale = float(beta) * max(1.0, system.A_norm)
-    F = system.residual(system.W, system.G, A, y, beta)
-    for _ in range(POLISH_STEPS):
+    W_J, G_J = system.W, system.G
+    F = system.residual(W_J, G_J, A, y, beta)
+    for step in range(POLISH_STEPS):
         if float(F.abs().max()) <= POLISH_RTOL * scale:
             break
+        if step > 0:  # the system at the current point, only where a step is taken from it
+            system = _ActiveSystem(A, y, beta, system.M, system.o, system.rows, W_J, G_J, loss, system.A_norm)
         a, b = system.solve(*system.unpack(-F))
-        W_next, G_next = system.W + a.T, system.G - b.T * system.rows
+        W_next, G_next = W_J + a.T, G_J - b.T * system.rows
         F_next = system.residual(W_next, G_next, A, y, beta)
         # Newton's method contracts from a right active set; a step that does not (a wrong or degenerate
         # set: measured diverging or stalling at 1e-7 on a 128x16x128 batch) ends the polish
         if not (bool(torch.isfinite(F_next).all()) and float(F_next.abs().max()) <= POLISH_CONTRACTION
                 * float(F.abs().max())):
             return None
-        system = _ActiveSystem(A, y, beta, system.M, system.o, system.rows, W_next, G_next, loss, system.A_norm)
-        F = F_next
-    rows_ok = bool((((2 * system.M - 1) * (A @ system.W)) >= -POLISH_RTOL * scale * system.norms).all())
+        W_J, G_J, F = W_next, G_next, F_next
+    norms = torch.linalg.norm(W_J, dim=0)
+    rows_ok = bool((((2 * system.M - 1) * (A @ W_J)) >= -POLISH_RTOL * scale * norms).all())
     if not (bool(torch.isfinite(F).all()) and float(F.abs().max()) <= POLISH_RTOL * scale and rows_ok
-            and bool((system.G >= 0).all()) and bool((system.norms > 0).all())):
+            and bool((G_J >= 0).all()) and bool((norms > 0).all())):
         return None
     polished = W.clone()
-    polished[:, active] = system.W
+    polished[:, active] = W_J
     multipliers = G.clone()  # the inactive groups' multipliers enter the dual bound as they are
-    multipliers[:, active] = system.G
+    multipliers[:, active] = G_J
     problem = ConvexBNProblem(A[None], masks[None], y[None], beta[None], loss)
     measured = criteria(problem, Primal.of_neurons(polished.T[None]), Conic(multipliers[None], None))
     return (polished, multipliers) if float(measured.relative_gap[0]) <= float(gap) else None

@@ -22,7 +22,7 @@ from convexnorm._validation import check_count, check_positive
 from convexnorm.solvers.cones import (NTScaling, identity_like, jordan_divide, jordan_product, orthant_max_step,
                                       soc_max_step, soc_min_eigenvalue)
 from convexnorm.solvers.kkt import (Conic, Criteria, Primal, constraint_adjoint, constraint_map, constraint_offset,
-                                    criteria, kkt_residual, objective_gradient, zero_primal)
+                                    criteria, kkt_residual, objective_gradient, per_program, zero_primal)
 from convexnorm.solvers.newton import Breakdown, NewtonSystem
 from convexnorm.solvers.problem import ConvexBNProblem
 
@@ -120,7 +120,7 @@ def _identity(u: Conic) -> Conic:
 
 def _shifted(u: Conic, t: torch.Tensor) -> Conic:
     """u + t e, t one per program (batch,): t added to the orthant parts and to each cone's first entry."""
-    out = Conic(u.rows, None, u.slack, u.margin).map(lambda part: part + t.reshape(-1, *[1] * (part.dim() - 1)))
+    out = Conic(u.rows, None, u.slack, u.margin).map(lambda part: part + per_program(t, part))
     out.cones = u.cones.clone()
     out.cones[..., 0] += t[:, None]
     return out
@@ -173,7 +173,7 @@ def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = I
             settle(done)
             keep = ~done
             running, problem, best, done = running[keep], problem.select(keep), best.select(keep), done[keep]
-            x, s, z, measured = (part.map(lambda t: t[keep]) for part in (x, s, z, measured))
+            x, s, z, measured = (part.select(keep) for part in (x, s, z, measured))
         try:
             system = NewtonSystem(problem, x, s, z)
         except Breakdown:
@@ -224,8 +224,7 @@ class _Best:
 
     def select(self, keep: torch.Tensor) -> "_Best":
         """The programs where ``keep`` (batch,) holds."""
-        chosen = _Best(*(part.map(lambda t: t[keep]) for part in (self.x, self.s, self.z, self.criteria)),
-                       self.violation_tol)
+        chosen = _Best(*(part.select(keep) for part in (self.x, self.s, self.z, self.criteria)), self.violation_tol)
         chosen.stalled = self.stalled[keep]
         return chosen
 
@@ -236,10 +235,7 @@ class _Best:
     def update(self, x: Primal, s: Conic, z: Conic, measured: Criteria) -> None:
         old, new = self.score(self.criteria), self.score(measured)
         better = (new < old) | (torch.isinf(old) & torch.isinf(new))
-        if bool(better.all()):  # one program, or all improved: no selection needed
-            self.x, self.s, self.z, self.criteria = x, s, z, measured
-        elif bool(better.any()):
-            self.x, self.s, self.z = x.where(better, self.x), s.where(better, self.s), z.where(better, self.z)
-            self.criteria = measured.where(better, self.criteria)
+        self.x, self.s, self.z = x.where(better, self.x), s.where(better, self.s), z.where(better, self.z)
+        self.criteria = measured.where(better, self.criteria)
         counting = self.criteria.relative_gap <= STALL_GAP
         self.stalled = torch.where(better | ~counting, torch.zeros_like(self.stalled), self.stalled + 1)

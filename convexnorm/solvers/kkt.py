@@ -32,7 +32,7 @@ def _names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
 
-def _per_program(alpha: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def per_program(alpha: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """alpha (batch,) shaped to broadcast against ``like`` (batch, ...)."""
     return alpha.reshape(-1, *[1] * (like.dim() - 1))
 
@@ -62,12 +62,12 @@ class _Vector:
     def scaled(self, alpha: torch.Tensor | float):
         """alpha * self, alpha a number or one per program (batch,)."""
         if isinstance(alpha, torch.Tensor):
-            return self.map(lambda t: _per_program(alpha, t) * t)
+            return self.map(lambda t: per_program(alpha, t) * t)
         return self.map(lambda t: alpha * t)
 
     def plus_scaled(self, alpha: torch.Tensor, other):
         """self + alpha * other, alpha one per program (batch,): one fused operation per part."""
-        return self.map(lambda a, b: torch.addcmul(a, _per_program(alpha, b), b), other)
+        return self.map(lambda a, b: torch.addcmul(a, per_program(alpha, b), b), other)
 
     def dot(self, other) -> torch.Tensor:
         """Inner product per program (batch,)."""
@@ -77,8 +77,17 @@ class _Vector:
         return self.dot(self).sqrt()
 
     def where(self, keep: torch.Tensor, other):
-        """self for the programs where ``keep`` (batch,) holds, else other."""
-        return self.map(lambda a, b: torch.where(_per_program(keep, a), a, b), other)
+        """self for the programs where ``keep`` (batch,) holds, else other (either one whole where
+        ``keep`` is all true or all false: no selection)."""
+        if bool(keep.all()):
+            return self
+        if not bool(keep.any()):
+            return other
+        return self.map(lambda a, b: torch.where(per_program(keep, a), a, b), other)
+
+    def select(self, keep: torch.Tensor):
+        """The programs where ``keep`` (batch,) holds, as a smaller batch."""
+        return self.map(lambda t: t[keep])
 
 
 @dataclass
