@@ -312,12 +312,12 @@ def test_polish_rejects_a_wrong_active_set() -> None:
     U_prime, patterns, y = program(0, 30, 3, 12, "squared")
     problem = ConvexBNProblem.from_arrays([(U_prime, patterns, y)], 0.2, "squared")
     result = interior_point(problem)
-    gap = result.criteria.relative_gap[0]
+    bound, gap = result.criteria.lower_bound[0], result.criteria.relative_gap[0]
     args = problem.A[0], problem.y[0], problem.beta[0], problem.masks[0]
     groups, rows = active_sets(result)
     W, G = (result.W[0] * groups[0, :, None]).T, result.z.rows[0]
-    assert _polish(*args, W, G, torch.ones_like(G, dtype=torch.bool), "squared", gap) is None
-    found = _polish(*args, W, G, rows[0], "squared", gap)
+    assert _polish(*args, W, G, torch.ones_like(G, dtype=torch.bool), "squared", bound, gap) is None
+    found = _polish(*args, W, G, rows[0], "squared", bound, gap)
     assert found is not None
     polished, multipliers = found
     measured = criteria(problem, Primal.of_neurons(polished.T[None]), Conic(multipliers[None], None))
@@ -326,6 +326,83 @@ def test_polish_rejects_a_wrong_active_set() -> None:
     # certified to 1e-12 (Clarabel's tight answer lies 2.5e-9 above it: measured)
     assert float(measured.relative_gap[0]) <= 1e-12
     assert float(measured.lower_bound[0]) <= reference <= float(measured.objective[0]) * (1 + 1e-8)
+
+
+def largest_benchmark_batch() -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """bench_block_head.py's 128 x 16 x 128 batch (H, y) and the test's query rows, weights and
+    directions in H and y."""
+    n, d = 128, 16
+    H, y = episodes(B=1, n=n, d=d, seed=0)
+    generator = torch.Generator().manual_seed(5)
+    extras = (torch.randn(5, d, generator=generator, dtype=torch.float64),
+              torch.randn(5, generator=generator, dtype=torch.float64),
+              torch.randn(n, d, generator=generator, dtype=torch.float64),
+              torch.randn(n, generator=generator, dtype=torch.float64))
+    return H[0], y[0], extras
+
+
+def test_polish_corrects_a_row_read_off_on_the_wrong_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the largest benchmark batch moved by 1e-6 along a direction in H, one row has slack 6e-7
+    and multiplier 1e-5 at the interior-point solution and is read off as active, but the polished
+    point gives it a negative multiplier: the polish drops it and restarts Newton's method (a second
+    run), and the result is kept; without corrections it is refused."""
+    import convexnorm.solvers.implicit as implicit
+    from convexnorm.solvers.implicit import active_sets, polish_episode
+
+    H, y, (_, _, direction, _) = largest_benchmark_batch()
+    block = ConvexBNReLU(16, beta=0.05, n_patterns=128, solver="torch")
+    _, U, S, _ = block._whiten(H - 1e-6 * direction)
+    U_prime = block._rows(U, S, 128)
+    problem = ConvexBNProblem(U_prime[None], block._patterns(U_prime)[None], y[None],
+                              torch.tensor([0.05], dtype=torch.float64), "squared")
+    result = interior_point(problem, InteriorPointSettings(tol=1e-7))
+    groups, rows = active_sets(result)
+    runs = []
+    newton = implicit._newton
+    monkeypatch.setattr(implicit, "_newton", lambda *args: runs.append(1) or newton(*args))
+    assert polish_episode(problem, result, groups, rows, 0) is not None
+    assert len(runs) >= 3  # the first attempt (every group) fails; the second needs a correction
+    monkeypatch.setattr(implicit, "POLISH_CORRECTIONS", 0)
+    assert polish_episode(problem, result, groups, rows, 0) is None
+
+
+def test_block_gradients_at_the_benchmarks_largest_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench_block_head.py's 128 x 16 x 128 batch, where the interior-point solution holds groups
+    still shrinking to zero (1e-7 of the largest, every row looking active), a 17th row read off as
+    active in a group of dimension 17, and a row with slack and multiplier both near 1e-6. Before, the
+    polish was refused there and the backward, on those active sets, was 42% off central differences
+    in H. Now the polish holds for the batch and its perturbations, and directional derivatives in H
+    and y agree with central differences (h = 1e-7) of the forward polished to 1e-12, 1e-6 relative
+    (measured 2e-8 and 7e-8; at the default polish tolerance 1e-10 the forward itself is accurate
+    only to about 1e-11, which central differences at this step amplify to 5e-5)."""
+    import convexnorm.solvers.implicit as implicit
+
+    monkeypatch.setattr(implicit, "POLISH_RTOL", 1e-12)
+    polished = []
+
+    def recorded(*args):
+        found = polish_episode(*args)
+        polished.append(found is not None)
+        return found
+
+    polish_episode = implicit.polish_episode
+    monkeypatch.setattr(implicit, "polish_episode", recorded)
+    H, y, (H_query, weights, *directions) = largest_benchmark_batch()
+    block = ConvexBNReLU(16, beta=0.05, n_patterns=128, solver="torch")
+
+    def value(H_: torch.Tensor, y_: torch.Tensor) -> torch.Tensor:
+        predictions, objective = block(H_, y_, H_query=H_query, return_objective=True)
+        return (predictions * weights).sum() + 0.3 * objective
+
+    H_var, y_var = H.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    grad_H, grad_y = torch.autograd.grad(value(H_var, y_var), [H_var, y_var])
+    step = 1e-7
+    with torch.no_grad():
+        along_H = (value(H + step * directions[0], y) - value(H - step * directions[0], y)) / (2 * step)
+        along_y = (value(H, y + step * directions[1]) - value(H, y - step * directions[1])) / (2 * step)
+    assert polished == [True] * 5
+    for analytic, numeric in (((grad_H * directions[0]).sum(), along_H), ((grad_y * directions[1]).sum(), along_y)):
+        assert abs(float(analytic - numeric)) <= 1e-6 * abs(float(numeric))
 
 
 def test_polish_stops_at_its_tolerance_and_at_a_step_that_does_not_contract(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -338,7 +415,7 @@ def test_polish_stops_at_its_tolerance_and_at_a_step_that_does_not_contract(monk
     U_prime, patterns, y = program(0, 30, 3, 12, "squared")
     problem = ConvexBNProblem.from_arrays([(U_prime, patterns, y)], 0.2, "squared")
     result = interior_point(problem)
-    gap = result.criteria.relative_gap[0]
+    bound, gap = result.criteria.lower_bound[0], result.criteria.relative_gap[0]
     args = problem.A[0], problem.y[0], problem.beta[0], problem.masks[0]
     groups, rows = implicit.active_sets(result)
     W, G = (result.W[0] * groups[0, :, None]).T, result.z.rows[0]
@@ -350,10 +427,10 @@ def test_polish_stops_at_its_tolerance_and_at_a_step_that_does_not_contract(monk
         original(self, *system_args, **kwargs)
 
     monkeypatch.setattr(implicit._ActiveSystem, "__init__", counted)
-    assert implicit._polish(*args, W, G, torch.ones_like(G, dtype=torch.bool), "squared", gap) is None
+    assert implicit._polish(*args, W, G, torch.ones_like(G, dtype=torch.bool), "squared", bound, gap) is None
     assert len(built) == 1
     built.clear()
-    polished, multipliers = implicit._polish(*args, W, G, rows[0], "squared", gap)
+    polished, multipliers = implicit._polish(*args, W, G, rows[0], "squared", bound, gap)
     assert 1 <= len(built) < implicit.POLISH_STEPS  # at least one step taken, not all of them
     system, active = implicit._active_system(*args, polished, multipliers, rows[0], "squared")
     residual = system.residual(system.W, system.G, *args[:3])

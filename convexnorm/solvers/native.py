@@ -81,8 +81,9 @@ def solve_native(problem: ConvexBNProblem, settings: InteriorPointSettings = Int
     """Solve every program of ``problem`` by the interior-point method (``threads``: torch's
     intra-op threads meanwhile). A program (smooth loss) that stops short of its tolerances,
     typically at float64's limit a little above ``tol``, is finished by Newton's method on its
-    active-set system (solvers/implicit.py, ``polish_episode``), kept where its dual bound
-    certifies it. Then the residue of inactive groups is removed where certified."""
+    active-set system (solvers/implicit.py, ``polish_episode``), kept where it is certified (by
+    the dual bound at its own multipliers or the interior-point method's). Then the residue of
+    inactive groups is removed where certified."""
     with intra_op_threads(threads):
         result = interior_point(problem, settings)
         W, z = result.W.clone(), result.z
@@ -94,7 +95,10 @@ def solve_native(problem: ConvexBNProblem, settings: InteriorPointSettings = Int
                 if found is not None:
                     W[b], z.rows[b] = found[0].T, found[1]
         lam = multipliers(problem, Primal.of_neurons(W), z)
-        measured = bounded_criteria(problem, W, problem.dual_bound(lam, z.rows))
+        # the better of the two bounds on the optimum: at the (polished) solution's multipliers and the
+        # interior-point method's own (the polish is kept where it certifies against either one)
+        measured = bounded_criteria(problem, W, torch.maximum(problem.dual_bound(lam, z.rows),
+                                                              result.criteria.lower_bound))
         norms = torch.linalg.norm(W, dim=-1)
         settled = torch.zeros_like(result.converged)
         for rtol in ZERO_GROUP_RTOLS:
