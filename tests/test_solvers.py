@@ -366,6 +366,26 @@ def test_polish_corrects_a_row_read_off_on_the_wrong_side(monkeypatch: pytest.Mo
     assert polish_episode(problem, result, groups, rows, 0) is None
 
 
+def test_block_logs_the_episodes_whose_polish_was_refused(monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """Where the polish is refused the block still returns the interior-point solution, and says so:
+    a warning naming the block and the episodes (their gradients rest on unpolished active sets)."""
+    import logging
+
+    import convexnorm.solvers.implicit as implicit
+
+    polish_episode = implicit.polish_episode
+    monkeypatch.setattr(implicit, "polish_episode",
+                        lambda problem, result, groups, rows, b: None if b == 1 else polish_episode(
+                            problem, result, groups, rows, b))
+    H, y = episodes()
+    block = ConvexBNReLU(3, beta=0.2, n_patterns=10, solver="torch")
+    with caplog.at_level(logging.WARNING, logger="convexnorm"):
+        block(H, y)
+    assert [record.getMessage().startswith("ConvexBNReLU: the polish was refused in episode(s) [1];")
+            for record in caplog.records] == [True]
+
+
 def test_block_gradients_at_the_benchmarks_largest_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     """bench_block_head.py's 128 x 16 x 128 batch, where the interior-point solution holds groups
     still shrinking to zero (1e-7 of the largest, every row looking active), a 17th row read off as
