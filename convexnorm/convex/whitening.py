@@ -100,11 +100,24 @@ class Whitening:
         return self.scaled_features((coords / self.S) @ self.V.T)
 
 
+def canonical_signs(U: torch.Tensor, Vh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """U and Vh with each singular pair's sign chosen so that the entry of largest magnitude of its
+    right singular vector is positive (scikit-learn's ``svd_flip`` with the V-based decision). The
+    SVD fixes each pair only up to a joint sign, which LAPACK builds choose differently, and fixed
+    gate vectors meet U' with those signs: the demo's first fit, on one machine, was 14.8444 with 50
+    neurons with LAPACK's signs and 15.4125 with 54 with one pair flipped."""
+    largest = Vh.abs().argmax(dim=1, keepdim=True)
+    signs = torch.where(Vh.detach().gather(1, largest) < 0, -1.0, 1.0).to(Vh.dtype)  # (r, 1)
+    return U * signs.T, Vh * signs
+
+
 def whiten_tensor(X: torch.Tensor, rtol: float = RANK_RTOL) -> tuple[torch.Tensor, ...]:
     """Differentiable whitening in torch: (mean, U, S, V) of the rank-r part of X - 1 mu^T,
-    through ``torch.linalg.svd`` (gradients need distinct singular values)."""
+    through ``torch.linalg.svd`` (gradients need distinct singular values), with canonical
+    signs (``canonical_signs``)."""
     mean = X.mean(dim=0)
     U, S, Vh = torch.linalg.svd(X - mean, full_matrices=False)
+    U, Vh = canonical_signs(U, Vh)
     if S.numel() == 0 or S[0] == 0:
         raise ValueError("all samples are identical; the centered data has rank 0")
     rank = int((S > rtol * S[0]).sum())

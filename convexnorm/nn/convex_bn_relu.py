@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from convexnorm._validation import check_count, check_float_tensor, check_options, check_positive
 from convexnorm.convex.network import recover_network
+from convexnorm.convex.patterns import arrangement_patterns
 from convexnorm.convex.solve import solve_convex_program
 from convexnorm.convex.whitening import (WHITENINGS, Whitening, check_whitening_rank, truncate_rank, u_prime_rows,
                                          whiten_tensor)
@@ -260,7 +261,9 @@ class ConvexBNReLU(nn.Module):
         H64, y64 = H_train.to("cpu", torch.float64), y_train.to("cpu", torch.float64)
         mean, U, S, V = self._whiten(H64)
         U_prime = self._rows(U, S, H64.shape[0])
-        masks = self._patterns(U_prime).numpy().T.astype(bool)
+        # the distinct nonzero patterns, as an estimator given them solves: duplicates split a neuron between
+        # identical groups in no particular way, which changes predictions away from the training data
+        masks = arrangement_patterns(U_prime.numpy(), self._patterns(U_prime).numpy().T.astype(bool))
         solution = solve_convex_program(U_prime.numpy(), masks, y64.numpy(), float(self.beta), self.loss, solver,
                                         "ConvexBNReLU.freeze")
         whitening = Whitening(mean=mean.numpy(), U=U.numpy(), S=S.numpy(), V=V.numpy())
