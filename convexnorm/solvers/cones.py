@@ -12,34 +12,43 @@ O(m) per cone (``NTScaling``); only V^-2 is formed densely, for the Newton matri
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
 
-def soc_det(u: torch.Tensor) -> torch.Tensor:
-    """u0^2 - ||u1||^2 per cone (> 0 inside)."""
-    return u[..., 0] ** 2 - (u[..., 1:] ** 2).sum(-1)
+@functools.lru_cache(maxsize=64)
+def _signs(m: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The diagonal of J = diag(1, -1, ..., -1) (m,)."""
+    J = torch.full((m,), -1.0, dtype=dtype, device=device)
+    J[0] = 1
+    return J
 
 
 def reflect(u: torch.Tensor) -> torch.Tensor:
-    """J u = (u0, -u1)."""
-    return torch.cat([u[..., :1], -u[..., 1:]], -1)
+    """J u = (u0, -u1): one product with J's diagonal."""
+    return u * _signs(u.shape[-1], u.dtype, u.device)
 
 
-def _boost_apply(w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """boost(w) v per cone: (w^T v, v0 w1 + v1 + (w1^T v1) w1 / (1 + w0))."""
-    w0, w1, v0, v1 = w[..., :1], w[..., 1:], v[..., :1], v[..., 1:]
-    inner = (w1 * v1).sum(-1, keepdim=True)
-    return torch.cat([w0 * v0 + inner, v0 * w1 + v1 + (inner / (1 + w0)) * w1], -1)
+def soc_det(u: torch.Tensor) -> torch.Tensor:
+    """u0^2 - ||u1||^2 = u^T J u per cone (> 0 inside)."""
+    return (u * reflect(u)).sum(-1)
 
 
 @dataclass
 class NTScaling:
-    """V = eta boost(w) for every cone of a batch (eta: (...,), w: (..., m))."""
+    """V = eta boost(w) for every cone of a batch (eta: (...,), w: (..., m)); the products below use
+    w1 / (1 + w0) and (Jw) / eta^2, formed once."""
 
     eta: torch.Tensor
     w: torch.Tensor
+
+    def __post_init__(self) -> None:
+        self._w0, self._w1 = self.w[..., :1], self.w[..., 1:]
+        self._bent = self._w1 / (1 + self._w0)  # boost(w) v = (w^T v, v1 + v0 w1 + (w1^T v1) w1 / (1 + w0))
+        self._eta = self.eta[..., None]
+        self._jw, self._minus_eta_2 = reflect(self.w), -self._eta ** -2
 
     @classmethod
     def of(cls, s: torch.Tensor, z: torch.Tensor) -> "NTScaling":
@@ -50,22 +59,30 @@ class NTScaling:
         w = (s_bar + reflect(z_bar)) / (2 * gamma[..., None])
         return cls((det_s / det_z).sqrt(), w)
 
+    def _boost(self, v: torch.Tensor, sign: float) -> torch.Tensor:
+        """boost(w) v (sign +1) or boost(J w) v = boost(w)^-1 v (sign -1), per cone."""
+        v0, v1 = v[..., :1], v[..., 1:]
+        inner = (self._w1 * v1).sum(-1, keepdim=True)
+        head = torch.addcmul(inner, self._w0, v0, value=sign) if sign > 0 else torch.addcmul(-inner, self._w0, v0)
+        tail = torch.addcmul(torch.addcmul(v1, self._bent, inner), self._w1, v0, value=sign)
+        return torch.cat([head, tail], -1)
+
     def apply(self, v: torch.Tensor) -> torch.Tensor:
         """V v."""
-        return self.eta[..., None] * _boost_apply(self.w, v)
+        return self._eta * self._boost(v, 1.0)
 
     def apply_inverse(self, v: torch.Tensor) -> torch.Tensor:
         """V^-1 v."""
-        return _boost_apply(reflect(self.w), v) / self.eta[..., None]
+        return self._boost(v, -1.0) / self._eta
 
     def apply_inverse_square(self, v: torch.Tensor) -> torch.Tensor:
         """V^-2 v = eta^-2 (2 (Jw)(Jw)^T - J) v."""
-        jw = reflect(self.w)
-        return (2 * (jw * v).sum(-1, keepdim=True) * jw - reflect(v)) / (self.eta**2)[..., None]
+        inner = (self._jw * v).sum(-1, keepdim=True)
+        return self._minus_eta_2 * torch.addcmul(reflect(v), self._jw, inner, value=-2)
 
     def inverse_square(self) -> torch.Tensor:
         """V^-2 = eta^-2 (2 (Jw)(Jw)^T - J) as dense (..., m, m) matrices."""
-        jw = reflect(self.w)
+        jw = self._jw
         out = 2 * jw[..., :, None] * jw[..., None, :]
         out.diagonal(dim1=-2, dim2=-1).add_(1)
         out[..., 0, 0] -= 2
@@ -93,8 +110,8 @@ def identity_like(u: torch.Tensor) -> torch.Tensor:
 def soc_max_step(u: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """Largest alpha with u + alpha d in the cone (u inside), per cone: the smallest positive
     root of det(u + alpha d) = a alpha^2 + b alpha + c (inf if there is none)."""
-    a, c = soc_det(d), soc_det(u)
-    b = 2 * (u[..., 0] * d[..., 0] - (u[..., 1:] * d[..., 1:]).sum(-1))
+    Jd = reflect(d)
+    a, b, c = (d * Jd).sum(-1), 2 * (u * Jd).sum(-1), soc_det(u)
     discriminant = b * b - 4 * a * c
     inf = torch.full_like(a, float("inf"))
     root = discriminant.clamp_min(0).sqrt()

@@ -105,10 +105,12 @@ def _zero_network(problem: ConvexBNProblem, like: Primal) -> Primal:
     return Primal(torch.zeros_like(like.X), None if like.xi is None else torch.ones_like(like.xi))
 
 
-def _max_step(u: Conic, d: Conic) -> torch.Tensor:
-    """Largest alpha per program with u + alpha d in K."""
-    steps = [orthant_max_step(a, b) for a, b in zip(u.orthants(), d.orthants())]
-    return torch.stack(steps + [soc_max_step(u.cones, d.cones).amin(1)]).amin(0)
+def _max_step(*pairs: tuple[Conic, Conic]) -> torch.Tensor:
+    """Largest alpha per program with u + alpha d in K for every pair (u, d), the cones of all pairs
+    in one stacked call (half the small operations of a call per pair)."""
+    steps = [orthant_max_step(a, b) for u, d in pairs for a, b in zip(u.orthants(), d.orthants())]
+    cones = soc_max_step(torch.stack([u.cones for u, _ in pairs]), torch.stack([d.cones for _, d in pairs]))
+    return torch.stack([*steps, cones.amin(-1).amin(0)]).amin(0)
 
 
 def _identity(u: Conic) -> Conic:
@@ -192,7 +194,7 @@ def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = I
 
         affine = -lam_square
         dx, dz, ds = direction(1.0, affine, False)
-        alpha = _max_step(s, ds).minimum(_max_step(z, dz)).clamp(max=1.0)
+        alpha = _max_step((s, ds), (z, dz)).clamp(max=1.0)
         mu_affine = s.plus_scaled(alpha, ds).dot(z.plus_scaled(alpha, dz)) / degree
         sigma = (mu_affine / mu).clamp(0, 1) ** settings.centering_exponent
         # Mehrotra's corrector: the second-order term (V^-1 ds) o (V dz) of the affine step
@@ -200,7 +202,7 @@ def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = I
                                                                         system.scaling.apply(b)))
         refine = bool((measured.relative_gap < REFINE_GAP).any())
         dx, dz, ds = direction(1 - sigma, _shifted(affine - second, mu * sigma), refine)
-        alpha = (settings.step_fraction * _max_step(s, ds).minimum(_max_step(z, dz))).clamp(max=1.0)
+        alpha = (settings.step_fraction * _max_step((s, ds), (z, dz))).clamp(max=1.0)
         alpha = torch.where(done | ~torch.isfinite(alpha), torch.zeros_like(alpha), alpha)
         x, s, z = x.plus_scaled(alpha, dx), s.plus_scaled(alpha, ds), z.plus_scaled(alpha, dz)
         iterations.index_add_(0, running, (~done).long())

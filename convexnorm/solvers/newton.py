@@ -94,8 +94,7 @@ class NewtonSystem:
         self.weights = Conic(z.rows / s.rows, None, *(None if a is None else a / b
                                                       for a, b in ((z.slack, s.slack), (z.margin, s.margin))))
         self.roots = self.weights.map(torch.sqrt)
-        H = self.scaling.inverse_square()
-        H[..., 1:, 1:] += (self.weights.rows.transpose(-1, -2) @ problem.outer).reshape(batch, 2 * P, k, k)
+        rows_part = (self.weights.rows.transpose(-1, -2) @ problem.outer).reshape(batch, 2 * P, k, k)
         if problem.loss == "hinge":
             slack, margin = self.weights.slack, self.weights.margin
             self.xi_diagonal = slack + margin
@@ -103,17 +102,33 @@ class NewtonSystem:
         else:
             self.curvature = loss_curvature(problem.loss, problem.predictions(x.W), problem.y)
         #: the dense factor of the whole matrix, where the Woodbury difference would lose accuracy
-        self.dense = _dense_factor(problem, H, self.curvature) if float(self.curvature.max()) > DENSE_CURVATURE \
-            else None
-        if self.dense is not None:
+        self.dense = None
+        if float(self.curvature.max()) > DENSE_CURVATURE:
+            H = self.scaling.inverse_square()
+            H[..., 1:, 1:] += rows_part
+            self.dense = _dense_factor(problem, H, self.curvature)
             return
-        L = cholesky(H)
-        #: L^-1: block solves as two products with it (batched LAPACK solves of tiny systems are slow;
-        #: the explicit inverse H^-1 was not accurate enough near the solution)
-        self.H_root = torch.linalg.solve_triangular(L, torch.eye(k + 1, dtype=A.dtype, device=A.device).expand_as(L),
+        # H_j = [[h, g^T], [g, H_11]] eliminated in closed form: with V^-2 = eta^-2 (2 (Jw)(Jw)^T - J),
+        # h = eta^-2 (2 w0^2 - 1), g = -2 eta^-2 w0 w1 and the Schur complement
+        # S_j = H_11 - g g^T / h = eta^-2 (I - 2 w1 w1^T / (2 w0^2 - 1)) + A^T diag(z_j / s_j) A,
+        # whose eta^-2 part has eigenvalues 1 and 1 / (2 w0^2 - 1) > 0 (w0^2 - ||w1||^2 = 1). Cholesky on
+        # H_j itself forms S_j as the difference of two rank-one terms of size eta^-2 w0^2, which near
+        # the cones' boundary (w0 large) loses what the closed form keeps.
+        eta_2 = self.scaling.eta ** -2
+        w0, w1 = self.scaling.w[..., 0], self.scaling.w[..., 1:]
+        spread = 2 * w0 * w0 - 1
+        #: h of every group and r = g / h: block solves eliminate tau through them
+        self.tau_pivot = eta_2 * spread
+        self.tau_coupling = (-2 * w0 / spread)[..., None] * w1
+        S = rows_part.sub_((2 * eta_2 / spread)[..., None, None] * w1[..., :, None] * w1[..., None, :])
+        S.diagonal(dim1=-2, dim2=-1).add_(eta_2[..., None])
+        L = cholesky(S)
+        #: L^-1 of the Schur complements: block solves as two products with it (batched LAPACK solves of
+        #: tiny systems are slow; an explicit inverse was not accurate enough near the solution)
+        self.S_root = torch.linalg.solve_triangular(L, torch.eye(k, dtype=A.dtype, device=A.device).expand_as(L),
                                                     upper=False)
-        self.H_root_T = self.H_root.transpose(-1, -2).contiguous()
-        Q = self.H_root_T[..., 1:, :] @ self.H_root[..., 1:]
+        self.S_root_T = self.S_root.transpose(-1, -2).contiguous()
+        Q = self.S_root_T @ self.S_root  # the W blocks of H_j^-1: S_j^-1
         R = cholesky(Q[:, :P] + Q[:, P:])  # (batch, P, k, k)
         F = A @ R.permute(0, 2, 1, 3).reshape(batch, k, P * k)
         F.view(batch, n, P, k).mul_(masks[..., None])
@@ -121,8 +136,13 @@ class NewtonSystem:
         self.capacitance = cholesky(capacitance)
 
     def _block_solve(self, X: torch.Tensor) -> torch.Tensor:
-        """H^-1 X block by block: L^-T (L^-1 X_j), two batched matrix-vector products."""
-        return (self.H_root_T @ (self.H_root @ X[..., None]))[..., 0]
+        """H^-1 X block by block, X_j = (x0, x1): u1 = S_j^-1 (x1 - r x0) (two batched matrix-vector
+        products with L^-1 and its transpose), u0 = x0 / h - r^T u1."""
+        x0 = X[..., :1]
+        u1 = (self.S_root_T @ (self.S_root @ torch.addcmul(X[..., 1:], self.tau_coupling, x0, value=-1)[..., None]))
+        u1 = u1[..., 0]
+        u0 = x0 / self.tau_pivot[..., None] - (self.tau_coupling * u1).sum(-1, keepdim=True)
+        return torch.cat([u0, u1], -1)
 
     def _predictions(self, X: torch.Tensor) -> torch.Tensor:
         return self.problem.predictions(X[..., 1:])
