@@ -175,11 +175,6 @@ class ConvexBNReLU(nn.Module):
         masks = self._patterns(U_prime)
         settings, threads = self._native_settings()
         beta = self.beta.to(U_prime).expand(U_prime.shape[0])
-        if self.loss == "hinge" and torch.is_grad_enabled() and (U_prime.requires_grad or y.requires_grad
-                                                                 or beta.requires_grad):
-            raise ValueError("ConvexBNReLU: gradients through the hinge loss need solver='cvxpylayers' (the "
-                             "interior-point backward covers the smooth losses); run the forward under "
-                             "torch.no_grad() for predictions alone")
         W = InteriorPointSolve.apply(U_prime, y, beta, masks, self.loss, settings, "ConvexBNReLU", threads)
         P = self.n_patterns
         return W[:, :P].transpose(-1, -2), W[:, P:].transpose(-1, -2)

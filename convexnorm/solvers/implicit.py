@@ -6,7 +6,9 @@ G = z_rows > 0), the KKT conditions
     A^T (o_j M_j * loss'(f) - E_j * G_j) + beta W_j / ||W_j|| = 0      (j in J)
     (E_j * (A W_j))_R = 0
 
-are a square smooth system F(u, theta) = 0 in u = (W_J, G_R), theta = (A, y, beta). The
+are a square smooth system F(u, theta) = 0 in u = (W_J, G_R), theta = (A, y, beta). For the
+hinge loss, loss'(f) = -y alpha with alpha = 1 where y f < 1, 0 where y f > 1, and the samples on
+the margin (y f = 1) add their alpha to u and y_i f_i - 1 = 0 to F (``_Margins``). The
 backward pass solves J_u^T v = dL/du per episode by null spaces of the active rows (no dense
 Jacobian: ``_episode_vjp``) and returns -v^T dF/dtheta. (The Newton system of the last
 interior-point iterate gives the same derivative only to about 1e-3 near the solution, where
@@ -18,12 +20,13 @@ active sets read off the last iterate (``active_sets``: at most k - 1 rows per g
 POLISH_CORRECTIONS primal-dual corrections of the rows and a second attempt without the groups
 still shrinking to zero, kept only where it certifies a gap no larger than the interior-point
 method's (typically 1e-15 where it succeeds; where it fails the interior-point solution is kept).
-Smooth losses only (squared, logistic).
+Every loss (the hinge loss's margins read off the iterate and corrected the same way).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 
@@ -56,18 +59,44 @@ SMALL_GROUP_RTOLS = (1e-5, 1e-3)
 
 
 def _active_set_residual(u: torch.Tensor, A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, M: torch.Tensor,
-                         o: torch.Tensor, rows: torch.Tensor, loss: str) -> torch.Tensor:
+                         o: torch.Tensor, rows: torch.Tensor, loss: str, margins: "_Margins | None" = None
+                         ) -> torch.Tensor:
     """F(u, theta) of one episode on its active groups (columns of M, signs o) and active rows
-    (boolean n x |J|)."""
+    (boolean n x |J|). The hinge loss (``margins``): its gradient is -y alpha, alpha fixed off the
+    margin and the last entries of u on it, where F adds y_i f_i - 1."""
     k, groups = A.shape[1], M.shape[1]
     W = u[: k * groups].reshape(k, groups)
     flat = torch.nonzero(rows.reshape(-1)).squeeze(1)
-    G = torch.zeros(rows.numel(), dtype=u.dtype, device=u.device).scatter(0, flat, u[k * groups :]).reshape(rows.shape)
+    count = flat.numel()
+    G = torch.zeros(rows.numel(), dtype=u.dtype, device=u.device).scatter(
+        0, flat, u[k * groups: k * groups + count]).reshape(rows.shape)
     E = 2 * M - 1
     Z = A @ W
     f = (M * Z) @ o
-    stationarity = A.T @ (M * loss_gradient(loss, f, y)[:, None] * o - E * G) + beta * W / torch.linalg.norm(W, dim=0)
-    return torch.cat([stationarity.reshape(-1), (E * Z)[rows]])
+    if margins is None:
+        gradient, extra = loss_gradient(loss, f, y), []
+    else:
+        gradient = -y * margins.alpha.masked_scatter(margins.margin, u[k * groups + count:])
+        extra = [(y * f - 1)[margins.margin]]
+    stationarity = A.T @ (M * gradient[:, None] * o - E * G) + beta * W / torch.linalg.norm(W, dim=0)
+    return torch.cat([stationarity.reshape(-1), (E * Z)[rows], *extra])
+
+
+@dataclass
+class _Margins:
+    """The hinge loss's samples at a solution: alpha (n,) its subgradient multipliers (1 where
+    y f < 1, 0 where y f > 1) and ``margin`` (n,) the samples with y f = 1, whose alpha in [0, 1]
+    is an unknown of the active-set system."""
+
+    alpha: torch.Tensor
+    margin: torch.Tensor
+
+    @property
+    def on_margin(self) -> torch.Tensor:
+        return self.alpha[self.margin]
+
+    def with_margin_values(self, values: torch.Tensor) -> "_Margins":
+        return _Margins(self.alpha.masked_scatter(self.margin, values), self.margin)
 
 
 class _ActiveSystem:
@@ -81,10 +110,12 @@ class _ActiveSystem:
     singular vectors with S_j <= RANK_RTOL ||A||_2 (docs/math.md, section 9)."""
 
     def __init__(self, A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, M: torch.Tensor, o: torch.Tensor,
-                 rows: torch.Tensor, W: torch.Tensor, G: torch.Tensor, loss: str, A_norm: float) -> None:
+                 rows: torch.Tensor, W: torch.Tensor, G: torch.Tensor, loss: str, A_norm: float,
+                 margins: _Margins | None = None) -> None:
         """W (k, |J|) and G (n, |J|) on the active groups (columns of M, signs o); rows (n, |J|);
-        A_norm = ||A||_2."""
+        A_norm = ||A||_2; ``margins``: the hinge loss's (its margin equations y_i f_i = 1 join C)."""
         self.A, self.y, self.beta, self.M, self.o, self.rows, self.loss = A, y, beta, M, o, rows, loss
+        self.margins = margins
         self.A_norm = A_norm
         self.W, self.G = W, G
         self.norms = torch.linalg.norm(W, dim=0)
@@ -97,24 +128,28 @@ class _ActiveSystem:
         self.null = self.S <= RANK_RTOL * A_norm
         self.inverse_S = torch.where(self.null, torch.zeros_like(self.S),
                                      1 / torch.where(self.null, torch.ones_like(self.S), self.S))
-        self.curvature = loss_curvature(loss, (M * (A @ W)) @ o, y)
+        self.curvature = torch.zeros_like(y) if margins is not None else loss_curvature(loss, (M * (A @ W)) @ o, y)
         self.B = (o * M).T[:, :, None] * A[None]  # (|J|, n, k)
 
-    def pack(self, W: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
-        """One vector in the layout of u and F from W-shaped (k, |J|) and G-shaped (n, |J|) parts."""
-        return torch.cat([W.reshape(-1), G[self.rows]])
+    def pack(self, W: torch.Tensor, G: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """One vector in the layout of u and F from W-shaped (k, |J|) and G-shaped (n, |J|) parts (and
+        the margin part c, the hinge loss)."""
+        return torch.cat([W.reshape(-1), G[self.rows], *([] if self.margins is None else [c])])
 
-    def unpack(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The inverse of ``pack``, as (|J|, k) and (|J|, n) (zero off the active rows)."""
+    def unpack(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The inverse of ``pack``, as (|J|, k), (|J|, n) (zero off the active rows) and the margin part."""
         k, groups = self.W.shape
         G = torch.zeros_like(self.G)
-        G[self.rows] = u[k * groups:]
-        return u[: k * groups].view(k, groups).T, G.T
+        count = int(self.rows.sum())
+        G[self.rows] = u[k * groups: k * groups + count]
+        return u[: k * groups].view(k, groups).T, G.T, None if self.margins is None else u[k * groups + count:]
 
-    def residual(self, W: torch.Tensor, G: torch.Tensor, A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor
-                 ) -> torch.Tensor:
-        """F = (stationarity (k |J|), active rows (|R|)) at (W, G) for the data (A, y, beta)."""
-        return _active_set_residual(self.pack(W, G), A, y, beta, self.M, self.o, self.rows, self.loss)
+    def residual(self, W: torch.Tensor, G: torch.Tensor, A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor,
+                 c: torch.Tensor | None = None) -> torch.Tensor:
+        """F = (stationarity (k |J|), active rows (|R|), margins (hinge)) at (W, G, alpha on the margin c)
+        for the data (A, y, beta)."""
+        return _active_set_residual(self.pack(W, G, c), A, y, beta, self.M, self.o, self.rows, self.loss,
+                                    self.margins)
 
     def apply_K(self, v: torch.Tensor) -> torch.Tensor:
         """K v for v (|J|, k)."""
@@ -122,12 +157,17 @@ class _ActiveSystem:
         return (self.beta / self.norms)[:, None] * (v - (v * w).sum(1, keepdim=True) * w) + (
             self.B.transpose(-1, -2) @ (self.curvature * (self.B @ v[..., None])[..., 0].sum(0))[:, None])[..., 0]
 
-    def solve(self, r_W: torch.Tensor, r_R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def solve(self, r_W: torch.Tensor, r_R: torch.Tensor, r_M: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """a (|J|, k), b (|J|, n) with K a + C^T b = r_W and C a = r_R (r_R (|J|, n), zero off R):
         a = a_p + Z alpha with a_p = C^+ r_R and (Z^T K Z) alpha = Z^T (r_W - K a_p), then b = C^+T (r_W - K a)
-        group by group (least squares where the reduced system is singular: the minimum-norm answer)."""
+        group by group (least squares where the reduced system is singular: the minimum-norm answer).
+        The hinge loss adds D a = r_M with D = Y B on the margin samples (coupling the groups through f)
+        and D^T c on the left: [[Z^T K Z, (D Z)^T], [D Z, 0]] (alpha, c) = (Z^T (r_W - K a_p), r_M - D a_p)."""
         V, null, k = self.V, self.null, self.A.shape[1]
         a = (V @ (self.inverse_S * (self.U.transpose(-1, -2) @ r_R[..., None])[..., 0])[..., None])[..., 0]
+        margin = None if self.margins is None else self.margins.margin
+        c = None if margin is None else r_W.new_zeros(int(margin.sum()))
         keep = null.flatten()  # the null-space coordinates among the |J| k
         if bool(keep.any()):
             Z = V * null[:, None, :]
@@ -137,20 +177,33 @@ class _ActiveSystem:
                                                                 - Zw[:, :, None] * Zw[:, None, :])
             reduced = torch.block_diag(*blocks)[keep][:, keep].addmm(BZ.T, self.curvature[:, None] * BZ)
             rhs = (Z.transpose(-1, -2) @ (r_W - self.apply_K(a))[..., None]).flatten()[keep]
+            if c is not None and c.numel():
+                DZ = (self.y[:, None] * BZ)[margin]
+                Da = (self.y * (self.B @ a[..., None])[..., 0].sum(0))[margin]
+                reduced = torch.cat([torch.cat([reduced, DZ.T], 1), torch.cat([DZ, DZ.new_zeros(len(DZ), len(DZ))], 1)])
+                rhs = torch.cat([rhs, r_M - Da])
             # gelsd (SVD) on the CPU: gelsy's answers differ by ~1e-13 between identical calls (reentrancy)
             driver = "gelsd" if V.device.type == "cpu" else None
+            solution = torch.linalg.lstsq(reduced, rhs[:, None], driver=driver).solution[:, 0]
+            dim = int(keep.sum())
             alpha = torch.zeros(keep.numel(), dtype=V.dtype, device=V.device)
-            alpha[keep] = torch.linalg.lstsq(reduced, rhs[:, None], driver=driver).solution[:, 0]
+            alpha[keep] = solution[:dim]
+            if c is not None and c.numel():
+                c = solution[dim:]
             a = a + (Z @ alpha.view(-1, k, 1))[..., 0]
         remainder = r_W - self.apply_K(a)
+        if c is not None and c.numel():
+            spread = torch.zeros_like(self.y).masked_scatter(margin, c)
+            remainder = remainder - (self.B.transpose(-1, -2) @ (self.y * spread)[:, None])[..., 0]
         b = (self.U @ (self.inverse_S * (V.transpose(-1, -2) @ remainder[..., None])[..., 0])[..., None])[..., 0]
-        return a, b
+        return a, b, c
 
 
 def _active_system(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.Tensor, W: torch.Tensor,
-                   G: torch.Tensor, rows: torch.Tensor, loss: str) -> tuple[_ActiveSystem | None, torch.Tensor]:
-    """The active-set system of one episode at W (k, 2P), G (n, 2P) with active rows (n, 2P), and
-    the active groups (2P,)."""
+                   G: torch.Tensor, rows: torch.Tensor, loss: str, margins: _Margins | None = None
+                   ) -> tuple[_ActiveSystem | None, torch.Tensor]:
+    """The active-set system of one episode at W (k, 2P), G (n, 2P) with active rows (n, 2P) (and
+    the hinge loss's margins), and the active groups (2P,)."""
     active = torch.linalg.norm(W, dim=0) > 0  # the inactive groups are zero in W
     if not bool(active.any()):
         return None, active
@@ -159,37 +212,42 @@ def _active_system(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: 
     M, o = torch.cat([masks, masks], 1)[:, active], torch.cat([ones, -ones])[active]
     rows = rows[:, active]
     A_norm = float(torch.linalg.matrix_norm(A, ord=2))
-    return _ActiveSystem(A, y, beta, M, o, rows, W[:, active], G[:, active] * rows, loss, A_norm), active
+    return _ActiveSystem(A, y, beta, M, o, rows, W[:, active], G[:, active] * rows, loss, A_norm, margins), active
 
 
 def _newton(system: _ActiveSystem, A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, loss: str, scale: float
-            ) -> tuple[torch.Tensor, torch.Tensor, _ActiveSystem] | None:
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, _ActiveSystem] | None:
     """Newton's method on F(u) = 0 of ``system``'s active sets from its point: at most POLISH_STEPS
     steps, stopped once the largest residual entry is within POLISH_RTOL ``scale``; None at a step
     that does not contract it by POLISH_CONTRACTION or where the tolerance is not reached. Returns
-    (W_J, G_J) and the system at the last point where a step was taken."""
+    (W_J, G_J, the hinge loss's alpha on the margin) and the system at the last point where a step
+    was taken."""
     W_J, G_J = system.W, system.G
-    F = system.residual(W_J, G_J, A, y, beta)
+    c_J = None if system.margins is None else system.margins.on_margin
+    F = system.residual(W_J, G_J, A, y, beta, c_J)
     for step in range(POLISH_STEPS):
         if float(F.abs().max()) <= POLISH_RTOL * scale:
             break
         if step > 0:  # the system at the current point, only where a step is taken from it
-            system = _ActiveSystem(A, y, beta, system.M, system.o, system.rows, W_J, G_J, loss, system.A_norm)
-        a, b = system.solve(*system.unpack(-F))
+            margins = None if c_J is None else system.margins.with_margin_values(c_J)
+            system = _ActiveSystem(A, y, beta, system.M, system.o, system.rows, W_J, G_J, loss, system.A_norm,
+                                   margins)
+        a, b, c = system.solve(*system.unpack(-F))
         W_next, G_next = W_J + a.T, G_J - b.T * system.rows
-        F_next = system.residual(W_next, G_next, A, y, beta)
+        c_next = None if c_J is None else c_J - c
+        F_next = system.residual(W_next, G_next, A, y, beta, c_next)
         # Newton's method contracts from a right active set; a step that does not (a wrong or degenerate
         # set: measured diverging or stalling at 1e-7 on a 128x16x128 batch) ends the polish
         if not (bool(torch.isfinite(F_next).all()) and float(F_next.abs().max()) <= POLISH_CONTRACTION
                 * float(F.abs().max())):
             return None
-        W_J, G_J, F = W_next, G_next, F_next
-    return (W_J, G_J, system) if float(F.abs().max()) <= POLISH_RTOL * scale else None
+        W_J, G_J, c_J, F = W_next, G_next, c_next, F_next
+    return (W_J, G_J, c_J, system) if float(F.abs().max()) <= POLISH_RTOL * scale else None
 
 
 def _polish(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.Tensor, W: torch.Tensor,
-            G: torch.Tensor, rows: torch.Tensor, loss: str, lower_bound: torch.Tensor, gap: torch.Tensor
-            ) -> tuple[torch.Tensor, torch.Tensor] | None:
+            G: torch.Tensor, rows: torch.Tensor, loss: str, lower_bound: torch.Tensor, gap: torch.Tensor,
+            margins: _Margins | None = None) -> tuple[torch.Tensor, torch.Tensor, _Margins | None] | None:
     """Newton's method on the active-set system from the interior-point solution (W (k, 2P) with
     the inactive groups zero, its multipliers G (n, 2P), the active rows): the same optimum to
     float64's precision instead of the interior-point method's tolerance (``_newton``). A row whose
@@ -204,8 +262,10 @@ def _polish(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.T
     optimum whatever the point). The own bound alone can be the weaker one: a group shrinking to
     zero that the polish drops keeps the iterate's multipliers, no longer matched to the polished
     predictions (measured at 128x16x128: its dual norm 1.5e-6 above beta, a gap of 1.4e-6 for a
-    point whose objective is below the iterate's)."""
-    system, active = _active_system(A, y, beta, masks, W, G, rows, loss)
+    point whose objective is below the iterate's). The hinge loss (``margins``): samples move the same
+    way between the margin and the sides (alpha below 0 or above 1 leaves the margin; a sample whose
+    y f crosses 1 joins it). Returns (W, G, the margins at the polished point)."""
+    system, active = _active_system(A, y, beta, masks, W, G, rows, loss, margins)
     if system is None:
         return None
     scale = float(beta) * max(1.0, system.A_norm)
@@ -214,18 +274,30 @@ def _polish(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.T
         found = _newton(system, A, y, beta, loss, scale)
         if found is None:
             return None
-        W_J, G_J, system = found
+        W_J, G_J, c_J, system = found
         # every row within the tolerance its active entries of F met (a bound relative to ||W_j||
         # refused a small group's active rows at that same precision: 9e-12 ||W_j|| at ||W_j|| = 0.02)
-        slack = (2 * system.M - 1) * (A @ W_J)
+        Z = A @ W_J
+        slack = (2 * system.M - 1) * Z
         negative, violated = system.rows & (G_J < -tolerance), ~system.rows & (slack < -tolerance)
-        if not bool((negative | violated).any()):
+        margins = None if c_J is None else system.margins.with_margin_values(c_J)
+        moved = torch.zeros((), dtype=torch.bool)
+        if margins is not None:
+            alpha, margin = margins.alpha, margins.margin
+            margin_value = y * ((system.M * Z) @ system.o)
+            leave_low, leave_high = margin & (alpha < -tolerance), margin & (alpha > 1 + tolerance)
+            join = ~margin & (((alpha == 0) & (margin_value < 1 - tolerance))
+                              | ((alpha == 1) & (margin_value > 1 + tolerance)))
+            moved = (leave_low | leave_high | join).any()
+            margins = _Margins(torch.where(leave_low, 0.0, torch.where(leave_high, 1.0, alpha)).to(alpha),
+                               (margin & ~leave_low & ~leave_high) | join)
+        if not bool((negative | violated).any() | moved):
             break
         if correction == POLISH_CORRECTIONS:
             return None
         rows = (system.rows & ~negative) | violated
         system = _ActiveSystem(A, y, beta, system.M, system.o, rows, W_J, G_J.clamp_min(0) * rows, loss,
-                               system.A_norm)
+                               system.A_norm, margins)
     if not bool((torch.linalg.norm(W_J, dim=0) > 0).all()):
         return None
     polished = W.clone()
@@ -233,26 +305,32 @@ def _polish(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.T
     multipliers = G.clone()  # the inactive groups' multipliers enter the dual bound as they are
     multipliers[:, active] = G_J.clamp_min(0)
     problem = ConvexBNProblem(A[None], masks[None], y[None], beta[None], loss)
-    measured = criteria(problem, Primal.of_neurons(polished.T[None]), Conic(multipliers[None], None))
+    dual = None if margins is None else margins.alpha.clamp(0, 1)[None]  # the hinge loss's lam = y alpha
+    measured = criteria(problem, Primal.of_neurons(polished.T[None]), Conic(multipliers[None], None, None, dual))
     bound = max(float(measured.lower_bound[0]), float(lower_bound))
     objective = float(measured.objective[0])
-    return (polished, multipliers) if objective - bound <= float(gap) * max(abs(objective), 1e-12) else None
+    if objective - bound > float(gap) * max(abs(objective), 1e-12):
+        return None
+    return polished, multipliers, margins
 
 
 def _episode_vjp(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.Tensor, W: torch.Tensor,
-                 G: torch.Tensor, grad_W: torch.Tensor, loss: str) -> tuple[torch.Tensor, ...]:
+                 G: torch.Tensor, grad_W: torch.Tensor, loss: str, margins: _Margins | None = None
+                 ) -> tuple[torch.Tensor, ...]:
     """(dL/dA, dL/dy, dL/dbeta) of one episode: W (k, 2P), G (n, 2P), grad_W (k, 2P). The adjoint v
     solves J_u^T v = (grad_W, 0), i.e. K v_W + C^T v_R = grad_W, C v_W = 0; the gradient is
     -v^T dF/dtheta (one vector-Jacobian product of the residual)."""
-    system, active = _active_system(A, y, beta, masks, W, G, G > 0, loss)
+    system, active = _active_system(A, y, beta, masks, W, G, G > 0, loss, margins)
     if system is None:
         return torch.zeros_like(A), torch.zeros_like(y), torch.zeros_like(beta)
-    v_W, v_R = system.solve(grad_W[:, active].T, torch.zeros_like(system.G).T)
-    v = system.pack(v_W.T, v_R.T)
+    zero_margin = None if margins is None else y.new_zeros(int(margins.margin.sum()))
+    v_W, v_R, v_M = system.solve(grad_W[:, active].T, torch.zeros_like(system.G).T, zero_margin)
+    v = system.pack(v_W.T, v_R.T, v_M)
     data = tuple(t.detach().requires_grad_(True) for t in (A, y, beta))
+    on_margin = None if margins is None else margins.on_margin
     with torch.enable_grad():  # one vector-Jacobian product of the residual (torch.func.vjp: 0.9 ms, this 0.55)
-        return torch.autograd.grad(system.residual(system.W, system.G, *data), data, -v, allow_unused=True,
-                                   materialize_grads=True)
+        return torch.autograd.grad(system.residual(system.W, system.G, *data, on_margin), data, -v,
+                                   allow_unused=True, materialize_grads=True)
 
 
 def active_sets(result: InteriorPointResult) -> tuple[torch.Tensor, torch.Tensor]:
@@ -273,10 +351,23 @@ def active_sets(result: InteriorPointResult) -> tuple[torch.Tensor, torch.Tensor
     return groups, rows
 
 
+def margins_of(result: InteriorPointResult, episode: int) -> _Margins | None:
+    """The hinge loss's margins read off an interior-point iterate (None for the smooth losses):
+    alpha = z of the margin constraint xi + y f >= 1, fixed to 1 where only it is active (xi > 0),
+    to 0 where it is not, free on the samples where both it and xi >= 0 are (multiplier above slack)."""
+    if result.z.margin is None:
+        return None
+    z_slack, z_margin = result.z.slack[episode], result.z.margin[episode]
+    slack_active, margin_active = z_slack > result.s.slack[episode], z_margin > result.s.margin[episode]
+    margin = slack_active & margin_active
+    alpha = torch.where(margin, z_margin, torch.where(margin_active, 1.0, 0.0).to(z_margin))
+    return _Margins(alpha, margin)
+
+
 def polish_episode(problem: ConvexBNProblem, result: InteriorPointResult, groups: torch.Tensor, rows: torch.Tensor,
-                   episode: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``_polish`` of one episode of an interior-point result from its active sets (``active_sets``):
-    (W (k, 2P), G (n, 2P)) or None. A group still shrinking to zero may pass the active-group
+                   episode: int) -> tuple[torch.Tensor, torch.Tensor, _Margins | None] | None:
+    """``_polish`` of one episode of an interior-point result from its active sets (``active_sets``,
+    ``margins_of``): (W (k, 2P), G (n, 2P), margins) or None. A group still shrinking to zero may pass the active-group
     test, so the polish is also tried without the groups below each of SMALL_GROUP_RTOLS of the
     largest (each distinct set once)."""
     b = episode
@@ -289,7 +380,7 @@ def polish_episode(problem: ConvexBNProblem, result: InteriorPointResult, groups
     for chosen in attempts:
         found = _polish(problem.A[b], problem.y[b], problem.beta[b], problem.masks[b],
                         (result.W[b] * chosen[:, None]).T, result.z.rows[b], rows[b], problem.loss,
-                        result.criteria.lower_bound[b], result.criteria.relative_gap[b])
+                        result.criteria.lower_bound[b], result.criteria.relative_gap[b], margins_of(result, b))
         if found is not None:
             return found
     return None
@@ -320,15 +411,15 @@ class InteriorPointSolve(torch.autograd.Function):
                             torch.zeros_like(result.W))
             groups, rows = active_sets(result)
             G = result.z.rows * rows
-            if loss != "hinge":
-                polished = [polish_episode(problem, result, groups, rows, b) for b in range(A.shape[0])]
-                refused = [b for b, found in enumerate(polished) if found is None]
-                if refused:
-                    logger.warning("%s: the polish was refused in episode(s) %s; their gradients rest on the "
-                                   "interior-point solution (certified gap %.1e) and the active sets read off it",
-                                   owner, refused[:10], float(result.criteria.relative_gap[refused].max()))
-                W = torch.stack([W[b] if found is None else found[0].T for b, found in enumerate(polished)])
-                G = torch.stack([G[b] if found is None else found[1] for b, found in enumerate(polished)])
+            polished = [polish_episode(problem, result, groups, rows, b) for b in range(A.shape[0])]
+            refused = [b for b, found in enumerate(polished) if found is None]
+            if refused:
+                logger.warning("%s: the polish was refused in episode(s) %s; their gradients rest on the "
+                               "interior-point solution (certified gap %.1e) and the active sets read off it",
+                               owner, refused[:10], float(result.criteria.relative_gap[refused].max()))
+            W = torch.stack([W[b] if found is None else found[0].T for b, found in enumerate(polished)])
+            G = torch.stack([G[b] if found is None else found[1] for b, found in enumerate(polished)])
+            ctx.margins = [margins_of(result, b) if found is None else found[2] for b, found in enumerate(polished)]
             ctx.save_for_backward(A, y, beta, masks, W, G)
             return W
 
@@ -336,6 +427,6 @@ class InteriorPointSolve(torch.autograd.Function):
     def backward(ctx, grad_W: torch.Tensor):
         A, y, beta, masks, W, G = ctx.saved_tensors
         with intra_op_threads(ctx.threads):
-            grads = [_episode_vjp(A[b], y[b], beta[b], masks[b], W[b].T, G[b], grad_W[b].T, ctx.loss)
+            grads = [_episode_vjp(A[b], y[b], beta[b], masks[b], W[b].T, G[b], grad_W[b].T, ctx.loss, ctx.margins[b])
                      for b in range(A.shape[0])]
         return (*(torch.stack(parts) for parts in zip(*grads)), None, None, None, None, None)
