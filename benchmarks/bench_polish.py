@@ -1,8 +1,8 @@
 """How often the block's polish holds (docs/math.md, section 9): ConvexBNReLU(solver="torch")
 forward on random batches (H standard normal, y = sin(2 h_0) + h_1 h_2, signs of it for the
-logistic loss), counting the episodes whose active-set polish was kept; where it is refused the
+logistic and hinge losses), counting the episodes whose active-set polish was kept; where it is refused the
 gradients rest on the interior-point solution. Run:
-python benchmarks/bench_polish.py [--sizes 64x8x64 128x16x128] [--loss squared] [--batches 12] [--seed 100]
+python benchmarks/bench_polish.py [--sizes 64x8x64 128x16x128] [--loss squared|logistic|hinge] [--batches 12] [--seed 100]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from convexnorm.nn import ConvexBNReLU
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", nargs="+", default=["64x8x64", "128x16x128"], help="n x d x P")
-    parser.add_argument("--loss", default="squared", choices=["squared", "logistic"])
+    parser.add_argument("--loss", default="squared", choices=["squared", "logistic", "hinge"])
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--seed", type=int, default=100, help="batch b uses seed + b")
     args = parser.parse_args()
@@ -42,7 +42,7 @@ def main() -> None:
             H = torch.randn(n, d, generator=generator, dtype=torch.float64)
             y = torch.sin(2 * H[:, 0]) + H[:, 1] * H[:, 2 % d]
             with torch.no_grad():
-                block(H, torch.where(y > 0, 1.0, -1.0).double() if args.loss == "logistic" else y)
+                block(H, y if args.loss == "squared" else torch.where(y > 0, 1.0, -1.0).double())
         print(f"{size} {args.loss}: polish kept in {sum(kept)} of {len(kept)} batches "
               f"({time.perf_counter() - start:.1f} s)", flush=True)
 
