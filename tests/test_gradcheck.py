@@ -80,3 +80,22 @@ def test_convex_bn_relu_block_passes_gradcheck(solver, solver_options, tolerance
         down = block(H, y, return_objective=True)[1]
         beta.add_(step)
     assert abs(float(grad_beta) - float(up - down) / (2 * step)) <= tolerance * max(1.0, abs(float(grad_beta)))
+
+
+def test_convex_bn_relu_block_passes_gradcheck_for_the_hinge_loss() -> None:
+    """solver="torch" with the hinge loss (its margin samples in the active-set system): gradcheck in
+    H (the labels stay +-1), and the episodes' gradients equal the one-by-one gradients."""
+    H, y = block_inputs()
+    labels = torch.where(y.detach() > 0, 1.0, -1.0).double()
+    block = cn.nn.ConvexBNReLU(3, beta=0.1, n_patterns=6, solver="torch", loss="hinge")
+    assert gradcheck(lambda h: block(h, labels), (H,), eps=1e-6, atol=1e-7, rtol=1e-6, nondet_tol=0.0)
+    generator = torch.Generator().manual_seed(1)
+    episodes = torch.randn(3, 12, 3, generator=generator, **F64)
+    signs = torch.where(torch.sin(2 * episodes[..., 0]) + episodes[..., 1] * episodes[..., 2] > 0, 1.0, -1.0).double()
+    block = cn.nn.ConvexBNReLU(3, beta=0.1, n_patterns=10, solver="torch", loss="hinge")
+    together = episodes.clone().requires_grad_(True)
+    block(together, signs).sum().backward()
+    for b in range(3):
+        alone = episodes[b].clone().requires_grad_(True)
+        block(alone, signs[b]).sum().backward()
+        assert torch.allclose(alone.grad, together.grad[b], rtol=0, atol=1e-11)
