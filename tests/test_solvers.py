@@ -381,8 +381,9 @@ def test_polish_corrects_a_row_read_off_on_the_wrong_side(monkeypatch: pytest.Mo
 
 def test_block_logs_the_episodes_whose_polish_was_refused(monkeypatch: pytest.MonkeyPatch,
                                                           caplog: pytest.LogCaptureFixture) -> None:
-    """Where the polish is refused the block still returns the interior-point solution, and says so:
-    a warning naming the block and the episodes (their gradients rest on unpolished active sets)."""
+    """Where the polish is refused (also after the interior-point method resumed) the block still
+    returns the interior-point solution, and says so: a warning naming the block and the episodes
+    (their gradients rest on unpolished active sets)."""
     import logging
 
     import convexnorm.solvers.implicit as implicit
@@ -391,12 +392,37 @@ def test_block_logs_the_episodes_whose_polish_was_refused(monkeypatch: pytest.Mo
     monkeypatch.setattr(implicit, "polish_episode",
                         lambda problem, result, groups, rows, b: None if b == 1 else polish_episode(
                             problem, result, groups, rows, b))
+    monkeypatch.setattr(implicit, "_resumed_polish", lambda problem, result, episodes, settings: [None] * len(episodes))
     H, y = episodes()
     block = ConvexBNReLU(3, beta=0.2, n_patterns=10, solver="torch")
     with caplog.at_level(logging.WARNING, logger="convexnorm"):
         block(H, y)
     assert [record.getMessage().startswith("ConvexBNReLU: the polish was refused in episode(s) [1];")
             for record in caplog.records] == [True]
+
+
+def test_refused_polish_resumes_the_interior_point_method(monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A 128 x 16 x 128 batch (seed 110) whose polish is refused at the certified gap 6e-8 where the
+    interior-point method stops (its corrections oscillate): the method resumes from its solution to
+    1e-2 of its tolerance and the polish then holds, with no warning; without the resumption the
+    block warns."""
+    import logging
+
+    import convexnorm.solvers.implicit as implicit
+
+    H, y, _ = batch_of_128(seed=110)
+    block = ConvexBNReLU(16, beta=0.05, n_patterns=128, solver="torch")
+    resumed = []
+    resume = implicit._resumed_polish
+    monkeypatch.setattr(implicit, "_resumed_polish", lambda *args: resumed.append(1) or resume(*args))
+    with caplog.at_level(logging.WARNING, logger="convexnorm"):
+        block(H, y)
+    assert resumed == [1] and not caplog.records
+    monkeypatch.setattr(implicit, "_resumed_polish", lambda problem, result, episodes, settings: [None] * len(episodes))
+    with caplog.at_level(logging.WARNING, logger="convexnorm"):
+        block(H, y)
+    assert [record.getMessage().startswith("ConvexBNReLU: the polish was refused") for record in caplog.records] == [True]
 
 
 def test_block_gradients_at_a_degenerate_batch_of_128(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -141,11 +141,13 @@ def _jordan(u: Conic, v: Conic, orthant, cone) -> Conic:
     return out
 
 
-def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = InteriorPointSettings()
-                   ) -> InteriorPointResult:
+def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = InteriorPointSettings(),
+                   start: tuple[Primal, Conic, Conic] | None = None) -> InteriorPointResult:
     """Solve every program of the batch (see the module docstring); stopped programs leave the batch,
-    so a batch costs about the sum of its programs' iterations, not B times the largest."""
-    x, s, z = _initial_point(problem)
+    so a batch costs about the sum of its programs' iterations, not B times the largest. ``start``:
+    an interior iterate (x, s, z) of the same programs to continue from instead of the initial
+    point (a result's, to resume it at a tighter tolerance)."""
+    x, s, z = _initial_point(problem) if start is None else start
     batch = problem.batch
     iterations = torch.zeros(batch, dtype=torch.long, device=problem.A.device)
     degree = s.degree()
