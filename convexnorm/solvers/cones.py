@@ -63,7 +63,7 @@ class NTScaling:
         """boost(w) v (sign +1) or boost(J w) v = boost(w)^-1 v (sign -1), per cone."""
         v0, v1 = v[..., :1], v[..., 1:]
         inner = (self._w1 * v1).sum(-1, keepdim=True)
-        head = torch.addcmul(inner, self._w0, v0, value=sign) if sign > 0 else torch.addcmul(-inner, self._w0, v0)
+        head = torch.addcmul(inner if sign > 0 else -inner, self._w0, v0)
         tail = torch.addcmul(torch.addcmul(v1, self._bent, inner), self._w1, v0, value=sign)
         return torch.cat([head, tail], -1)
 

@@ -17,8 +17,9 @@ own direction W_j / ||W_j||, feasible only to solver precision, is projected out
 
 The forward first polishes the interior-point solution: Newton's method on F(u) = 0 from the
 active sets read off the last iterate (``active_sets``: at most k - 1 rows per group), with up to
-POLISH_CORRECTIONS primal-dual corrections of the rows and a second attempt without the groups
-still shrinking to zero, kept only where it certifies a gap no larger than the interior-point
+POLISH_CORRECTIONS primal-dual corrections of the rows, further attempts without the groups
+still shrinking to zero and, where all are refused, a second try after the interior-point method
+resumed to a tighter gap; kept only where it certifies a gap no larger than the interior-point
 method's (typically 1e-15 where it succeeds; where it fails the interior-point solution is kept).
 Every loss (the hinge loss's margins read off the iterate and corrected the same way).
 """
@@ -80,7 +81,7 @@ def _active_set_residual(u: torch.Tensor, A: torch.Tensor, y: torch.Tensor, beta
     if margins is None:
         gradient, extra = loss_gradient(loss, f, y), []
     else:
-        gradient = -y * margins.alpha.masked_scatter(margins.margin, u[k * groups + count:])
+        gradient = -y * margins.with_margin_values(u[k * groups + count:]).alpha
         extra = [(y * f - 1)[margins.margin]]
     stationarity = A.T @ (M * gradient[:, None] * o - E * G) + beta * W / torch.linalg.norm(W, dim=0)
     return torch.cat([stationarity.reshape(-1), (E * Z)[rows], *extra])
@@ -155,11 +156,19 @@ class _ActiveSystem:
         return _active_set_residual(self.pack(W, G, c), A, y, beta, self.M, self.o, self.rows, self.loss,
                                     self.margins)
 
+    def _predicted(self, v: torch.Tensor) -> torch.Tensor:
+        """B v = sum_j B_j v_j (n,), the change of f for v (|J|, k)."""
+        return (self.B @ v[..., None])[..., 0].sum(0)
+
+    def _predicted_adjoint(self, g: torch.Tensor) -> torch.Tensor:
+        """B^T g (|J|, k) for g (n,)."""
+        return (self.B.transpose(-1, -2) @ g[:, None])[..., 0]
+
     def apply_K(self, v: torch.Tensor) -> torch.Tensor:
         """K v for v (|J|, k)."""
         w = self.w_hat
-        return (self.beta / self.norms)[:, None] * (v - (v * w).sum(1, keepdim=True) * w) + (
-            self.B.transpose(-1, -2) @ (self.curvature * (self.B @ v[..., None])[..., 0].sum(0))[:, None])[..., 0]
+        return (self.beta / self.norms)[:, None] * (v - (v * w).sum(1, keepdim=True) * w) + self._predicted_adjoint(
+            self.curvature * self._predicted(v))
 
     def solve(self, r_W: torch.Tensor, r_R: torch.Tensor, r_M: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -172,6 +181,7 @@ class _ActiveSystem:
         a = (V @ (self.inverse_S * (self.U.transpose(-1, -2) @ r_R[..., None])[..., 0])[..., None])[..., 0]
         margin = None if self.margins is None else self.margins.margin
         c = None if margin is None else r_W.new_zeros(int(margin.sum()))
+        bordered = c is not None and c.numel() > 0
         keep = null.flatten()  # the null-space coordinates among the |J| k
         if bool(keep.any()):
             Z = V * null[:, None, :]
@@ -181,9 +191,9 @@ class _ActiveSystem:
                                                                 - Zw[:, :, None] * Zw[:, None, :])
             reduced = torch.block_diag(*blocks)[keep][:, keep].addmm(BZ.T, self.curvature[:, None] * BZ)
             rhs = (Z.transpose(-1, -2) @ (r_W - self.apply_K(a))[..., None]).flatten()[keep]
-            if c is not None and c.numel():
+            if bordered:
                 DZ = (self.y[:, None] * BZ)[margin]
-                Da = (self.y * (self.B @ a[..., None])[..., 0].sum(0))[margin]
+                Da = (self.y * self._predicted(a))[margin]
                 reduced = torch.cat([torch.cat([reduced, DZ.T], 1), torch.cat([DZ, DZ.new_zeros(len(DZ), len(DZ))], 1)])
                 rhs = torch.cat([rhs, r_M - Da])
             # gelsd (SVD) on the CPU: gelsy's answers differ by ~1e-13 between identical calls (reentrancy)
@@ -192,13 +202,12 @@ class _ActiveSystem:
             dim = int(keep.sum())
             alpha = torch.zeros(keep.numel(), dtype=V.dtype, device=V.device)
             alpha[keep] = solution[:dim]
-            if c is not None and c.numel():
+            if bordered:
                 c = solution[dim:]
             a = a + (Z @ alpha.view(-1, k, 1))[..., 0]
         remainder = r_W - self.apply_K(a)
-        if c is not None and c.numel():
-            spread = torch.zeros_like(self.y).masked_scatter(margin, c)
-            remainder = remainder - (self.B.transpose(-1, -2) @ (self.y * spread)[:, None])[..., 0]
+        if bordered:
+            remainder = remainder - self._predicted_adjoint(self.y * torch.zeros_like(self.y).masked_scatter(margin, c))
         b = (self.U @ (self.inverse_S * (V.transpose(-1, -2) @ remainder[..., None])[..., 0])[..., None])[..., 0]
         return a, b, c
 
@@ -285,17 +294,17 @@ def _polish(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.T
         slack = (2 * system.M - 1) * Z
         negative, violated = system.rows & (G_J < -tolerance), ~system.rows & (slack < -tolerance)
         margins = None if c_J is None else system.margins.with_margin_values(c_J)
-        moved = torch.zeros((), dtype=torch.bool)
+        moved = False
         if margins is not None:
             alpha, margin = margins.alpha, margins.margin
             margin_value = y * ((system.M * Z) @ system.o)
             leave_low, leave_high = margin & (alpha < -tolerance), margin & (alpha > 1 + tolerance)
             join = ~margin & (((alpha == 0) & (margin_value < 1 - tolerance))
                               | ((alpha == 1) & (margin_value > 1 + tolerance)))
-            moved = (leave_low | leave_high | join).any()
+            moved = bool((leave_low | leave_high | join).any())
             margins = _Margins(torch.where(leave_low, 0.0, torch.where(leave_high, 1.0, alpha)).to(alpha),
                                (margin & ~leave_low & ~leave_high) | join)
-        if not bool((negative | violated).any() | moved):
+        if not (bool((negative | violated).any()) or moved):
             break
         if correction == POLISH_CORRECTIONS:
             return None
@@ -371,11 +380,12 @@ def margins_of(result: InteriorPointResult, episode: int) -> _Margins | None:
 def polish_episode(problem: ConvexBNProblem, result: InteriorPointResult, groups: torch.Tensor, rows: torch.Tensor,
                    episode: int) -> tuple[torch.Tensor, torch.Tensor, _Margins | None] | None:
     """``_polish`` of one episode of an interior-point result from its active sets (``active_sets``,
-    ``margins_of``): (W (k, 2P), G (n, 2P), margins) or None. A group still shrinking to zero may pass the active-group
-    test, so the polish is also tried without the groups below each of SMALL_GROUP_RTOLS of the
-    largest (each distinct set once)."""
+    ``margins_of``): (W (k, 2P), G (n, 2P), margins) or None. A group still shrinking to zero may
+    pass the active-group test, so the polish is also tried without the groups below each of
+    SMALL_GROUP_RTOLS of the largest (each distinct set once)."""
     b = episode
     norms = torch.linalg.norm(result.W[b], dim=-1)
+    margins = margins_of(result, b)
     attempts = [groups[b]]
     for rtol in SMALL_GROUP_RTOLS:
         larger = groups[b] & (norms > rtol * norms.max())
@@ -384,7 +394,7 @@ def polish_episode(problem: ConvexBNProblem, result: InteriorPointResult, groups
     for chosen in attempts:
         found = _polish(problem.A[b], problem.y[b], problem.beta[b], problem.masks[b],
                         (result.W[b] * chosen[:, None]).T, result.z.rows[b], rows[b], problem.loss,
-                        result.criteria.lower_bound[b], result.criteria.relative_gap[b], margins_of(result, b))
+                        result.criteria.lower_bound[b], result.criteria.relative_gap[b], margins)
         if found is not None:
             return found
     return None
