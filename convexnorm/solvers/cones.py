@@ -133,3 +133,19 @@ def orthant_max_step(u: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
 def soc_min_eigenvalue(u: torch.Tensor) -> torch.Tensor:
     """u0 - ||u1|| per cone."""
     return u[..., 0] - u[..., 1:].norm(dim=-1)
+
+
+def box_correction(v: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """t - v with t = v clipped to [low, high] entrywise, the decrease at most ``high``: Gondzio's
+    corrector target (low, high broadcast against v)."""
+    return (v.clamp(min=low, max=high) - v).clamp_min(-high)
+
+
+def soc_box_correction(u: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """``box_correction`` of each cone's eigenvalues u0 +- ||u1|| (eigenvectors (1, +-u1 / ||u1||) / 2
+    unchanged); low, high broadcast against u[..., 0]."""
+    radius = u[..., 1:].norm(dim=-1)
+    unit = u[..., 1:] / radius.clamp_min(torch.finfo(u.dtype).tiny)[..., None]
+    plus = box_correction(u[..., 0] + radius, low, high)
+    minus = box_correction(u[..., 0] - radius, low, high)
+    return torch.cat([((plus + minus) / 2)[..., None], ((plus - minus) / 2)[..., None] * unit], -1)

@@ -377,6 +377,7 @@ def margins_of(result: InteriorPointResult, episode: int) -> _Margins | None:
     return _Margins(alpha, margin)
 
 
+@torch.inference_mode()
 def polish_episode(problem: ConvexBNProblem, result: InteriorPointResult, groups: torch.Tensor, rows: torch.Tensor,
                    episode: int) -> tuple[torch.Tensor, torch.Tensor, _Margins | None] | None:
     """``_polish`` of one episode of an interior-point result from its active sets (``active_sets``,
@@ -423,7 +424,8 @@ class InteriorPointSolve(torch.autograd.Function):
     def forward(ctx, A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.Tensor, loss: str,
                 settings: InteriorPointSettings, owner: str, threads: int | None) -> torch.Tensor:
         ctx.threads, ctx.loss = threads, loss
-        with intra_op_threads(threads):
+        # in inference mode like interior_point, the results cloned out of it for autograd to save
+        with intra_op_threads(threads), torch.inference_mode():
             problem = ConvexBNProblem(A, masks, y, beta, loss)
             result = interior_point(problem, settings)
             failed = torch.nonzero(~result.converged).flatten().tolist()
@@ -451,9 +453,11 @@ class InteriorPointSolve(torch.autograd.Function):
                                owner, refused[:10], float(result.criteria.relative_gap[refused].max()))
             W = torch.stack([W[b] if found is None else found[0].T for b, found in enumerate(polished)])
             G = torch.stack([G[b] if found is None else found[1] for b, found in enumerate(polished)])
-            ctx.margins = [margins_of(result, b) if found is None else found[2] for b, found in enumerate(polished)]
-            ctx.save_for_backward(A, y, beta, masks, W, G)
-            return W
+            margins = [margins_of(result, b) if found is None else found[2] for b, found in enumerate(polished)]
+        W, G = W.clone(), G.clone()
+        ctx.margins = [None if part is None else _Margins(part.alpha.clone(), part.margin.clone()) for part in margins]
+        ctx.save_for_backward(A, y, beta, masks, W, G)
+        return W
 
     @staticmethod
     def backward(ctx, grad_W: torch.Tensor):

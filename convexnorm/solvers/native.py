@@ -1,6 +1,6 @@
 """solver="torch": the batched interior-point method behind the options every public class takes.
 
-``native_settings`` turns ``solver_options`` (tol, violation_tol, max_iterations, step_fraction,
+``native_settings`` turns ``solver_options`` (tol, violation_tol, max_iterations, step_fraction, correctors,
 centering_exponent, patience, threads) into the method's settings, the same for the estimators
 and the block; ``solve_native`` runs it and returns the certified solution without the
 solver's residue: groups far below the largest are set to exactly zero where the dual bound
@@ -84,7 +84,7 @@ def solve_native(problem: ConvexBNProblem, settings: InteriorPointSettings = Int
     active-set system (solvers/implicit.py, ``polish_episode``), kept where it is certified (by
     the dual bound at its own multipliers or the interior-point method's). Then the residue of
     inactive groups is removed where certified."""
-    with intra_op_threads(threads):
+    with intra_op_threads(threads), torch.inference_mode():
         result = interior_point(problem, settings)
         W, z = result.W.clone(), result.z
         if problem.loss != "hinge" and not bool(result.converged.all()):
@@ -111,7 +111,10 @@ def solve_native(problem: ConvexBNProblem, settings: InteriorPointSettings = Int
             W = torch.where(accept[:, None, None], cleaned, W)
             measured = trial.where(accept, measured)
             settled = settled | accept
-    return NativeSolution(W, lam, measured, measured.met(settings.tol, settings.violation_tol), result.iterations)
+        converged = measured.met(settings.tol, settings.violation_tol)
+    # out of inference mode (interior_point's), for callers that go on with autograd or in place
+    return NativeSolution(W.clone(), lam.clone(), measured.map(torch.clone), converged.clone(),
+                          result.iterations.clone())
 
 
 def solve_native_program(U_prime: np.ndarray, patterns: np.ndarray, y: np.ndarray, beta: float, loss: str,
