@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from convexnorm.solvers import newton
-from convexnorm.solvers.cones import (NTScaling, jordan_divide, jordan_product, orthant_max_step, reflect, soc_det,
-                                      soc_max_step)
+from convexnorm.solvers.cones import (NTScaling, box_correction, jordan_divide, jordan_product, orthant_max_step,
+                                      reflect, soc_box_correction, soc_det, soc_max_step)
 from convexnorm.solvers.kkt import Conic, Primal
 from convexnorm.solvers.newton import Breakdown, NewtonSystem, cholesky
 from convexnorm.solvers.problem import ConvexBNProblem
@@ -112,7 +112,7 @@ def test_newton_system_matches_the_dense_matrix(loss: str, route: str, monkeypat
     x = Primal(torch.randn(1, 2 * P, k + 1, generator=generator, dtype=f64),
                torch.randn(1, n, generator=generator, dtype=f64) if hinge else None)
     system = NewtonSystem(problem, x, s, z)
-    assert (system.dense is not None) == (route == "dense")
+    assert bool(system.dense.all()) == (route == "dense")
     b = x.map(lambda t: torch.randn(t.shape, generator=generator, dtype=f64))
     solution = system.solve_x(b)
     matrix = _dense_newton_matrix(problem, system)
@@ -147,3 +147,49 @@ def test_newton_blocks_regularized_only_within_rounding() -> None:
     assert torch.allclose(L @ L.transpose(1, 2), singular, atol=1e-6)
     with pytest.raises(Breakdown):
         cholesky(torch.tensor([[[1.0, 0.0], [0.0, -1.0]]], dtype=f64))
+
+
+def test_newton_system_chooses_its_route_per_program(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a batch where one hinge program's curvature is past DENSE_CURVATURE and another's is not,
+    the first is factorized densely and the second by Woodbury, each solved as it is alone."""
+    generator = torch.Generator().manual_seed(4)
+    n, k, P = 7, 3, 4
+    A = torch.linalg.qr(torch.randn(n, k, generator=generator, dtype=f64))[0][None].expand(2, n, k)
+    masks = (torch.rand(1, n, P, generator=generator) > 0.5).double().expand(2, n, P)
+    y = torch.sign(torch.randn(1, n, generator=generator, dtype=f64)).expand(2, n)
+    problem = ConvexBNProblem(A, masks, y, torch.tensor([0.1, 0.1], dtype=f64), "hinge")
+    positive = lambda *shape: torch.rand(2, *shape, generator=generator, dtype=f64) + 0.5  # noqa: E731
+    cones = lambda: torch.stack([interior(2 * P, k + 1, generator) for _ in range(2)])  # noqa: E731
+    s = Conic(positive(n, 2 * P), cones(), positive(n), positive(n))
+    z = Conic(positive(n, 2 * P), cones(), positive(n), positive(n) * torch.tensor([[1e3], [1.0]], dtype=f64))
+    s.slack[0] /= 1e3  # program 0: slack and margin weights of 1e3 and more, curvature above 100
+    x = Primal(torch.randn(2, 2 * P, k + 1, generator=generator, dtype=f64), torch.randn(2, n, generator=generator,
+                                                                                        dtype=f64))
+    monkeypatch.setattr(newton, "DENSE_CURVATURE", 10.0)
+    system = NewtonSystem(problem, x, s, z)
+    assert system.dense.tolist() == [True, False]
+    b = x.map(lambda t: torch.randn(t.shape, generator=generator, dtype=f64))
+    together = system.solve_x(b)
+    for index in range(2):
+        keep = torch.arange(2) == index
+        alone = NewtonSystem(problem.select(keep), x.select(keep), s.select(keep), z.select(keep))
+        assert alone.dense.tolist() == [index == 0]
+        solution = alone.solve_x(b.select(keep))
+        for part, whole in zip(solution.parts(), together.parts()):
+            assert torch.allclose(part[0], whole[index], rtol=0, atol=1e-10)
+
+
+def test_box_corrections_clip_the_eigenvalues() -> None:
+    """Gondzio's corrector targets: v + box_correction(v) is v clipped to [low, high] (a decrease at
+    most high); for a cone, u + soc_box_correction(u) has u's eigenvectors and its eigenvalues
+    u0 +- ||u1|| clipped the same way."""
+    v = torch.tensor([[0.01, 0.5, 20.0, 50.0]], dtype=f64)
+    assert torch.allclose(v + box_correction(v, torch.tensor(0.1, dtype=f64), torch.tensor(10.0, dtype=f64)),
+                          torch.tensor([[0.1, 0.5, 10.0, 40.0]], dtype=f64))
+    # eigenvalues (5.96, 0.04), (3, 1) and (40, 20)
+    u = torch.tensor([[[3.0, 0.0, 2.96], [2.0, 0.6, 0.8], [30.0, 6.0, 8.0]]], dtype=f64)
+    t = u + soc_box_correction(u, torch.tensor([[0.1]], dtype=f64), torch.tensor([[10.0]], dtype=f64))
+    radius = t[..., 1:].norm(dim=-1)
+    assert torch.allclose(t[..., 0] + radius, torch.tensor([[5.96, 3.0, 30.0]], dtype=f64))
+    assert torch.allclose(t[..., 0] - radius, torch.tensor([[0.1, 1.0, 10.0]], dtype=f64))
+    assert torch.allclose(t[0, 0, 1:] / radius[0, 0], u[0, 0, 1:] / u[0, 0, 1:].norm())

@@ -125,12 +125,13 @@ class Conic(_Vector):
         return sum(t[0].numel() for t in self.orthants()) + self.cones.shape[1]
 
 
-def constraint_map(problem: ConvexBNProblem, x: Primal) -> Conic:
-    """G x."""
+def constraint_map(problem: ConvexBNProblem, x: Primal, predictions: torch.Tensor | None = None) -> Conic:
+    """G x (``predictions``: f = B x.W if already at hand)."""
     rows = problem.negative_signs * problem.rows(x.W)
     if x.xi is None:
         return Conic(rows, -x.X)
-    return Conic(rows, -x.X, -x.xi, -(x.xi + problem.y * problem.predictions(x.W)))
+    f = problem.predictions(x.W) if predictions is None else predictions
+    return Conic(rows, -x.X, -x.xi, -(x.xi + problem.y * f))
 
 
 def constraint_adjoint(problem: ConvexBNProblem, v: Conic) -> Primal:

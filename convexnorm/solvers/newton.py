@@ -16,10 +16,11 @@ block diagonal, and Woodbury gives its inverse through the n x n capacitance (d 
 R_i R_i^T = Q_i + Q_{i+P}, Q_j the W block of H_j^-1 (the S and T groups of a pattern share
 its mask). Cost per iterate: 2P Cholesky factors of size k + 1, P of size k, F (n P k^2),
 C (n^2 P k) and its Cholesky factor (n^3 / 3). Everything is batched over programs. Where d
-grows without bound (the hinge loss's samples on the margin) the Woodbury difference loses
-accuracy (the iterates stalled at a certified gap of about 1e-5 to 1e-4), so beyond
-``DENSE_CURVATURE`` the whole matrix is factorized densely instead ((2P (k + 1))^3 / 3 flops:
-the hinge loss's last iterations).
+grows without bound (the hinge loss's samples on the margin) the Woodbury difference
+X = u - H^-1 B^T c loses the predictions B X, which their slack and multiplier steps need times
+d; they are taken as c / d instead (c = D B X exactly). Beyond ``DENSE_CURVATURE`` a program's
+whole matrix is factorized densely ((2P (k + 1))^3 / 3 flops: the hinge loss's last iterations),
+decided per program (docs/math.md, section 9).
 """
 
 from __future__ import annotations
@@ -33,9 +34,13 @@ from convexnorm.solvers.problem import ConvexBNProblem
 
 
 #: Largest curvature d for the Woodbury solve: beyond it (the hinge loss's samples on the margin,
-#: d = w_s w_m / (w_s + w_m) unbounded) the difference u - H^-1 B^T c loses all accuracy (measured:
-#: relative residual 1e-6 at d = 1e4, above 1 at d = 1e7), and the whole matrix is factorized densely.
-DENSE_CURVATURE = 1e4
+#: d = w_s w_m / (w_s + w_m) unbounded) the whole matrix is factorized densely. With the margin's
+#: predictions taken from c / d (``_solve_x``) thresholds up to 1e7 took the same iterations to the
+#: same objectives (within 1e-10) as 1e4 on six hinge programs (at 1e9 they stalled at gaps of 2e-7 ..
+#: 6e-7; without c / d, Woodbury alone stalled at 1e-5), but past 1e5 a program's answer in a batch
+#: moved away from its answer alone (objectives 3e-12 apart at 1e6, 4e-9 at 1e7, 1e-14 at 1e5: the
+#: rounding of batched products, amplified by d). 1e5: 128x16x128 in 12.9 s instead of 20.2 s.
+DENSE_CURVATURE = 1e5
 #: Steps of iterative refinement of each Newton solve.
 REFINEMENT_STEPS = 1
 
@@ -79,6 +84,64 @@ def _dense_factor(problem: ConvexBNProblem, H: torch.Tensor, curvature: torch.Te
     return cholesky(full.view(batch, groups * m, groups * m))
 
 
+def _dense_solve(factor: torch.Tensor, b_X: torch.Tensor) -> torch.Tensor:
+    return torch.cholesky_solve(b_X.flatten(1)[..., None], factor).view_as(b_X)
+
+
+class _Woodbury:
+    """(H + B^T D B)^-1 of a batch of programs by Woodbury (the module docstring)."""
+
+    def __init__(self, problem: ConvexBNProblem, scaling: NTScaling, rows_part: torch.Tensor,
+                 curvature: torch.Tensor) -> None:
+        """``rows_part``: A^T diag(z_j / s_j) A per group (batch, 2P, k, k), overwritten."""
+        self.problem = problem
+        A, masks = problem.A, problem.masks
+        batch, n, k = A.shape
+        P = problem.patterns
+        # H_j = [[h, g^T], [g, H_11]] eliminated in closed form: with V^-2 = eta^-2 (2 (Jw)(Jw)^T - J),
+        # h = eta^-2 (2 w0^2 - 1), g = -2 eta^-2 w0 w1 and the Schur complement
+        # S_j = H_11 - g g^T / h = eta^-2 (I - 2 w1 w1^T / (2 w0^2 - 1)) + A^T diag(z_j / s_j) A,
+        # whose eta^-2 part has eigenvalues 1 and 1 / (2 w0^2 - 1) > 0 (w0^2 - ||w1||^2 = 1). Cholesky on
+        # H_j itself forms S_j as the difference of two rank-one terms of size eta^-2 w0^2, which near
+        # the cones' boundary (w0 large) loses what the closed form keeps.
+        eta_2 = scaling.eta ** -2
+        w0, w1 = scaling.w[..., 0], scaling.w[..., 1:]
+        spread = 2 * w0 * w0 - 1
+        #: h of every group and r = g / h: block solves eliminate tau through them
+        self.tau_pivot = eta_2 * spread
+        self.tau_coupling = (-2 * w0 / spread)[..., None] * w1
+        S = rows_part.sub_((2 * eta_2 / spread)[..., None, None] * w1[..., :, None] * w1[..., None, :])
+        S.diagonal(dim1=-2, dim2=-1).add_(eta_2[..., None])
+        L = cholesky(S)
+        #: L^-1 of the Schur complements: block solves as two products with it (batched LAPACK solves of
+        #: tiny systems are slow; an explicit inverse was not accurate enough near the solution)
+        self.S_root = torch.linalg.solve_triangular(L, torch.eye(k, dtype=A.dtype, device=A.device).expand_as(L),
+                                                    upper=False)
+        self.S_root_T = self.S_root.transpose(-1, -2).contiguous()
+        Q = self.S_root_T @ self.S_root  # the W blocks of H_j^-1: S_j^-1
+        R = cholesky(Q[:, :P] + Q[:, P:])  # (batch, P, k, k)
+        F = A @ R.permute(0, 2, 1, 3).reshape(batch, k, P * k)
+        F.view(batch, n, P, k).mul_(masks[..., None])
+        capacitance = torch.diag_embed(1 / curvature).baddbmm(F, F.transpose(-1, -2))
+        self.capacitance = cholesky(capacitance)
+
+    def block_solve(self, X: torch.Tensor) -> torch.Tensor:
+        """H^-1 X block by block, X_j = (x0, x1): u1 = S_j^-1 (x1 - r x0) (two batched matrix-vector
+        products with L^-1 and its transpose), u0 = x0 / h - r^T u1."""
+        x0 = X[..., :1]
+        u1 = (self.S_root_T @ (self.S_root @ torch.addcmul(X[..., 1:], self.tau_coupling, x0, value=-1)[..., None]))
+        u1 = u1[..., 0]
+        u0 = x0 / self.tau_pivot[..., None] - (self.tau_coupling * u1).sum(-1, keepdim=True)
+        return torch.cat([u0, u1], -1)
+
+    def solve(self, b_X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """X = (H + B^T D B)^-1 b_X and Woodbury's c = C^-1 B H^-1 b_X (= D B X)."""
+        u = self.block_solve(b_X)
+        c = torch.cholesky_solve(self.problem.predictions(u[..., 1:])[..., None], self.capacitance)[..., 0]
+        g = self.problem.predictions_adjoint(c)
+        return u - self.block_solve(torch.cat([torch.zeros_like(g[..., :1]), g], -1)), c
+
+
 class NewtonSystem:
     """grad^2 phi + G^T V^-2 G at one iterate (x, s, z), factorized."""
 
@@ -101,48 +164,22 @@ class NewtonSystem:
             self.curvature = slack * margin / self.xi_diagonal
         else:
             self.curvature = loss_curvature(problem.loss, problem.predictions(x.W), problem.y)
-        #: the dense factor of the whole matrix, where the Woodbury difference would lose accuracy
-        self.dense = None
-        if float(self.curvature.max()) > DENSE_CURVATURE:
-            H = self.scaling.inverse_square()
-            H[..., 1:, 1:] += rows_part
-            self.dense = _dense_factor(problem, H, self.curvature)
-            return
-        # H_j = [[h, g^T], [g, H_11]] eliminated in closed form: with V^-2 = eta^-2 (2 (Jw)(Jw)^T - J),
-        # h = eta^-2 (2 w0^2 - 1), g = -2 eta^-2 w0 w1 and the Schur complement
-        # S_j = H_11 - g g^T / h = eta^-2 (I - 2 w1 w1^T / (2 w0^2 - 1)) + A^T diag(z_j / s_j) A,
-        # whose eta^-2 part has eigenvalues 1 and 1 / (2 w0^2 - 1) > 0 (w0^2 - ||w1||^2 = 1). Cholesky on
-        # H_j itself forms S_j as the difference of two rank-one terms of size eta^-2 w0^2, which near
-        # the cones' boundary (w0 large) loses what the closed form keeps.
-        eta_2 = self.scaling.eta ** -2
-        w0, w1 = self.scaling.w[..., 0], self.scaling.w[..., 1:]
-        spread = 2 * w0 * w0 - 1
-        #: h of every group and r = g / h: block solves eliminate tau through them
-        self.tau_pivot = eta_2 * spread
-        self.tau_coupling = (-2 * w0 / spread)[..., None] * w1
-        S = rows_part.sub_((2 * eta_2 / spread)[..., None, None] * w1[..., :, None] * w1[..., None, :])
-        S.diagonal(dim1=-2, dim2=-1).add_(eta_2[..., None])
-        L = cholesky(S)
-        #: L^-1 of the Schur complements: block solves as two products with it (batched LAPACK solves of
-        #: tiny systems are slow; an explicit inverse was not accurate enough near the solution)
-        self.S_root = torch.linalg.solve_triangular(L, torch.eye(k, dtype=A.dtype, device=A.device).expand_as(L),
-                                                    upper=False)
-        self.S_root_T = self.S_root.transpose(-1, -2).contiguous()
-        Q = self.S_root_T @ self.S_root  # the W blocks of H_j^-1: S_j^-1
-        R = cholesky(Q[:, :P] + Q[:, P:])  # (batch, P, k, k)
-        F = A @ R.permute(0, 2, 1, 3).reshape(batch, k, P * k)
-        F.view(batch, n, P, k).mul_(masks[..., None])
-        capacitance = torch.diag_embed(1 / self.curvature).baddbmm(F, F.transpose(-1, -2))
-        self.capacitance = cholesky(capacitance)
-
-    def _block_solve(self, X: torch.Tensor) -> torch.Tensor:
-        """H^-1 X block by block, X_j = (x0, x1): u1 = S_j^-1 (x1 - r x0) (two batched matrix-vector
-        products with L^-1 and its transpose), u0 = x0 / h - r^T u1."""
-        x0 = X[..., :1]
-        u1 = (self.S_root_T @ (self.S_root @ torch.addcmul(X[..., 1:], self.tau_coupling, x0, value=-1)[..., None]))
-        u1 = u1[..., 0]
-        u0 = x0 / self.tau_pivot[..., None] - (self.tau_coupling * u1).sum(-1, keepdim=True)
-        return torch.cat([u0, u1], -1)
+        #: the programs (batch,) whose whole matrix is factorized densely (decided per program, so that a
+        #: program takes the same steps in a batch as alone), and the Woodbury solve of the others
+        self.dense = self.curvature.amax(-1) > DENSE_CURVATURE
+        self.dense_factor = self.woodbury = None
+        if bool(self.dense.any()):
+            H = self.scaling.inverse_square()[self.dense]
+            H[..., 1:, 1:] += rows_part[self.dense]
+            self.dense_factor = _dense_factor(problem.select(self.dense), H, self.curvature[self.dense])
+        if not bool(self.dense.all()):
+            if bool(self.dense.any()):
+                sparse = ~self.dense
+                self.woodbury = _Woodbury(problem.select(sparse), NTScaling(self.scaling.eta[sparse],
+                                                                            self.scaling.w[sparse]),
+                                          rows_part[sparse], self.curvature[sparse])
+            else:
+                self.woodbury = _Woodbury(problem, self.scaling, rows_part, self.curvature)
 
     def _predictions(self, X: torch.Tensor) -> torch.Tensor:
         return self.problem.predictions(X[..., 1:])
@@ -151,35 +188,50 @@ class NewtonSystem:
         g = self.problem.predictions_adjoint(v)
         return torch.cat([torch.zeros_like(g[..., :1]), g], -1)
 
-    def apply(self, x: Primal) -> Primal:
-        """(grad^2 phi + G^T V^-2 G) x, matrix-free."""
-        out = constraint_adjoint(self.problem, self.inverse_square(constraint_map(self.problem, x)))
+    def apply(self, x: Primal, predictions: torch.Tensor | None = None) -> Primal:
+        """(grad^2 phi + G^T V^-2 G) x, matrix-free (``predictions``: B x.W if at hand, see ``_solve_x``)."""
+        out = constraint_adjoint(self.problem, self.inverse_square(constraint_map(self.problem, x, predictions)))
         if x.xi is None:
             out.X = out.X + self._predictions_adjoint(self.curvature * self._predictions(x.X))
         return out
 
     def solve_x(self, b: Primal, refine: bool = True) -> Primal:
         """(grad^2 phi + G^T V^-2 G)^-1 b, with REFINEMENT_STEPS of iterative refinement (``refine``)."""
-        x = self._solve_x(b)
-        for _ in range(REFINEMENT_STEPS if refine else 0):
-            x = x + self._solve_x(b - self.apply(x))
-        return x
+        return self._refined(b, refine)[0]
 
-    def _solve_x(self, b: Primal) -> Primal:
-        """(grad^2 phi + G^T V^-2 G)^-1 b, by Woodbury (hinge: the slacks eliminated first)."""
+    def _refined(self, b: Primal, refine: bool) -> tuple[Primal, torch.Tensor | None]:
+        """``solve_x`` and the predictions B x.W of its answer (the hinge loss; None otherwise)."""
+        x, f = self._solve_x(b)
+        for _ in range(REFINEMENT_STEPS if refine else 0):
+            dx, df = self._solve_x(b - self.apply(x, f))
+            x, f = x + dx, None if f is None else f + df
+        return x, f
+
+    def _solve_x(self, b: Primal) -> tuple[Primal, torch.Tensor | None]:
+        """(grad^2 phi + G^T V^-2 G)^-1 b, by Woodbury (hinge: the slacks eliminated first), and for the
+        hinge loss the predictions f = B X of the answer. Woodbury's c = C^-1 B u is D B X exactly, so
+        where d is large (samples on the margin) f = c / d: the difference X = u - H^-1 B^T c keeps
+        f only to rounding errors of the size of u, which d then multiplies into the margin's slack
+        and multiplier steps (the iterates stalled at a certified gap of about 1e-5)."""
         b_X = b.X
         if b.xi is not None:
             b_X = b_X - self._predictions_adjoint(self.weights.margin * self.problem.y * b.xi / self.xi_diagonal)
-        if self.dense is not None:
-            X = torch.cholesky_solve(b_X.flatten(1)[..., None], self.dense).view_as(b_X)
+        c = None
+        if self.dense_factor is None:
+            X, c = self.woodbury.solve(b_X)
+        elif self.woodbury is None:
+            X = _dense_solve(self.dense_factor, b_X)
         else:
-            u = self._block_solve(b_X)
-            c = torch.cholesky_solve(self._predictions(u)[..., None], self.capacitance)[..., 0]
-            X = u - self._block_solve(self._predictions_adjoint(c))
+            X, c = torch.empty_like(b_X), torch.zeros_like(self.curvature)
+            X[~self.dense], c[~self.dense] = self.woodbury.solve(b_X[~self.dense])
+            X[self.dense] = _dense_solve(self.dense_factor, b_X[self.dense])
         if b.xi is None:
-            return Primal(X)
-        xi = (b.xi - self.weights.margin * self.problem.y * self._predictions(X)) / self.xi_diagonal
-        return Primal(X, xi)
+            return Primal(X), None
+        f = self._predictions(X)
+        if c is not None:
+            f = torch.where(~self.dense[:, None] & (self.curvature > 1), c / self.curvature, f)
+        xi = (b.xi - self.weights.margin * self.problem.y * f) / self.xi_diagonal
+        return Primal(X, xi), f
 
     def inverse_square(self, v: Conic) -> Conic:
         """V^-2 v (orthant parts: z / s times v)."""
@@ -197,6 +249,6 @@ class NewtonSystem:
         """The Newton equations grad^2 phi dx + G^T dz = b_x, G dx + ds = b_z, V dz + V^-1 ds = d;
         returns dx, dz, ds (with ds = V d - V^2 dz: dz = V^-2 (G dx - b_z) + V^-1 d)."""
         problem, scaled = self.problem, self.inverse(d)
-        dx = self.solve_x(b_x + constraint_adjoint(problem, self.inverse_square(b_z) - scaled), refine)
-        Gdx = constraint_map(problem, dx)
+        dx, f = self._refined(b_x + constraint_adjoint(problem, self.inverse_square(b_z) - scaled), refine)
+        Gdx = constraint_map(problem, dx, f)
         return dx, self.inverse_square(Gdx - b_z) + scaled, b_z - Gdx
