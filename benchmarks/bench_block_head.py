@@ -5,7 +5,8 @@ on a new batch, against Sequential(Linear(d, P), BatchNorm1d(P), ReLU, Linear(P,
 backward on the same batch, timed in the same run; then B episodes of one size in one call
 against one episode. Medians of --repeats runs. ``--head-threads 1`` times the ordinary head on
 one thread, like the block's solver (under load torch's default threads collapse and the ratio
-then measures that). Run: python benchmarks/bench_block_head.py [--head-threads 1]
+then measures that). ``--loss logistic|hinge``: both on the labels sign(y), the head with the same
+loss. Run: python benchmarks/bench_block_head.py [--head-threads 1] [--loss squared]
 """
 
 from __future__ import annotations
@@ -38,20 +39,34 @@ def main() -> None:
     parser.add_argument("--episode-size", default="64x8x64")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--head-threads", type=int, default=None, help="torch threads of the ordinary head")
+    parser.add_argument("--loss", choices=["squared", "logistic", "hinge"], default="squared")
     args = parser.parse_args()
+    margin = args.loss != "squared"
+
+    def targets(y: torch.Tensor) -> torch.Tensor:
+        return torch.where(y > 0, 1.0, -1.0).double() if margin else y
+
+    def head_loss(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if args.loss == "hinge":
+            return torch.relu(1 - y * f).sum()
+        if args.loss == "logistic":
+            return nn.functional.softplus(-y * f).sum()
+        return ((f - y) ** 2).sum()
+
     head_threads = args.head_threads or torch.get_num_threads()
     print(f"torch {torch.__version__}, {platform.machine()}, head on {head_threads} thread(s) "
-          "(the block's solver: 1 thread)")
+          f"(the block's solver: 1 thread), {args.loss} loss")
     print(f"{'n x d x P':<11} {'block s':>8} {'head ms':>8} {'block/head':>11}")
     for size in args.sizes:
         n, d, P = (int(v) for v in size.split("x"))
         H, y = data(1, n, d)
-        block = ConvexBNReLU(d, beta=0.05, n_patterns=P, solver="torch")
+        y = targets(y)
+        block = ConvexBNReLU(d, beta=0.05, n_patterns=P, loss=args.loss, solver="torch")
         head = nn.Sequential(nn.Linear(d, P), nn.BatchNorm1d(P), nn.ReLU(), nn.Linear(P, 1)).double()
 
         def head_step() -> None:
             head.zero_grad()
-            ((head(H[0]).squeeze(1) - y[0]) ** 2).sum().backward()
+            head_loss(head(H[0]).squeeze(1), y[0]).backward()
 
         with intra_op_threads(args.head_threads):
             head_step()
@@ -60,7 +75,8 @@ def main() -> None:
         print(f"{size:<11} {seconds:8.3f} {base * 1e3:8.3f} {seconds / base:11.0f}", flush=True)
     n, d, P = (int(v) for v in args.episode_size.split("x"))
     H, y = data(args.episodes, n, d)
-    block = ConvexBNReLU(d, beta=0.05, n_patterns=P, solver="torch")
+    y = targets(y)
+    block = ConvexBNReLU(d, beta=0.05, n_patterns=P, loss=args.loss, solver="torch")
     one = median_seconds(lambda: block_step(block, H[:1], y[:1]), args.repeats)
     many = median_seconds(lambda: block_step(block, H, y), args.repeats)
     print(f"{args.episodes} episodes of {args.episode_size} in one call: {many:.3f} s, one episode {one:.3f} s, "

@@ -60,17 +60,14 @@ def test_batched_solves_equal_one_by_one(loss: str) -> None:
 
 
 @pytest.mark.parametrize("seed, n, d, P", [(0, 30, 3, 12), (2, 30, 3, 12), (1, 60, 5, 40)])
-def test_hinge_woodbury_alone_reaches_the_tolerance(seed: int, n: int, d: int, P: int,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hinge_woodbury_alone_reaches_the_tolerance(seed: int, n: int, d: int, P: int) -> None:
     """The hinge loss's margin samples (curvature d without bound) through Woodbury only, no dense
     factorization: with their predictions taken from c / d (NewtonSystem._solve_x) the method meets
     its tolerance; with f = B X from the Woodbury difference it had stalled at certified gaps of
     1.2e-6 .. 8.8e-6 on these programs."""
-    from convexnorm.solvers import newton
-
-    monkeypatch.setattr(newton, "DENSE_CURVATURE", float("inf"))
     U_prime, patterns, y = program(seed, n, d, P, "hinge")
-    result = interior_point(ConvexBNProblem.from_arrays([(U_prime, patterns, y)], 0.2, "hinge"))
+    result = interior_point(ConvexBNProblem.from_arrays([(U_prime, patterns, y)], 0.2, "hinge"),
+                            InteriorPointSettings(dense_curvature=float("inf")))
     assert bool(result.converged.all())
     reference = solve_convex_program(U_prime, patterns.astype(bool), y, 0.2, "hinge", "clarabel", "test",
                                      tight_first=True)
@@ -328,10 +325,33 @@ def test_block_hinge_forward_is_polished_on_its_margins(monkeypatch: pytest.Monk
     problem = ConvexBNProblem(U_prime[None], block._patterns(U_prime)[None], labels[0][None].double(),
                               torch.tensor([0.1], dtype=torch.float64), "hinge")
     measured = criteria(problem, Primal.of_neurons(W.T[None]), Conic(G[None], None, None, margins.alpha[None]))
-    assert float(measured.relative_gap[0]) <= 1e-10  # measured 2e-11; the interior-point method stops at 1e-7
+    assert float(measured.relative_gap[0]) <= 1e-10  # measured 2e-11; the interior-point method stops at 1e-5
     reference = ConvexBNReLU(3, beta=0.1, n_patterns=8, loss="hinge")
     _, expected = reference(H[0], labels[0], return_objective=True)
     assert abs(float(objective) - float(expected)) <= 1e-6 * float(expected)
+
+
+def test_block_hinge_finishes_with_the_dense_route_where_woodbury_stops_short(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hinge block solves by Woodbury alone (dense_curvature=inf), which stops at certified gaps
+    of about 1e-6: asked for 1e-7, the episodes that stop short resume with the dense factorization
+    and meet it (no SolverError), with the output of the dense route throughout."""
+    import convexnorm.solvers.implicit as implicit
+
+    resumed = []
+    original = implicit._resumed
+    monkeypatch.setattr(implicit, "_resumed", lambda problem, result, keep, settings: resumed.append(
+        keep.tolist()) or original(problem, result, keep, settings))
+    generator = torch.Generator().manual_seed(7)
+    H = torch.randn(2, 64, 8, generator=generator, dtype=torch.float64)
+    labels = torch.where(torch.sin(2 * H[..., 0]) + H[..., 1] * H[..., 2] > 0, 1.0, -1.0).double()
+    woodbury = ConvexBNReLU(8, beta=0.05, n_patterns=64, loss="hinge", solver="torch",
+                            solver_options={"tol": 1e-7, "dense_curvature": float("inf")})
+    out = woodbury(H, labels)
+    assert resumed and any(any(keep) for keep in resumed)
+    dense = ConvexBNReLU(8, beta=0.05, n_patterns=64, loss="hinge", solver="torch",
+                         solver_options={"tol": 1e-7, "dense_curvature": 1e5})
+    assert torch.allclose(out, dense(H, labels), rtol=0, atol=1e-9)
 
 
 def test_polish_rejects_a_wrong_active_set() -> None:

@@ -15,6 +15,7 @@ the device of the data.
 from __future__ import annotations
 
 import logging
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +25,7 @@ from convexnorm.solvers.cones import (NTScaling, box_correction, identity_like, 
                                       orthant_max_step, soc_box_correction, soc_max_step, soc_min_eigenvalue)
 from convexnorm.solvers.kkt import (Conic, Criteria, Primal, constraint_adjoint, constraint_map, constraint_offset,
                                     criteria, kkt_residual, objective_gradient, per_program, zero_primal)
-from convexnorm.solvers.newton import Breakdown, NewtonSystem
+from convexnorm.solvers.newton import DENSE_CURVATURE, Breakdown, NewtonSystem
 from convexnorm.solvers.problem import ConvexBNProblem
 
 logger = logging.getLogger("convexnorm")
@@ -52,7 +53,10 @@ class InteriorPointSettings:
     (mu_affine / mu)^exponent (Mehrotra); patience: iterations without a smaller certified gap
     after which a program stops (at float64's limit the Newton directions lose accuracy and the
     iterates drift; the best iterate is returned); correctors: Gondzio's centrality correctors per
-    iteration at most (``_centrality_corrector``; 0: Mehrotra's method alone)."""
+    iteration at most (``_centrality_corrector``; 0: Mehrotra's method alone); dense_curvature: the
+    loss curvature past which a program's Newton matrix is factorized densely (solvers/newton.py;
+    inf: Woodbury only, accurate to certified gaps of about 1e-6 for the hinge loss, but a
+    program's iterates in a batch then drift from its iterates alone)."""
 
     tol: float = 1e-7
     violation_tol: float = 1e-7
@@ -61,6 +65,7 @@ class InteriorPointSettings:
     centering_exponent: int = 3
     patience: int = 4
     correctors: int = 1
+    dense_curvature: float = DENSE_CURVATURE
 
     def __post_init__(self) -> None:
         """ValueError for a value the method cannot run with."""
@@ -69,6 +74,10 @@ class InteriorPointSettings:
         for name in ("max_iterations", "centering_exponent", "patience"):
             check_count(getattr(self, name), "InteriorPointSettings", name)
         check_count(self.correctors, "InteriorPointSettings", "correctors", minimum=0)
+        if isinstance(self.dense_curvature, bool) or not isinstance(self.dense_curvature, numbers.Real) \
+                or not self.dense_curvature > 0:  # inf allowed
+            raise ValueError(f"InteriorPointSettings: dense_curvature must be a real number > 0 (inf allowed), "
+                             f"got {self.dense_curvature!r}")
         if not 0 < check_positive(self.step_fraction, "InteriorPointSettings", "step_fraction") < 1:
             raise ValueError(f"InteriorPointSettings: step_fraction must be in (0, 1), got {self.step_fraction!r}")
 
@@ -89,6 +98,21 @@ class InteriorPointResult:
     def W(self) -> torch.Tensor:
         """The neurons (batch, 2P, k): S groups, then T groups."""
         return self.x.W
+
+    def select(self, keep: torch.Tensor) -> "InteriorPointResult":
+        """The programs where ``keep`` (batch,) holds."""
+        return InteriorPointResult(*(part.select(keep) for part in (self.x, self.s, self.z, self.criteria)),
+                                   self.converged[keep], self.iterations[keep])
+
+    def replaced(self, keep: torch.Tensor, other: "InteriorPointResult") -> "InteriorPointResult":
+        """This result with the programs where ``keep`` holds taken from ``other`` (one per such
+        program, in order; their iterations added)."""
+        index = torch.nonzero(keep).flatten()
+        parts = [whole.map(lambda a, b: a.index_copy(0, index, b), part)
+                 for whole, part in zip((self.x, self.s, self.z, self.criteria), (other.x, other.s, other.z,
+                                                                                other.criteria))]
+        return InteriorPointResult(*parts, self.converged.index_copy(0, index, other.converged),
+                                   self.iterations.index_add(0, index, other.iterations))
 
 
 def _shifted_into_cone(u: Conic) -> Conic:
@@ -216,7 +240,7 @@ def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = I
             running, problem, best, done = running[keep], problem.select(keep), best.select(keep), done[keep]
             x, s, z, measured = (part.select(keep) for part in (x, s, z, measured))
         try:
-            system = NewtonSystem(problem, x, s, z)
+            system = NewtonSystem(problem, x, s, z, dense_curvature=settings.dense_curvature)
         except Breakdown:
             break
         r_x, r_z = kkt_residual(problem, x, s, z)

@@ -1,10 +1,10 @@
 """solver="torch": the batched interior-point method behind the options every public class takes.
 
-``native_settings`` turns ``solver_options`` (tol, violation_tol, max_iterations, step_fraction, correctors,
-centering_exponent, patience, threads) into the method's settings, the same for the estimators
-and the block; ``solve_native`` runs it and returns the certified solution without the
-solver's residue: groups far below the largest are set to exactly zero where the dual bound
-still certifies the result within ``tol`` (docs/math.md, section 4).
+``native_settings`` turns ``solver_options`` (tol, violation_tol, max_iterations, step_fraction,
+centering_exponent, patience, correctors, dense_curvature, threads) into the method's settings,
+the same for the estimators and the block; ``solve_native`` runs it and returns the certified
+solution without the solver's residue: groups far below the largest are set to exactly zero
+where the dual bound still certifies the result within ``tol`` (docs/math.md, section 4).
 """
 
 from __future__ import annotations

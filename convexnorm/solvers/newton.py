@@ -146,9 +146,9 @@ class NewtonSystem:
     """grad^2 phi + G^T V^-2 G at one iterate (x, s, z), factorized."""
 
     def __init__(self, problem: ConvexBNProblem, x: Primal, s: Conic, z: Conic,
-                 scaling: NTScaling | None = None) -> None:
+                 scaling: NTScaling | None = None, dense_curvature: float | None = None) -> None:
         """``scaling``: V of the cones (default: the Nesterov-Todd scaling of s.cones, z.cones);
-        the orthant parts are scaled by z / s."""
+        the orthant parts are scaled by z / s. ``dense_curvature``: default DENSE_CURVATURE."""
         self.problem = problem
         A, masks = problem.A, problem.masks
         batch, n, k = A.shape
@@ -166,7 +166,7 @@ class NewtonSystem:
             self.curvature = loss_curvature(problem.loss, problem.predictions(x.W), problem.y)
         #: the programs (batch,) whose whole matrix is factorized densely (decided per program, so that a
         #: program takes the same steps in a batch as alone), and the Woodbury solve of the others
-        self.dense = self.curvature.amax(-1) > DENSE_CURVATURE
+        self.dense = self.curvature.amax(-1) > (DENSE_CURVATURE if dense_curvature is None else dense_curvature)
         self.dense_factor = self.woodbury = None
         if bool(self.dense.any()):
             H = self.scaling.inverse_square()[self.dense]
