@@ -54,6 +54,24 @@ def test_native_classifier_matches_clarabel_and_certifies(loss: str) -> None:
     assert abs(ours.max_dual_value - theirs.max_dual_value) <= 1e-4 * theirs.max_dual_value
 
 
+def test_native_hinge_finishes_with_the_dense_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hinge estimator solves by Woodbury alone and, where that stops short of tol (here 1e-7,
+    measured 5e-8 after the resumption), resumes with the dense factorization: converged, within
+    1e-6 of Clarabel."""
+    import convexnorm.solvers.interior_point as method
+
+    resumed = []
+    original = method.resumed_on
+    monkeypatch.setattr(method, "resumed_on", lambda *args: resumed.append(1) or original(*args))
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 5))
+    labels = np.where(np.sin(2 * X[:, 0]) + X[:, 1] * X[:, 2] > 0, 1, -1)
+    kwargs = dict(beta=0.1, loss="hinge", patterns=60)
+    native = cn.ConvexBNClassifier(**kwargs, solver="torch", solver_options={"tol": 1e-7}).fit(X, labels)
+    assert resumed and native.solver_report_[0]["converged"]
+    assert rel(native.objective_, cn.ConvexBNClassifier(**kwargs).fit(X, labels).objective_) < 1e-6
+
+
 def test_column_generation_reaches_clarabels_certified_optimum() -> None:
     """Both solvers grow from the same 10 patterns to the optimum over all patterns (exact
     certification); their paths may differ (the violators of slightly different multipliers)."""

@@ -336,11 +336,11 @@ def test_block_hinge_finishes_with_the_dense_route_where_woodbury_stops_short(
     """The hinge block solves by Woodbury alone (dense_curvature=inf), which stops at certified gaps
     of about 1e-6: asked for 1e-7, the episodes that stop short resume with the dense factorization
     and meet it (no SolverError), with the output of the dense route throughout."""
-    import convexnorm.solvers.implicit as implicit
+    import convexnorm.solvers.interior_point as method
 
     resumed = []
-    original = implicit._resumed
-    monkeypatch.setattr(implicit, "_resumed", lambda problem, result, keep, settings: resumed.append(
+    original = method.resumed_on
+    monkeypatch.setattr(method, "resumed_on", lambda problem, result, keep, settings: resumed.append(
         keep.tolist()) or original(problem, result, keep, settings))
     generator = torch.Generator().manual_seed(7)
     H = torch.randn(2, 64, 8, generator=generator, dtype=torch.float64)

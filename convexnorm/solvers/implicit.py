@@ -32,7 +32,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from convexnorm.errors import SolverError
-from convexnorm.solvers.interior_point import InteriorPointResult, InteriorPointSettings, interior_point
+from convexnorm.solvers.interior_point import (InteriorPointResult, InteriorPointSettings, finished_with_dense_route,
+                                              interior_point, resumed_on, with_dense_route)
 from convexnorm.solvers.kkt import Conic, Primal, criteria
 from convexnorm.solvers.newton import DENSE_CURVATURE
 from convexnorm.losses import loss_curvature, loss_gradient
@@ -406,26 +407,13 @@ def polish_episode(problem: ConvexBNProblem, result: InteriorPointResult, groups
     return None
 
 
-def _resumed(problem: ConvexBNProblem, result: InteriorPointResult, keep: torch.Tensor,
-             settings: InteriorPointSettings) -> tuple[ConvexBNProblem, InteriorPointResult]:
-    """The interior-point method resumed from ``result`` on the episodes where ``keep`` holds: their
-    problem and result."""
-    subset = problem.select(keep)
-    return subset, interior_point(subset, settings, start=(result.x.select(keep), result.s.select(keep),
-                                                           result.z.select(keep)))
-
-
-def _with_dense_route(settings: InteriorPointSettings) -> InteriorPointSettings:
-    return replace(settings, dense_curvature=min(settings.dense_curvature, DENSE_CURVATURE))
-
-
 def _resumed_polish(problem: ConvexBNProblem, result: InteriorPointResult, episodes: list[int],
                     settings: InteriorPointSettings) -> list[tuple[torch.Tensor, torch.Tensor, _Margins | None] | None]:
     """The polish of ``episodes`` after the interior-point method resumed on them from ``result``
     (None where it is still refused): where ``settings`` skip the dense route, first as they are to
     WOODBURY_RESUME_FACTOR of the tolerance (Woodbury alone reaches about 1e-6), then, for those
     still refused, with the dense route to RESUME_TOL_FACTOR of it."""
-    stages = [_with_dense_route(replace(settings, tol=settings.tol * RESUME_TOL_FACTOR))]
+    stages = [with_dense_route(replace(settings, tol=settings.tol * RESUME_TOL_FACTOR))]
     if settings.dense_curvature > DENSE_CURVATURE:
         stages.insert(0, replace(settings, tol=settings.tol * WOODBURY_RESUME_FACTOR))
     found: dict[int, tuple[torch.Tensor, torch.Tensor, _Margins | None] | None] = {}
@@ -435,7 +423,7 @@ def _resumed_polish(problem: ConvexBNProblem, result: InteriorPointResult, episo
             break
         keep = torch.zeros(problem.batch, dtype=torch.bool, device=problem.A.device)
         keep[pending] = True
-        subset, resumed = _resumed(problem, result, keep, stage)
+        subset, resumed = resumed_on(problem, result, keep, stage)
         groups, rows = active_sets(resumed)
         found.update((b, polish_episode(subset, resumed, groups, rows, index)) for index, b in enumerate(pending))
     return [found[b] for b in episodes]
@@ -454,10 +442,7 @@ class InteriorPointSolve(torch.autograd.Function):
         with intra_op_threads(threads), torch.inference_mode():
             problem = ConvexBNProblem(A, masks, y, beta, loss)
             result = interior_point(problem, settings)
-            if settings.dense_curvature > DENSE_CURVATURE and not bool(result.converged.all()):
-                # Woodbury alone (the hinge loss's block) may stop short of tol: finished with the dense route
-                result = result.replaced(~result.converged, _resumed(problem, result, ~result.converged,
-                                                                     _with_dense_route(settings))[1])
+            result = finished_with_dense_route(problem, result, settings)
             failed = torch.nonzero(~result.converged).flatten().tolist()
             if failed:
                 worst = int(failed[0])

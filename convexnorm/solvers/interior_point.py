@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -285,6 +285,30 @@ def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = I
     settle(torch.ones_like(done))
     x, s, z, measured = final
     return InteriorPointResult(x, s, z, measured, measured.met(settings.tol, settings.violation_tol), iterations)
+
+
+def resumed_on(problem: ConvexBNProblem, result: InteriorPointResult, keep: torch.Tensor,
+               settings: InteriorPointSettings) -> tuple[ConvexBNProblem, InteriorPointResult]:
+    """The method resumed from ``result`` on the programs where ``keep`` holds: their problem and result."""
+    subset = problem.select(keep)
+    return subset, interior_point(subset, settings, start=(result.x.select(keep), result.s.select(keep),
+                                                           result.z.select(keep)))
+
+
+def with_dense_route(settings: InteriorPointSettings) -> InteriorPointSettings:
+    """``settings`` with the dense factorization past DENSE_CURVATURE at the latest."""
+    return replace(settings, dense_curvature=min(settings.dense_curvature, DENSE_CURVATURE))
+
+
+def finished_with_dense_route(problem: ConvexBNProblem, result: InteriorPointResult,
+                              settings: InteriorPointSettings) -> InteriorPointResult:
+    """``result`` of a solve with ``settings``; where those skip the dense route past DENSE_CURVATURE
+    (Woodbury alone: certified gaps of about 1e-6 for the hinge loss) the programs that stopped
+    short of their tolerances resume from their iterate with it."""
+    if settings.dense_curvature <= DENSE_CURVATURE or bool(result.converged.all()):
+        return result
+    short = ~result.converged
+    return result.replaced(short, resumed_on(problem, result, short, with_dense_route(settings))[1])
 
 
 class _Best:
