@@ -21,7 +21,9 @@ POLISH_CORRECTIONS primal-dual corrections of the rows, further attempts without
 still shrinking to zero and, where all are refused, a second try after the interior-point method
 resumed to a tighter gap; kept only where it certifies a gap no larger than the interior-point
 method's (typically 1e-15 where it succeeds; where it fails the interior-point solution is kept).
-Every loss (the hinge loss's margins read off the iterate and corrected the same way).
+Every loss (the hinge loss's margins read off the iterate and corrected the same way). Where the
+settings skip the dense factorization (the hinge loss's block: Woodbury alone to 1e-5), episodes
+that stop short finish with it, and a refused polish first resumes by Woodbury alone.
 """
 
 from __future__ import annotations
@@ -407,16 +409,31 @@ def polish_episode(problem: ConvexBNProblem, result: InteriorPointResult, groups
     return None
 
 
+_Solution = tuple[torch.Tensor, torch.Tensor, _Margins | None]
+
+
+def _iterate_solution(result: InteriorPointResult, rows: torch.Tensor, episode: int) -> _Solution:
+    """An episode's interior-point iterate in the polish's layout, where the polish is refused: W
+    (k, 2P) with the groups below ACTIVE_GROUP_RTOL of the largest zero, G (n, 2P) the multipliers
+    of the active rows (``active_sets``), the margins read off the iterate."""
+    W = result.W[episode]
+    norms = torch.linalg.norm(W, dim=-1)
+    W = torch.where((norms > ACTIVE_GROUP_RTOL * norms.amax())[:, None], W, torch.zeros_like(W))
+    return W.T, result.z.rows[episode] * rows[episode], margins_of(result, episode)
+
+
 def _resumed_polish(problem: ConvexBNProblem, result: InteriorPointResult, episodes: list[int],
-                    settings: InteriorPointSettings) -> list[tuple[torch.Tensor, torch.Tensor, _Margins | None] | None]:
+                    settings: InteriorPointSettings) -> list[tuple[_Solution | None, _Solution]]:
     """The polish of ``episodes`` after the interior-point method resumed on them from ``result``
-    (None where it is still refused): where ``settings`` skip the dense route, first as they are to
-    WOODBURY_RESUME_FACTOR of the tolerance (Woodbury alone reaches about 1e-6), then, for those
-    still refused, with the dense route to RESUME_TOL_FACTOR of it."""
+    (None where it is still refused), each with the tightest resumed iterate (``_iterate_solution``):
+    where ``settings`` skip the dense route, first as they are to WOODBURY_RESUME_FACTOR of the
+    tolerance (Woodbury alone reaches about 1e-6), then, for those still refused, with the dense
+    route to RESUME_TOL_FACTOR of it."""
     stages = [with_dense_route(replace(settings, tol=settings.tol * RESUME_TOL_FACTOR))]
     if settings.dense_curvature > DENSE_CURVATURE:
         stages.insert(0, replace(settings, tol=settings.tol * WOODBURY_RESUME_FACTOR))
-    found: dict[int, tuple[torch.Tensor, torch.Tensor, _Margins | None] | None] = {}
+    found: dict[int, _Solution | None] = {}
+    iterates: dict[int, _Solution] = {}
     for stage in stages:
         pending = [b for b in episodes if found.get(b) is None]
         if not pending:
@@ -425,8 +442,10 @@ def _resumed_polish(problem: ConvexBNProblem, result: InteriorPointResult, episo
         keep[pending] = True
         subset, resumed = resumed_on(problem, result, keep, stage)
         groups, rows = active_sets(resumed)
-        found.update((b, polish_episode(subset, resumed, groups, rows, index)) for index, b in enumerate(pending))
-    return [found[b] for b in episodes]
+        for index, b in enumerate(pending):
+            found[b] = polish_episode(subset, resumed, groups, rows, index)
+            iterates[b] = _iterate_solution(resumed, rows, index)
+    return [(found[b], iterates[b]) for b in episodes]
 
 
 class InteriorPointSolve(torch.autograd.Function):
@@ -451,24 +470,24 @@ class InteriorPointSolve(torch.autograd.Function):
                     f"(episode {worst}: relative gap {float(result.criteria.relative_gap[worst]):.2e}, violation "
                     f"{float(result.criteria.violation[worst]):.2e}, tol {settings.tol:g}); loosen tol in "
                     "solver_options or check the episode's data")
-            norms = torch.linalg.norm(result.W, dim=-1)
-            W = torch.where((norms > ACTIVE_GROUP_RTOL * norms.amax(-1, keepdim=True))[..., None], result.W,
-                            torch.zeros_like(result.W))
             groups, rows = active_sets(result)
-            G = result.z.rows * rows
-            polished = [polish_episode(problem, result, groups, rows, b) for b in range(A.shape[0])]
-            refused = [b for b, found in enumerate(polished) if found is None]
+            solutions = [polish_episode(problem, result, groups, rows, b) for b in range(A.shape[0])]
+            refused = [b for b, found in enumerate(solutions) if found is None]
+            iterates = {}  # of the episodes still refused: the tightest interior-point iterate
             if refused:  # resume those programs to a tighter gap, where their active sets separate further
-                for b, found in zip(refused, _resumed_polish(problem, result, refused, settings)):
-                    polished[b] = found
-                refused = [b for b, found in enumerate(polished) if found is None]
+                for b, (found, iterate) in zip(refused, _resumed_polish(problem, result, refused, settings)):
+                    solutions[b], iterates[b] = found, iterate
+                refused = [b for b, found in enumerate(solutions) if found is None]
             if refused:
                 logger.warning("%s: the polish was refused in episode(s) %s; their gradients rest on the "
-                               "interior-point solution (certified gap %.1e) and the active sets read off it",
-                               owner, refused[:10], float(result.criteria.relative_gap[refused].max()))
-            W = torch.stack([W[b] if found is None else found[0].T for b, found in enumerate(polished)])
-            G = torch.stack([G[b] if found is None else found[1] for b, found in enumerate(polished)])
-            margins = [margins_of(result, b) if found is None else found[2] for b, found in enumerate(polished)]
+                               "interior-point solution (resumed from a certified gap of %.1e) and the active "
+                               "sets read off it", owner, refused[:10],
+                               float(result.criteria.relative_gap[refused].max()))
+            solutions = [iterates.get(b) or _iterate_solution(result, rows, b) if found is None else found
+                         for b, found in enumerate(solutions)]
+            W = torch.stack([found[0].T for found in solutions])
+            G = torch.stack([found[1] for found in solutions])
+            margins = [found[2] for found in solutions]
         W, G = W.clone(), G.clone()
         ctx.margins = [None if part is None else _Margins(part.alpha.clone(), part.margin.clone()) for part in margins]
         ctx.save_for_backward(A, y, beta, masks, W, G)
