@@ -26,7 +26,7 @@ from convexnorm.solvers.cvxpylayers_backend import call_program
 from convexnorm.programs import ConvexBNProgram, convex_bn_program
 from convexnorm.solvers.implicit import InteriorPointSolve
 from convexnorm.solvers.interior_point import InteriorPointSettings
-from convexnorm.solvers.native import native_settings
+from convexnorm.solvers.native import HINGE_DENSE_CURVATURE, native_settings
 from convexnorm.solvers.threads import intra_op_threads
 
 #: Cone constraints (2D - I) U' s >= 0 may be violated by this fraction of max ||s||.
@@ -175,7 +175,7 @@ class ConvexBNReLU(nn.Module):
         """solver="torch": the interior-point settings and intra-op threads of solver_options."""
         if self.loss == "hinge":
             return native_settings(self.solver_options, "ConvexBNReLU", tol=HINGE_BLOCK_TOL,
-                                   dense_curvature=float("inf"))
+                                   dense_curvature=HINGE_DENSE_CURVATURE)
         return native_settings(self.solver_options, "ConvexBNReLU", tol=BLOCK_TOL)
 
     def _solve_episodes(self, U_prime: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

@@ -37,7 +37,6 @@ from convexnorm.errors import SolverError
 from convexnorm.solvers.interior_point import (InteriorPointResult, InteriorPointSettings, finished_with_dense_route,
                                               interior_point, resumed_on, with_dense_route)
 from convexnorm.solvers.kkt import Conic, Primal, criteria
-from convexnorm.solvers.newton import DENSE_CURVATURE
 from convexnorm.losses import loss_curvature, loss_gradient
 from convexnorm.solvers.problem import ConvexBNProblem
 from convexnorm.solvers.threads import intra_op_threads
@@ -430,7 +429,7 @@ def _resumed_polish(problem: ConvexBNProblem, result: InteriorPointResult, episo
     tolerance (Woodbury alone reaches about 1e-6), then, for those still refused, with the dense
     route to RESUME_TOL_FACTOR of it."""
     stages = [with_dense_route(replace(settings, tol=settings.tol * RESUME_TOL_FACTOR))]
-    if settings.dense_curvature > DENSE_CURVATURE:
+    if settings.skips_dense_route:
         stages.insert(0, replace(settings, tol=settings.tol * WOODBURY_RESUME_FACTOR))
     found: dict[int, _Solution | None] = {}
     iterates: dict[int, _Solution] = {}
@@ -473,7 +472,7 @@ class InteriorPointSolve(torch.autograd.Function):
             groups, rows = active_sets(result)
             solutions = [polish_episode(problem, result, groups, rows, b) for b in range(A.shape[0])]
             refused = [b for b, found in enumerate(solutions) if found is None]
-            iterates = {}  # of the episodes still refused: the tightest interior-point iterate
+            iterates = {}  # of the episodes refused at first: the tightest interior-point iterate
             if refused:  # resume those programs to a tighter gap, where their active sets separate further
                 for b, (found, iterate) in zip(refused, _resumed_polish(problem, result, refused, settings)):
                     solutions[b], iterates[b] = found, iterate
@@ -483,8 +482,7 @@ class InteriorPointSolve(torch.autograd.Function):
                                "interior-point solution (resumed from a certified gap of %.1e) and the active "
                                "sets read off it", owner, refused[:10],
                                float(result.criteria.relative_gap[refused].max()))
-            solutions = [iterates.get(b) or _iterate_solution(result, rows, b) if found is None else found
-                         for b, found in enumerate(solutions)]
+            solutions = [iterates[b] if found is None else found for b, found in enumerate(solutions)]
             W = torch.stack([found[0].T for found in solutions])
             G = torch.stack([found[1] for found in solutions])
             margins = [found[2] for found in solutions]

@@ -82,6 +82,11 @@ class InteriorPointSettings:
         if not 0 < check_positive(self.step_fraction, "InteriorPointSettings", "step_fraction") < 1:
             raise ValueError(f"InteriorPointSettings: step_fraction must be in (0, 1), got {self.step_fraction!r}")
 
+    @property
+    def skips_dense_route(self) -> bool:
+        """Whether Woodbury serves curvatures past DENSE_CURVATURE (``with_dense_route`` undoes it)."""
+        return self.dense_curvature > DENSE_CURVATURE
+
 
 @dataclass
 class InteriorPointResult:
@@ -100,20 +105,20 @@ class InteriorPointResult:
         """The neurons (batch, 2P, k): S groups, then T groups."""
         return self.x.W
 
-    def select(self, keep: torch.Tensor) -> "InteriorPointResult":
-        """The programs where ``keep`` (batch,) holds."""
-        return InteriorPointResult(*(part.select(keep) for part in (self.x, self.s, self.z, self.criteria)),
-                                   self.converged[keep], self.iterations[keep])
-
     def replaced(self, keep: torch.Tensor, other: "InteriorPointResult") -> "InteriorPointResult":
         """This result with the programs where ``keep`` holds taken from ``other`` (one per such
         program, in order; their iterations added)."""
         index = torch.nonzero(keep).flatten()
-        parts = [whole.map(lambda a, b: a.index_copy(0, index, b), part)
-                 for whole, part in zip((self.x, self.s, self.z, self.criteria), (other.x, other.s, other.z,
-                                                                                other.criteria))]
+        parts = _index_copied((self.x, self.s, self.z, self.criteria), index, (other.x, other.s, other.z,
+                                                                               other.criteria))
         return InteriorPointResult(*parts, self.converged.index_copy(0, index, other.converged),
                                    self.iterations.index_add(0, index, other.iterations))
+
+
+def _index_copied(wholes, index: torch.Tensor, parts) -> list:
+    """Each vector of ``wholes`` (x, s, z, criteria of a batch) with its programs ``index`` taken from
+    the matching vector of ``parts`` (one program per index)."""
+    return [whole.map(lambda a, b: a.index_copy(0, index, b), part) for whole, part in zip(wholes, parts)]
 
 
 def _shifted_into_cone(u: Conic) -> Conic:
@@ -225,9 +230,8 @@ def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = I
     final = [best.x, best.s, best.z, best.criteria]
 
     def settle(stopped: torch.Tensor) -> None:
-        index = running[stopped]
-        final[:] = [whole.map(lambda a, b: a.index_copy(0, index, b[stopped]), part)
-                    for whole, part in zip(final, (best.x, best.s, best.z, best.criteria))]
+        final[:] = _index_copied(final, running[stopped],
+                                 [part.select(stopped) for part in (best.x, best.s, best.z, best.criteria)])
 
     for iteration in range(settings.max_iterations):
         done = done | measured.met(settings.tol, settings.violation_tol) | (best.stalled >= settings.patience)
@@ -306,7 +310,7 @@ def finished_with_dense_route(problem: ConvexBNProblem, result: InteriorPointRes
     """``result`` of a solve with ``settings``; where those skip the dense route past DENSE_CURVATURE
     (Woodbury alone: certified gaps of about 1e-6 for the hinge loss) the programs that stopped
     short of their tolerances resume from their iterate with it."""
-    if settings.dense_curvature <= DENSE_CURVATURE or bool(result.converged.all()):
+    if not settings.skips_dense_route or bool(result.converged.all()):
         return result
     short = ~result.converged
     return result.replaced(short, resumed_on(problem, result, short, with_dense_route(settings))[1])

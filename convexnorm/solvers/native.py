@@ -22,7 +22,6 @@ from convexnorm.solvers.backends import ProgramSolution
 from convexnorm.solvers.interior_point import InteriorPointSettings, finished_with_dense_route, interior_point
 from convexnorm.solvers.implicit import active_sets, polish_episode
 from convexnorm.solvers.kkt import Conic, Criteria, Primal, bounded_criteria, multipliers
-from convexnorm.solvers.newton import DENSE_CURVATURE
 from convexnorm.solvers.problem import ConvexBNProblem
 from convexnorm.solvers.threads import intra_op_threads
 
@@ -35,9 +34,10 @@ THREADS = "threads"
 #: at 1.5e-7..1.9e-7 (degenerate programs, float64's limit); the objective is then within 1e-6
 #: relative of the optimum, and measured within ~1e-8 of Clarabel's (tests/test_native_solver.py).
 ESTIMATOR_TOL = 1e-6
-#: The hinge loss's estimators solve by Woodbury alone (a program is solved alone, so the drift of
-#: batched programs past DENSE_CURVATURE does not arise) and resume with the dense route only where
-#: that stops short of tol: n = 1000, r = 10, 100 patterns in 7.4 s instead of 12.0 s (docs/benchmarks.md).
+#: The hinge loss's estimators and block solve by Woodbury alone and resume with the dense route only
+#: where that stops short of tol. An estimator solves one program at a time, so the drift of batched
+#: programs past DENSE_CURVATURE does not arise (n = 1000, r = 10, 100 patterns in 7.4 s instead of
+#: 12.0 s); the block's output is the polished point (docs/benchmarks.md, session 11).
 HINGE_DENSE_CURVATURE = float("inf")
 #: solver_options key that keeps an inaccurate solve (with a RuntimeWarning) instead of raising
 #: SolverError.
@@ -135,8 +135,8 @@ def solve_native_program(U_prime: np.ndarray, patterns: np.ndarray, y: np.ndarra
     options = dict(solver_options or {})
     device = check_device(options.pop("device", "cpu"), owner)
     accept = bool(options.pop(ACCEPT_INACCURATE, False))
-    defaults = dict(tol=ESTIMATOR_TOL, dense_curvature=HINGE_DENSE_CURVATURE if loss == "hinge" else DENSE_CURVATURE)
-    settings, threads = native_settings(options, owner, ("device", ACCEPT_INACCURATE), **defaults)
+    hinge = {"dense_curvature": HINGE_DENSE_CURVATURE} if loss == "hinge" else {}
+    settings, threads = native_settings(options, owner, ("device", ACCEPT_INACCURATE), tol=ESTIMATOR_TOL, **hinge)
     problem = ConvexBNProblem.from_arrays([(U_prime, patterns, y)], beta, loss, device)
     result = solve_native(problem, settings, threads)
     measured = {name: float(getattr(result.criteria, name)[0])

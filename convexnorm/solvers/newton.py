@@ -84,6 +84,17 @@ def _dense_factor(problem: ConvexBNProblem, H: torch.Tensor, curvature: torch.Te
     return cholesky(full.view(batch, groups * m, groups * m))
 
 
+def _predictions(problem: ConvexBNProblem, X: torch.Tensor) -> torch.Tensor:
+    """B X: the predictions of the W parts of X (batch, 2P, k + 1)."""
+    return problem.predictions(X[..., 1:])
+
+
+def _predictions_adjoint(problem: ConvexBNProblem, v: torch.Tensor) -> torch.Tensor:
+    """B^T v in X's layout (zero in the tau parts)."""
+    g = problem.predictions_adjoint(v)
+    return torch.cat([torch.zeros_like(g[..., :1]), g], -1)
+
+
 def _dense_solve(factor: torch.Tensor, b_X: torch.Tensor) -> torch.Tensor:
     return torch.cholesky_solve(b_X.flatten(1)[..., None], factor).view_as(b_X)
 
@@ -137,9 +148,8 @@ class _Woodbury:
     def solve(self, b_X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """X = (H + B^T D B)^-1 b_X and Woodbury's c = C^-1 B H^-1 b_X (= D B X)."""
         u = self.block_solve(b_X)
-        c = torch.cholesky_solve(self.problem.predictions(u[..., 1:])[..., None], self.capacitance)[..., 0]
-        g = self.problem.predictions_adjoint(c)
-        return u - self.block_solve(torch.cat([torch.zeros_like(g[..., :1]), g], -1)), c
+        c = torch.cholesky_solve(_predictions(self.problem, u)[..., None], self.capacitance)[..., 0]
+        return u - self.block_solve(_predictions_adjoint(self.problem, c)), c
 
 
 class NewtonSystem:
@@ -181,18 +191,11 @@ class NewtonSystem:
             else:
                 self.woodbury = _Woodbury(problem, self.scaling, rows_part, self.curvature)
 
-    def _predictions(self, X: torch.Tensor) -> torch.Tensor:
-        return self.problem.predictions(X[..., 1:])
-
-    def _predictions_adjoint(self, v: torch.Tensor) -> torch.Tensor:
-        g = self.problem.predictions_adjoint(v)
-        return torch.cat([torch.zeros_like(g[..., :1]), g], -1)
-
     def apply(self, x: Primal, predictions: torch.Tensor | None = None) -> Primal:
         """(grad^2 phi + G^T V^-2 G) x, matrix-free (``predictions``: B x.W if at hand, see ``_solve_x``)."""
         out = constraint_adjoint(self.problem, self.inverse_square(constraint_map(self.problem, x, predictions)))
         if x.xi is None:
-            out.X = out.X + self._predictions_adjoint(self.curvature * self._predictions(x.X))
+            out.X = out.X + _predictions_adjoint(self.problem, self.curvature * _predictions(self.problem, x.X))
         return out
 
     def solve_x(self, b: Primal, refine: bool = True) -> Primal:
@@ -215,7 +218,8 @@ class NewtonSystem:
         and multiplier steps (the iterates stalled at a certified gap of about 1e-5)."""
         b_X = b.X
         if b.xi is not None:
-            b_X = b_X - self._predictions_adjoint(self.weights.margin * self.problem.y * b.xi / self.xi_diagonal)
+            b_X = b_X - _predictions_adjoint(self.problem,
+                                             self.weights.margin * self.problem.y * b.xi / self.xi_diagonal)
         c = None
         if self.dense_factor is None:
             X, c = self.woodbury.solve(b_X)
@@ -227,7 +231,7 @@ class NewtonSystem:
             X[self.dense] = _dense_solve(self.dense_factor, b_X[self.dense])
         if b.xi is None:
             return Primal(X), None
-        f = self._predictions(X)
+        f = _predictions(self.problem, X)
         if c is not None:
             f = torch.where(~self.dense[:, None] & (self.curvature > 1), c / self.curvature, f)
         xi = (b.xi - self.weights.margin * self.problem.y * f) / self.xi_diagonal
