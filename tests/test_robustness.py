@@ -84,6 +84,9 @@ def test_a_failed_fit_keeps_the_previous_fit() -> None:
      "device|CUDA"),
     ({"solver": "torch", "solver_options": {"dtype": torch.float32}}, "does not take option"),
     ({"solver": "torch", "solver_options": {"tol": -1.0}}, "tol must be a finite real number > 0"),
+    ({"solver": "torch", "solver_options": {"correctors": -1}}, "correctors must be an integer >= 0"),
+    ({"solver": "torch", "solver_options": {"dense_curvature": 0.0}}, r"dense_curvature must be a real number > 0"),
+    ({"solver": "torch", "solver_options": {"dense_curvature": float("nan")}}, "dense_curvature must be a real"),
 ])
 def test_estimator_parameters_are_validated_where_they_enter(parameters, message) -> None:
     X, y = issue_problem()
