@@ -107,27 +107,40 @@ def identity_like(u: torch.Tensor) -> torch.Tensor:
     return e
 
 
-def soc_max_step(u: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """Largest alpha with u + alpha d in the cone (u inside), per cone: the smallest positive
-    root of det(u + alpha d) = a alpha^2 + b alpha + c (inf if there is none)."""
+def soc_step_rate(u: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """1 / (largest alpha with u + alpha d in the cone), u inside, per cone; <= 0 where u + alpha d
+    never leaves it. With a = d^T J d, b = u^T J d, c = u^T J u > 0, det(u + alpha d) = c + 2 b alpha +
+    a alpha^2 vanishes first at the largest root t = (sqrt(b^2 - a c) - b) / c of c t^2 + 2 b t + a
+    (t = 1 / alpha), taken as -a / (b + sqrt(b^2 - a c)) where b > 0 (no cancellation); none if b^2 < a c."""
     Jd = reflect(d)
-    a, b, c = (d * Jd).sum(-1), 2 * (u * Jd).sum(-1), soc_det(u)
-    discriminant = b * b - 4 * a * c
-    inf = torch.full_like(a, float("inf"))
+    a, b, c = (d * Jd).sum(-1), (u * Jd).sum(-1), soc_det(u)
+    discriminant = torch.addcmul(b * b, a, c, value=-1)
     root = discriminant.clamp_min(0).sqrt()
-    q = -(b + torch.where(b >= 0, root, -root)) / 2
-    roots = torch.stack([torch.where(a != 0, q / a, inf), torch.where(q != 0, c / q, inf)])
-    smallest = torch.where(roots > 0, roots, inf).amin(0)
-    smallest = torch.where(discriminant < 0, inf, smallest)
-    linear = torch.where(b < 0, -c / b, inf)
-    return torch.where(a == 0, linear, smallest)
+    rate = torch.where(b > 0, -a / (b + root), (root - b) / c)
+    return rate.masked_fill(discriminant < 0, -1.0)
+
+
+def orthant_step_rate(u: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """1 / (largest alpha with u + alpha d >= 0 in every entry of each program), u > 0, (batch,):
+    max(-d / u), <= 0 where no entry decreases."""
+    return -(d / u).flatten(1).amin(1)
+
+
+def max_step(rate: torch.Tensor) -> torch.Tensor:
+    """The largest step 1 / rate of a step rate (``soc_step_rate``, ``orthant_step_rate``), inf where
+    rate <= 0 (NaN where it is NaN)."""
+    return torch.where(rate <= 0, torch.full_like(rate, float("inf")), 1 / rate)
+
+
+def soc_max_step(u: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Largest alpha with u + alpha d in the cone (u inside), per cone (inf if there is none)."""
+    return max_step(soc_step_rate(u, d))
 
 
 def orthant_max_step(u: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """Largest alpha with u + alpha d >= 0 in every entry of each program (u > 0; u, d (batch, ...)):
-    -1 / min(d / u) where some d < 0, else inf; (batch,)."""
-    worst = (d / u).flatten(1).amin(1)
-    return torch.where(worst < 0, -1 / worst, torch.full_like(worst, float("inf")))
+    """Largest alpha with u + alpha d >= 0 in every entry of each program (u > 0; u, d (batch, ...)),
+    (batch,), inf if there is none."""
+    return max_step(orthant_step_rate(u, d))
 
 
 def soc_min_eigenvalue(u: torch.Tensor) -> torch.Tensor:

@@ -133,15 +133,24 @@ class _ActiveSystem:
         self.norms = torch.linalg.norm(W, dim=0)
         self.w_hat = (W / self.norms).T  # (|J|, k)
         E = 2 * M - 1
-        C = (E.T[:, :, None] * A[None]) * rows.T[:, :, None]  # (|J|, n, k), inactive rows zero
+        # each group's active rows (at most k - 1 of its n, ``active_sets``) gathered into the first
+        # ``capacity`` rows, padded with zero rows: the SVD of (|J|, capacity, k) instead of (|J|, n, k)
+        k = A.shape[1]
+        capacity = max(int(rows.sum(0).max()), 1)
+        self.row_index = torch.argsort(rows.T.to(torch.int8), dim=1, descending=True, stable=True)[:, :capacity]
+        self.row_valid = rows.T.gather(1, self.row_index).to(A.dtype)  # (|J|, capacity)
+        C = E.T.gather(1, self.row_index)[..., None] * A[self.row_index] * self.row_valid[..., None]
         C = C - (C @ self.w_hat[:, :, None]) * self.w_hat[:, None, :]
-        self.U, self.S, Vh = torch.linalg.svd(C, full_matrices=False)
+        U, S, Vh = torch.linalg.svd(C, full_matrices=True)
+        rank = min(capacity, k)  # U (|J|, capacity, k) and S (|J|, k), zero past the rank: V spans all of R^k
+        self.U = torch.cat([U[..., :rank], U.new_zeros(*U.shape[:2], k - rank)], -1)
+        self.S = torch.cat([S, S.new_zeros(S.shape[0], k - rank)], -1)
         self.V = Vh.transpose(-1, -2)
         self.null = self.S <= RANK_RTOL * A_norm
         self.inverse_S = torch.where(self.null, torch.zeros_like(self.S),
                                      1 / torch.where(self.null, torch.ones_like(self.S), self.S))
         self.curvature = torch.zeros_like(y) if margins is not None else loss_curvature(loss, (M * (A @ W)) @ o, y)
-        self.B = (o * M).T[:, :, None] * A[None]  # (|J|, n, k)
+        self.signed_masks = o * M  # (n, |J|): B_j = o_j M_j * A, applied through A (one product for all groups)
 
     def pack(self, W: torch.Tensor, G: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """One vector in the layout of u and F from W-shaped (k, |J|) and G-shaped (n, |J|) parts (and
@@ -165,11 +174,11 @@ class _ActiveSystem:
 
     def _predicted(self, v: torch.Tensor) -> torch.Tensor:
         """B v = sum_j B_j v_j (n,), the change of f for v (|J|, k)."""
-        return (self.B @ v[..., None])[..., 0].sum(0)
+        return ((self.A @ v.T) * self.signed_masks).sum(-1)
 
     def _predicted_adjoint(self, g: torch.Tensor) -> torch.Tensor:
         """B^T g (|J|, k) for g (n,)."""
-        return (self.B.transpose(-1, -2) @ g[:, None])[..., 0]
+        return (self.signed_masks * g[:, None]).T @ self.A
 
     def apply_K(self, v: torch.Tensor) -> torch.Tensor:
         """K v for v (|J|, k)."""
@@ -185,6 +194,7 @@ class _ActiveSystem:
         The hinge loss adds D a = r_M with D = Y B on the margin samples (coupling the groups through f)
         and D^T c on the left: [[Z^T K Z, (D Z)^T], [D Z, 0]] (alpha, c) = (Z^T (r_W - K a_p), r_M - D a_p)."""
         V, null, k = self.V, self.null, self.A.shape[1]
+        r_R = r_R.gather(1, self.row_index) * self.row_valid  # the active rows, as C's
         a = (V @ (self.inverse_S * (self.U.transpose(-1, -2) @ r_R[..., None])[..., 0])[..., None])[..., 0]
         margin = None if self.margins is None else self.margins.margin
         c = None if margin is None else r_W.new_zeros(int(margin.sum()))
@@ -192,11 +202,18 @@ class _ActiveSystem:
         keep = null.flatten()  # the null-space coordinates among the |J| k
         if bool(keep.any()):
             Z = V * null[:, None, :]
-            BZ = (self.B @ Z).transpose(0, 1).flatten(1)[:, keep]  # (n, dim)
+            AZ = (self.A @ Z.transpose(0, 1).reshape(k, -1)).view(-1, len(Z), k)  # A Z_j (n, |J|, k)
+            BZ = (AZ * self.signed_masks[..., None]).flatten(1)[:, keep]  # (n, dim)
             Zw = (Z.transpose(-1, -2) @ self.w_hat[:, :, None])[..., 0]
             blocks = (self.beta / self.norms)[:, None, None] * (torch.diag_embed(null.to(V.dtype))
                                                                 - Zw[:, :, None] * Zw[:, None, :])
-            reduced = torch.block_diag(*blocks)[keep][:, keep].addmm(BZ.T, self.curvature[:, None] * BZ)
+            # their block diagonal on the null-space coordinates: entry (a, b) of group g_a's block where
+            # g_a = g_b (the blocks vanish off their null coordinates)
+            group = torch.arange(len(blocks), device=V.device).repeat_interleave(k)[keep]
+            coordinate = torch.arange(k, device=V.device).repeat(len(blocks))[keep]
+            diagonal = torch.where(group[:, None] == group[None, :],
+                                   blocks[group[:, None], coordinate[:, None], coordinate[None, :]], 0.0)
+            reduced = diagonal.addmm(BZ.T, self.curvature[:, None] * BZ)
             rhs = (Z.transpose(-1, -2) @ (r_W - self.apply_K(a))[..., None]).flatten()[keep]
             if bordered:
                 DZ = (self.y[:, None] * BZ)[margin]
@@ -216,6 +233,7 @@ class _ActiveSystem:
         if bordered:
             remainder = remainder - self._predicted_adjoint(self.y * torch.zeros_like(self.y).masked_scatter(margin, c))
         b = (self.U @ (self.inverse_S * (V.transpose(-1, -2) @ remainder[..., None])[..., 0])[..., None])[..., 0]
+        b = torch.zeros_like(self.G).T.scatter_add(1, self.row_index, b * self.row_valid)
         return a, b, c
 
 

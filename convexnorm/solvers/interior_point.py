@@ -22,7 +22,8 @@ import torch
 
 from convexnorm._validation import check_count, check_positive
 from convexnorm.solvers.cones import (NTScaling, box_correction, identity_like, jordan_divide, jordan_product,
-                                      orthant_max_step, soc_box_correction, soc_max_step, soc_min_eigenvalue)
+                                      max_step, orthant_step_rate, soc_box_correction, soc_min_eigenvalue,
+                                      soc_step_rate)
 from convexnorm.solvers.kkt import (Conic, Criteria, Primal, constraint_adjoint, constraint_map, constraint_offset,
                                     criteria, kkt_residual, objective_gradient, per_program, zero_primal)
 from convexnorm.solvers.newton import DENSE_CURVATURE, Breakdown, NewtonSystem
@@ -148,11 +149,11 @@ def _zero_network(problem: ConvexBNProblem, like: Primal) -> Primal:
 
 
 def _max_step(*pairs: tuple[Conic, Conic]) -> torch.Tensor:
-    """Largest alpha per program with u + alpha d in K for every pair (u, d), the cones of all pairs
-    in one stacked call (half the small operations of a call per pair)."""
-    steps = [orthant_max_step(a, b) for u, d in pairs for a, b in zip(u.orthants(), d.orthants())]
-    cones = soc_max_step(torch.stack([u.cones for u, _ in pairs]), torch.stack([d.cones for _, d in pairs]))
-    return torch.stack([*steps, cones.amin(-1).amin(0)]).amin(0)
+    """Largest alpha per program with u + alpha d in K for every pair (u, d), from the largest step
+    rate 1 / alpha of any part, the cones of all pairs in one stacked call."""
+    rates = [orthant_step_rate(a, b) for u, d in pairs for a, b in zip(u.orthants(), d.orthants())]
+    cones = soc_step_rate(torch.stack([u.cones for u, _ in pairs]), torch.stack([d.cones for _, d in pairs]))
+    return max_step(torch.stack([*rates, cones.amax(-1).amax(0)]).amax(0))
 
 
 def _identity(u: Conic) -> Conic:

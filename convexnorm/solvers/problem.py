@@ -83,6 +83,11 @@ class ConvexBNProblem:
         return -self.signs
 
     @functools.cached_property
+    def A_T(self) -> torch.Tensor:
+        """A^T (batch, k, n), contiguous: the adjoints' products A^T V took 0.4-0.6 of the time of V^T A."""
+        return self.A.transpose(-1, -2).contiguous()
+
+    @functools.cached_property
     def outer(self) -> torch.Tensor:
         """a_i a_i^T of the rows of A, flattened: (batch, n, k * k)."""
         return (self.A[..., :, None] * self.A[..., None, :]).flatten(-2)
@@ -98,12 +103,12 @@ class ConvexBNProblem:
 
     def predictions_adjoint(self, v: torch.Tensor) -> torch.Tensor:
         """The adjoint of ``predictions``: group j gets o_j A^T (M_j * v), (batch, 2P, k)."""
-        g = (self.masks * v[..., None]).transpose(-1, -2) @ self.A
+        g = (self.A_T @ (self.masks * v[..., None])).transpose(-1, -2)
         return torch.cat([g, -g], 1)
 
     def rows_adjoint(self, V: torch.Tensor) -> torch.Tensor:
         """The adjoint of ``rows``: group j gets A^T V_j, (batch, 2P, k)."""
-        return V.transpose(-1, -2) @ self.A
+        return (self.A_T @ V).transpose(-1, -2)
 
     def objective(self, W: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """loss(f) + beta sum_j ||W_j|| with ReLU predictions f = sum_j o_j (A W_j)_+ (the value
