@@ -3,8 +3,8 @@
 Per iteration the method's dense linear algebra is (n samples, P patterns, k = r + 1, batch B):
 the rows' weights into the group blocks A^T diag(w_j) A (2 * 2P n k^2), the Cholesky factors and
 inverses of the 2P blocks of size k + 1 and of the P pattern blocks ((2P (k+1)^3 + P k^3) / 3 * 3),
-F = M_i * (A R_i) (2 n P k^2), the n x n capacitance F F^T (2 n^2 P k) and its Cholesky factor
-(n^3 / 3). That count per iteration over the measured seconds per iteration is the achieved rate;
+F = M_i * (A R_i) (2 n P k^2), the n x n capacitance F F^T (2 n^2 P k, of which its lower block
+triangle is computed: (b + 1) / 2b of it in b row blocks) and its Cholesky factor (n^3 / 3). That count per iteration over the measured seconds per iteration is the achieved rate;
 the reference is a torch matmul of the capacitance's shape, (n x P k) times its transpose, timed
 in the same run with the same threads (1, the solver's default). The ratio says how far the
 method is from its flop limit; the rest of the time is elementwise work and Python.
@@ -23,13 +23,16 @@ import torch
 import convexnorm as cn
 from _data import regression_problem
 from convexnorm.solvers.interior_point import InteriorPointSettings, interior_point
+from convexnorm.solvers.newton import GRAM_BLOCK_ROWS, GRAM_BLOCKS
 from convexnorm.solvers.problem import ConvexBNProblem
 
 
 def flops_per_iteration(B: int, n: int, k: int, P: int) -> float:
     groups = 2 * P
     blocks = groups * (k + 1) ** 3 + P * k**3  # Cholesky, triangular inverse, products: about 3 x (size^3 / 3)
-    return B * (2 * groups * n * k * k + blocks + 2 * n * P * k * k + 2 * n * n * P * k + n**3 / 3)
+    row_blocks = max(1, min(GRAM_BLOCKS, n // GRAM_BLOCK_ROWS))  # the capacitance's lower block triangle
+    capacitance = 2 * n * n * P * k * (row_blocks + 1) / (2 * row_blocks)
+    return B * (2 * groups * n * k * k + blocks + 2 * n * P * k * k + capacitance + n**3 / 3)
 
 
 def matmul_rate(B: int, n: int, k: int, P: int, repeats: int = 5) -> float:

@@ -134,9 +134,9 @@ def constraint_map(problem: ConvexBNProblem, x: Primal, predictions: torch.Tenso
     return Conic(rows, -x.X, -x.xi, -(x.xi + problem.y * f))
 
 
-def constraint_adjoint(problem: ConvexBNProblem, v: Conic) -> Primal:
-    """G^T v."""
-    W = -problem.rows_adjoint(problem.signs * v.rows) - v.cones[..., 1:]
+def constraint_adjoint(problem: ConvexBNProblem, v: Conic, signed_rows: bool = False) -> Primal:
+    """G^T v (``signed_rows``: v.rows already multiplied by E)."""
+    W = -problem.rows_adjoint(v.rows if signed_rows else problem.signs * v.rows) - v.cones[..., 1:]
     if v.margin is not None:
         W = W - problem.predictions_adjoint(problem.y * v.margin)
     X = torch.cat([-v.cones[..., :1], W], -1)

@@ -174,6 +174,15 @@ class _Woodbury:
         return u - self.block_solve(_predictions_adjoint(self.problem, c)), c
 
 
+def _weighted(weights: torch.Tensor | None, v: torch.Tensor | None, shift: torch.Tensor | None, sign: float = 1.0
+              ) -> torch.Tensor | None:
+    """weights * v + sign * shift, one operation, for an orthant part (None where the part or its weights
+    are absent: the cones, or the smooth losses' slack and margin)."""
+    if weights is None or v is None:
+        return None
+    return torch.addcmul(shift if sign > 0 else -shift, weights, v)
+
+
 class NewtonSystem:
     """grad^2 phi + G^T V^-2 G at one iterate (x, s, z), factorized."""
 
@@ -189,6 +198,8 @@ class NewtonSystem:
         self.weights = Conic(z.rows / s.rows, None, *(None if a is None else a / b
                                                       for a, b in ((z.slack, s.slack), (z.margin, s.margin))))
         self.roots = self.weights.map(torch.sqrt)
+        #: E * (z / s) of the rows: the right-hand side's G^T in ``solve`` without multiplying by E there
+        self.signed_weights = problem.signs * self.weights.rows
         rows_part = (self.weights.rows.transpose(-1, -2) @ problem.outer).reshape(batch, 2 * P, k, k)
         if problem.loss == "hinge":
             slack, margin = self.weights.slack, self.weights.margin
@@ -275,6 +286,15 @@ class NewtonSystem:
         """The Newton equations grad^2 phi dx + G^T dz = b_x, G dx + ds = b_z, V dz + V^-1 ds = d;
         returns dx, dz, ds (with ds = V d - V^2 dz: dz = V^-2 (G dx - b_z) + V^-1 d)."""
         problem, scaled = self.problem, self.inverse(d)
-        dx, f = self._refined(b_x + constraint_adjoint(problem, self.inverse_square(b_z) - scaled), refine)
-        Gdx = constraint_map(problem, dx, f)
-        return dx, self.inverse_square(Gdx - b_z) + scaled, b_z - Gdx
+        # G^T (V^-2 b_z - V^-1 d), its rows as E * (z / s * b_z - V^-1 d): two operations on the largest part
+        hinge = [_weighted(getattr(self.weights, name), getattr(b_z, name), getattr(scaled, name), -1)
+                 for name in ("slack", "margin")]
+        rhs = Conic(torch.addcmul(self.signed_weights * b_z.rows, problem.signs, scaled.rows, value=-1),
+                    self.scaling.apply_inverse_square(b_z.cones) - scaled.cones, *hinge)
+        dx, f = self._refined(b_x + constraint_adjoint(problem, rhs, signed_rows=True), refine)
+        residual = constraint_map(problem, dx, f) - b_z  # G dx - b_z = -ds
+        # dz = V^-2 (G dx - b_z) + V^-1 d
+        dz = Conic(*(_weighted(getattr(self.weights, name), getattr(residual, name), getattr(scaled, name))
+                     for name in ("rows", "cones", "slack", "margin")))
+        dz.cones = self.scaling.apply_inverse_square(residual.cones) + scaled.cones
+        return dx, dz, -residual
