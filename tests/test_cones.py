@@ -193,3 +193,37 @@ def test_box_corrections_clip_the_eigenvalues() -> None:
     assert torch.allclose(t[..., 0] + radius, torch.tensor([[5.96, 3.0, 30.0]], dtype=f64))
     assert torch.allclose(t[..., 0] - radius, torch.tensor([[0.1, 1.0, 10.0]], dtype=f64))
     assert torch.allclose(t[0, 0, 1:] / radius[0, 0], u[0, 0, 1:] / u[0, 0, 1:].norm())
+
+
+@pytest.mark.parametrize("n", [7, 130, 300])
+def test_lower_gram_is_the_capacitance_below_its_diagonal_blocks(n: int) -> None:
+    """newton._lower_gram (1, 2 and 4 row blocks at these n) == diag(d) + F F^T on and below the
+    diagonal (torch's product as the reference), and its Cholesky factor == that of the full matrix."""
+    generator = torch.Generator().manual_seed(n)
+    F = torch.randn(2, n, 40, generator=generator, dtype=f64)
+    d = torch.rand(2, n, generator=generator, dtype=f64) + 0.5
+    full = torch.diag_embed(d) + F @ F.transpose(-1, -2)
+    lower = newton._lower_gram(F, d)
+    assert torch.allclose(lower.tril(), full.tril(), rtol=1e-13, atol=1e-12)
+    assert torch.allclose(cholesky(lower), torch.linalg.cholesky(full), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("loss", ["squared", "hinge"])
+def test_predictions_and_their_adjoint_match_a_loop_over_patterns(loss: str) -> None:
+    """ConvexBNProblem.predictions (the smooth losses' n x k form, the hinge loss's per-pattern form)
+    == sum_i M_i * (A (S_i - T_i)) pattern by pattern, and <B W, v> == <W, B^T v>."""
+    generator = torch.Generator().manual_seed(5)
+    batch, n, k, P = 2, 9, 4, 6
+    A = torch.randn(batch, n, k, generator=generator, dtype=f64)
+    masks = (torch.rand(batch, n, P, generator=generator) > 0.5).double()
+    y = torch.sign(torch.randn(batch, n, generator=generator, dtype=f64))
+    problem = ConvexBNProblem(A, masks, y, torch.full((batch,), 0.1, dtype=f64), loss)
+    W = torch.randn(batch, 2 * P, k, generator=generator, dtype=f64)
+    reference = sum(masks[..., i] * (A @ (W[:, i] - W[:, P + i])[..., None])[..., 0] for i in range(P))
+    assert torch.allclose(problem.predictions(W), reference, rtol=1e-13, atol=1e-13)
+    v = torch.randn(batch, n, generator=generator, dtype=f64)
+    left = (problem.predictions(W) * v).sum(-1)
+    right = (W * problem.predictions_adjoint(v)).sum((-1, -2))
+    assert torch.allclose(left, right, rtol=1e-13, atol=1e-13)
+    V = torch.randn(batch, n, 2 * P, generator=generator, dtype=f64)
+    assert torch.allclose((problem.rows(W) * V).sum((-1, -2)), (W * problem.rows_adjoint(V)).sum((-1, -2)))

@@ -557,3 +557,47 @@ def test_polish_stops_at_its_tolerance_and_at_a_step_that_does_not_contract(monk
     system, active = implicit._active_system(*args, polished, multipliers, rows[0], "squared")
     residual = system.residual(system.W, system.G, *args[:3])
     assert float(residual.abs().max()) <= implicit.POLISH_RTOL * float(args[2]) * max(1.0, system.A_norm)
+
+
+def test_active_system_solve_matches_the_dense_saddle_point_system() -> None:
+    """implicit._ActiveSystem.solve (null spaces of each group's active rows, its SVD taken of those rows
+    only) == a dense solve of [[K, C^T], [C, 0]] (a, b) = (r_W, r_R), with K and the rows C (w_j projected
+    out) built entry by entry; groups with 0 .. k - 1 active rows."""
+    import convexnorm.solvers.implicit as implicit
+
+    generator = torch.Generator().manual_seed(11)
+    n, k, groups = 20, 4, 4
+    A = torch.randn(n, k, generator=generator, dtype=torch.float64)
+    y = torch.randn(n, generator=generator, dtype=torch.float64)
+    M = (torch.rand(n, groups, generator=generator) > 0.4).double()
+    o = torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=torch.float64)
+    W = torch.randn(k, groups, generator=generator, dtype=torch.float64)
+    rows = torch.zeros(n, groups, dtype=torch.bool)
+    for j, count in enumerate([0, 1, 2, 3]):
+        rows[torch.randperm(n, generator=generator)[:count], j] = True
+    G = torch.rand(n, groups, generator=generator, dtype=torch.float64) * rows
+    beta = torch.tensor(0.3, dtype=torch.float64)
+    system = implicit._ActiveSystem(A, y, beta, M, o, rows, W, G, "squared", float(torch.linalg.matrix_norm(A, 2)))
+    norms = torch.linalg.norm(W, dim=0)
+    w_hat = W / norms
+    B = torch.cat([(o[j] * M[:, j:j + 1]) * A for j in range(groups)], 1)  # (n, groups k)
+    K = torch.block_diag(*[beta / norms[j] * (torch.eye(k, dtype=torch.float64) - torch.outer(w_hat[:, j], w_hat[:, j]))
+                           for j in range(groups)]) + B.T @ B  # squared loss: curvature 1
+    C_rows = []
+    for j in range(groups):
+        for i in torch.nonzero(rows[:, j]).flatten().tolist():
+            row = torch.zeros(groups * k, dtype=torch.float64)
+            c = (2 * M[i, j] - 1) * A[i]
+            row[j * k:(j + 1) * k] = c - (c @ w_hat[:, j]) * w_hat[:, j]
+            C_rows.append(row)
+    C = torch.stack(C_rows)
+    saddle = torch.cat([torch.cat([K, C.T], 1), torch.cat([C, torch.zeros(len(C), len(C), dtype=torch.float64)], 1)])
+    r_W = torch.randn(groups, k, generator=generator, dtype=torch.float64)
+    r_R = torch.randn(groups, n, generator=generator, dtype=torch.float64) * rows.T
+    rhs = torch.cat([r_W.flatten(), torch.cat([r_R[j][rows[:, j]] for j in range(groups)])])
+    reference = torch.linalg.solve(saddle, rhs)
+    a, b, _ = system.solve(r_W, r_R)
+    assert torch.allclose(a.flatten(), reference[: groups * k], rtol=1e-10, atol=1e-10)
+    assert torch.allclose(torch.cat([b[j][rows[:, j]] for j in range(groups)]), reference[groups * k:],
+                          rtol=1e-10, atol=1e-10)
+    assert float(b[~rows.T].abs().max()) == 0.0  # no multiplier off the active rows
