@@ -15,7 +15,8 @@ block diagonal, and Woodbury gives its inverse through the n x n capacitance (d 
 
 R_i R_i^T = Q_i + Q_{i+P}, Q_j the W block of H_j^-1 (the S and T groups of a pattern share
 its mask). Cost per iterate: 2P Cholesky factors of size k + 1, P of size k, F (n P k^2),
-C (n^2 P k) and its Cholesky factor (n^3 / 3). Everything is batched over programs. Where d
+C (n^2 P k, of which its lower block triangle is formed: ``_lower_gram``) and its Cholesky factor
+(n^3 / 3). Everything is batched over programs. Where d
 grows without bound (the hinge loss's samples on the margin) the Woodbury difference
 X = u - H^-1 B^T c loses the predictions B X, which their slack and multiplier steps need times
 d; they are taken as c / d instead (c = D B X exactly). Beyond ``DENSE_CURVATURE`` a program's
@@ -159,8 +160,8 @@ class _Woodbury:
 
     def block_solve(self, X: torch.Tensor) -> torch.Tensor:
         """H^-1 X block by block, X_j = (x0, x1): u1 = S_j^-1 (x1 - r x0) (two products with L^-1 and its
-        transpose, elementwise and summed: batched matrix-vector products of tiny matrices took 2-3x
-        longer), u0 = x0 / h - r^T u1."""
+        transpose, elementwise and summed: batched matrix-vector products of tiny matrices took up to
+        1.5x longer), u0 = x0 / h - r^T u1."""
         x0 = X[..., :1]
         v = torch.addcmul(X[..., 1:], self.tau_coupling, x0, value=-1)
         u1 = (self.S_root_T * (self.S_root * v[..., None, :]).sum(-1)[..., None, :]).sum(-1)
