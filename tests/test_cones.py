@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from convexnorm.solvers import newton
-from convexnorm.solvers.cones import (NTScaling, box_correction, jordan_divide, jordan_product, orthant_max_step,
-                                      reflect, soc_box_correction, soc_det, soc_max_step)
+from convexnorm.solvers.cones import (NTScaling, box_correction, jordan_divide, jordan_product, max_step,
+                                      orthant_step_rate, reflect, soc_box_correction, soc_det, soc_step_rate)
 from convexnorm.solvers.kkt import Conic, Primal
 from convexnorm.solvers.newton import Breakdown, NewtonSystem, cholesky
 from convexnorm.solvers.problem import ConvexBNProblem
@@ -48,17 +48,18 @@ def test_jordan_product_and_division() -> None:
 
 
 def test_max_steps_reach_the_boundary() -> None:
+    """max_step of the step rates: the cone's boundary reached exactly, inf where it is never left."""
     generator = torch.Generator().manual_seed(2)
     u, d = interior(9, 4, generator), torch.randn(9, 4, generator=generator, dtype=f64) * 3
-    alpha = soc_max_step(u, d)
+    alpha = max_step(soc_step_rate(u, d))
     inside = u + 0.999 * alpha[:, None] * d
     assert bool((soc_det(inside) > 0).all()) and bool((inside[:, 0] > 0).all())
     at = u + alpha[:, None] * d
     on_boundary = soc_det(at).abs() / (at**2).sum(1)
     assert float(on_boundary.max()) < 1e-10
-    assert bool(torch.isinf(soc_max_step(u, u)).all())  # moving outward never leaves the cone
+    assert bool(torch.isinf(max_step(soc_step_rate(u, u))).all())  # moving outward never leaves the cone
     u, d = torch.tensor([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]), torch.tensor([[-4.0, 1.0, -2.0], [4.0, 1.0, 0.0]])
-    assert torch.equal(orthant_max_step(u, d), torch.tensor([0.25, float("inf")]))  # per program: min over entries
+    assert torch.equal(max_step(orthant_step_rate(u, d)), torch.tensor([0.25, float("inf")]))  # per program: min over entries
 
 
 def _dense_newton_matrix(problem: ConvexBNProblem, system: NewtonSystem) -> torch.Tensor:

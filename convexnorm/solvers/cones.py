@@ -132,17 +132,6 @@ def max_step(rate: torch.Tensor) -> torch.Tensor:
     return torch.where(rate <= 0, torch.full_like(rate, float("inf")), 1 / rate)
 
 
-def soc_max_step(u: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """Largest alpha with u + alpha d in the cone (u inside), per cone (inf if there is none)."""
-    return max_step(soc_step_rate(u, d))
-
-
-def orthant_max_step(u: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """Largest alpha with u + alpha d >= 0 in every entry of each program (u > 0; u, d (batch, ...)),
-    (batch,), inf if there is none."""
-    return max_step(orthant_step_rate(u, d))
-
-
 def soc_min_eigenvalue(u: torch.Tensor) -> torch.Tensor:
     """u0 - ||u1|| per cone."""
     return u[..., 0] - u[..., 1:].norm(dim=-1)

@@ -149,8 +149,8 @@ class _ActiveSystem:
         self.null = self.S <= RANK_RTOL * A_norm
         self.inverse_S = torch.where(self.null, torch.zeros_like(self.S),
                                      1 / torch.where(self.null, torch.ones_like(self.S), self.S))
-        self.curvature = torch.zeros_like(y) if margins is not None else loss_curvature(loss, (M * (A @ W)) @ o, y)
         self.signed_masks = o * M  # (n, |J|): B_j = o_j M_j * A, applied through A (one product for all groups)
+        self.curvature = torch.zeros_like(y) if margins is not None else loss_curvature(loss, self._predicted(W.T), y)
 
     def pack(self, W: torch.Tensor, G: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """One vector in the layout of u and F from W-shaped (k, |J|) and G-shaped (n, |J|) parts (and

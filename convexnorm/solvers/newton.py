@@ -175,15 +175,6 @@ class _Woodbury:
         return u - self.block_solve(_predictions_adjoint(self.problem, c)), c
 
 
-def _weighted(weights: torch.Tensor | None, v: torch.Tensor | None, shift: torch.Tensor | None, sign: float = 1.0
-              ) -> torch.Tensor | None:
-    """weights * v + sign * shift, one operation, for an orthant part (None where the part or its weights
-    are absent: the cones, or the smooth losses' slack and margin)."""
-    if weights is None or v is None:
-        return None
-    return torch.addcmul(shift if sign > 0 else -shift, weights, v)
-
-
 class NewtonSystem:
     """grad^2 phi + G^T V^-2 G at one iterate (x, s, z), factorized."""
 
@@ -286,16 +277,20 @@ class NewtonSystem:
     def solve(self, b_x: Primal, b_z: Conic, d: Conic, refine: bool = True) -> tuple[Primal, Conic, Conic]:
         """The Newton equations grad^2 phi dx + G^T dz = b_x, G dx + ds = b_z, V dz + V^-1 ds = d;
         returns dx, dz, ds (with ds = V d - V^2 dz: dz = V^-2 (G dx - b_z) + V^-1 d)."""
-        problem, scaled = self.problem, self.inverse(d)
+        problem, scaled, w = self.problem, self.inverse(d), self.weights
         # G^T (V^-2 b_z - V^-1 d), its rows as E * (z / s * b_z - V^-1 d): two operations on the largest part
-        hinge = [_weighted(getattr(self.weights, name), getattr(b_z, name), getattr(scaled, name), -1)
-                 for name in ("slack", "margin")]
         rhs = Conic(torch.addcmul(self.signed_weights * b_z.rows, problem.signs, scaled.rows, value=-1),
-                    self.scaling.apply_inverse_square(b_z.cones) - scaled.cones, *hinge)
+                    self.scaling.apply_inverse_square(b_z.cones) - scaled.cones,
+                    *(None if weight is None else torch.addcmul(-shift, weight, part)
+                      for weight, part, shift in ((w.slack, b_z.slack, scaled.slack),
+                                                  (w.margin, b_z.margin, scaled.margin))))
         dx, f = self._refined(b_x + constraint_adjoint(problem, rhs, signed_rows=True), refine)
         residual = constraint_map(problem, dx, f) - b_z  # G dx - b_z = -ds
-        # dz = V^-2 (G dx - b_z) + V^-1 d
-        dz = Conic(*(_weighted(getattr(self.weights, name), getattr(residual, name), getattr(scaled, name))
-                     for name in ("rows", "cones", "slack", "margin")))
-        dz.cones = self.scaling.apply_inverse_square(residual.cones) + scaled.cones
+        def fused(weight: torch.Tensor | None, part: torch.Tensor | None, shift: torch.Tensor | None):
+            return None if weight is None else torch.addcmul(shift, weight, part)
+
+        # dz = V^-2 (G dx - b_z) + V^-1 d, one fused product per orthant part
+        dz = Conic(fused(w.rows, residual.rows, scaled.rows),
+                   self.scaling.apply_inverse_square(residual.cones) + scaled.cones,
+                   fused(w.slack, residual.slack, scaled.slack), fused(w.margin, residual.margin, scaled.margin))
         return dx, dz, -residual
