@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from convexnorm.solvers import newton
-from convexnorm.solvers.cones import (NTScaling, box_correction, jordan_divide, jordan_product, max_step,
+from convexnorm.solvers.cones import (JordanDivision, NTScaling, box_correction, jordan_product, max_step,
                                       orthant_step_rate, reflect, soc_box_correction, soc_det, soc_step_rate)
 from convexnorm.solvers.kkt import Conic, Primal
 from convexnorm.solvers.newton import Breakdown, NewtonSystem, cholesky
@@ -43,7 +43,7 @@ def test_jordan_product_and_division() -> None:
     product = jordan_product(lam, v)
     assert torch.allclose(product[:, 0], (lam * v).sum(1))
     assert torch.allclose(product[:, 1:], lam[:, :1] * v[:, 1:] + v[:, :1] * lam[:, 1:])
-    assert torch.allclose(jordan_divide(lam, product), v, atol=1e-12)
+    assert torch.allclose(JordanDivision(lam)(product), v, atol=1e-12)
     assert torch.equal(reflect(lam)[:, 1:], -lam[:, 1:])
 
 
@@ -140,6 +140,30 @@ def test_newton_system_matches_the_dense_matrix(loss: str, route: str, monkeypat
     assert max(float(t.abs().max()) for t in third.parts()) < 1e-9
 
 
+def test_block_roots_factor_the_inverse_group_blocks() -> None:
+    """_Woodbury's root N_j ([[h^-1/2, 0], [-L^-1 r, L^-1]], from the tau elimination in closed form):
+    N_j^T N_j == H_j^-1 with H_j = V_j^-2 + [0, A^T diag(z_j / s_j) A] formed densely, and the block
+    solve == H_j^-1 X_j."""
+    generator = torch.Generator().manual_seed(5)
+    n, k, P = 9, 3, 4
+    A = torch.linalg.qr(torch.randn(n, k, generator=generator, dtype=f64))[0][None]
+    masks = (torch.rand(1, n, P, generator=generator) > 0.5).double()
+    problem = ConvexBNProblem(A, masks, torch.randn(1, n, generator=generator, dtype=f64),
+                              torch.tensor([0.1], dtype=f64), "squared")
+    rows = lambda: torch.rand(1, n, 2 * P, generator=generator, dtype=f64) + 0.5  # noqa: E731
+    s, z = (Conic(rows(), interior(2 * P, k + 1, generator)[None]) for _ in range(2))
+    x = Primal(torch.randn(1, 2 * P, k + 1, generator=generator, dtype=f64))
+    system = NewtonSystem(problem, x, s, z)
+    H = system.scaling.inverse_square().clone()
+    weights = z.rows / s.rows
+    H[..., 1:, 1:] += torch.einsum("bnj,bnk,bnl->bjkl", weights, A, A)
+    woodbury = system.woodbury
+    assert torch.allclose(woodbury.root_T @ woodbury.root, torch.linalg.inv(H), rtol=1e-10, atol=1e-12)
+    X = torch.randn(1, 2 * P, k + 1, generator=generator, dtype=f64)
+    assert torch.allclose(woodbury.block_solve(X), torch.linalg.solve(H, X[..., None])[..., 0], rtol=1e-10,
+                          atol=1e-12)
+
+
 def test_newton_blocks_regularized_only_within_rounding() -> None:
     """A block singular to rounding gets a tiny diagonal shift; an indefinite one raises
     Breakdown, which stops the interior-point method instead of returning a wrong step."""
@@ -196,12 +220,13 @@ def test_box_corrections_clip_the_eigenvalues() -> None:
     assert torch.allclose(t[0, 0, 1:] / radius[0, 0], u[0, 0, 1:] / u[0, 0, 1:].norm())
 
 
-@pytest.mark.parametrize("n", [7, 130, 300])
-def test_lower_gram_is_the_capacitance_below_its_diagonal_blocks(n: int) -> None:
-    """newton._lower_gram (1, 2 and 4 row blocks at these n) == diag(d) + F F^T on and below the
+@pytest.mark.parametrize(("n", "width", "blocks"), [(7, 40, 1), (40, 4000, 2), (300, 100, 4)])
+def test_lower_gram_is_the_capacitance_below_its_diagonal_blocks(n: int, width: int, blocks: int) -> None:
+    """newton._lower_gram (1, 2 and 4 row blocks at these sizes) == diag(d) + F F^T on and below the
     diagonal (torch's product as the reference), and its Cholesky factor == that of the full matrix."""
+    assert newton.gram_row_blocks(2, n, width) == blocks
     generator = torch.Generator().manual_seed(n)
-    F = torch.randn(2, n, 40, generator=generator, dtype=f64)
+    F = torch.randn(2, n, width, generator=generator, dtype=f64)
     d = torch.rand(2, n, generator=generator, dtype=f64) + 0.5
     full = torch.diag_embed(d) + F @ F.transpose(-1, -2)
     lower = newton._lower_gram(F, d)

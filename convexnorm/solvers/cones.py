@@ -94,10 +94,17 @@ def jordan_product(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.cat([(u * v).sum(-1, keepdim=True), u[..., :1] * v[..., 1:] + v[..., :1] * u[..., 1:]], -1)
 
 
-def jordan_divide(lam: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """x with lam o x = v per cone (lam inside the cone)."""
-    x0 = (lam[..., 0] * v[..., 0] - (lam[..., 1:] * v[..., 1:]).sum(-1)) / soc_det(lam)
-    return torch.cat([x0[..., None], (v[..., 1:] - x0[..., None] * lam[..., 1:]) / lam[..., :1]], -1)
+class JordanDivision:
+    """x with lam o x = v per cone, for one lam (inside the cone) and any v: x0 = (J lam)^T v / det(lam),
+    x1 = (v1 - x0 lam1) / lam0, with J lam / det(lam) and 1 / lam0 formed once."""
+
+    def __init__(self, lam: torch.Tensor) -> None:
+        self._reflected = reflect(lam) / soc_det(lam)[..., None]
+        self._tail, self._head_inverse = lam[..., 1:], 1 / lam[..., :1]
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        x0 = (self._reflected * v).sum(-1, keepdim=True)
+        return torch.cat([x0, torch.addcmul(v[..., 1:], x0, self._tail, value=-1) * self._head_inverse], -1)
 
 
 def identity_like(u: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from convexnorm._validation import check_count, check_positive
-from convexnorm.solvers.cones import (NTScaling, box_correction, identity_like, jordan_divide, jordan_product,
+from convexnorm.solvers.cones import (JordanDivision, NTScaling, box_correction, identity_like, jordan_product,
                                       max_step, orthant_step_rate, soc_box_correction, soc_min_eigenvalue,
                                       soc_step_rate)
 from convexnorm.solvers.kkt import (Conic, Criteria, Primal, constraint_adjoint, constraint_map, constraint_offset,
@@ -236,8 +236,9 @@ def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = I
 
     for iteration in range(settings.max_iterations):
         done = done | measured.met(settings.tol, settings.violation_tol) | (best.stalled >= settings.patience)
-        logger.debug("interior point: iteration %d, %d of %d stopped, largest gap %.2e", iteration,
-                     batch - len(running) + int(done.sum()), batch, float(measured.relative_gap.max()))
+        if logger.isEnabledFor(logging.DEBUG):  # its arguments synchronize with the device
+            logger.debug("interior point: iteration %d, %d of %d stopped, largest gap %.2e", iteration,
+                         batch - len(running) + int(done.sum()), batch, float(measured.relative_gap.max()))
         if bool(done.all()):
             break
         if bool(done.any()):
@@ -253,12 +254,13 @@ def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = I
         mu = s.dot(z) / degree
         lam = _lambda(system, s, z)
         lam_square = _jordan(lam, lam, torch.mul, jordan_product)
+        divide = JordanDivision(lam.cones)
 
         def direction(weight: float | torch.Tensor, complementarity: Conic,
                       refine: bool) -> tuple[Primal, Conic, Conic]:
             """Newton step to (1 - weight) of the residuals with lambda o (V dz + V^-1 ds) = complementarity
             (``refine``: iteratively refined, for the step taken; the predictor only sets sigma)."""
-            d = _jordan(lam, complementarity, lambda a, b: b / a, jordan_divide)
+            d = _jordan(lam, complementarity, lambda a, b: b / a, lambda _, b: divide(b))
             return system.solve(r_x.scaled(-weight), r_z.scaled(-weight), d, refine)
 
         affine = -lam_square

@@ -100,17 +100,29 @@ def _dense_solve(factor: torch.Tensor, b_X: torch.Tensor) -> torch.Tensor:
     return torch.cholesky_solve(b_X.flatten(1)[..., None], factor).view_as(b_X)
 
 
-#: Rows per block of ``_lower_gram``'s products (at most GRAM_BLOCKS blocks).
-GRAM_BLOCK_ROWS = 64
+#: ``_lower_gram``'s row blocks: at most GRAM_BLOCKS, at least GRAM_BLOCK_ROWS rows each, and one block
+#: below GRAM_MIN_WORK multiply-adds of the whole product (batch n^2 width), where the block products' fixed
+#: costs outweigh their savings (one program of 64 x 576 in four blocks: 0.16 instead of 0.12 ms). From
+#: 64 rows per block before: 1.17 instead of 1.33 ms at 128 x 2176 (four blocks, not two), 3.95 instead
+#: of 4.78 ms for 32 programs of 64 x 576 (four, not one).
+GRAM_BLOCK_ROWS = 16
 GRAM_BLOCKS = 4
+GRAM_MIN_WORK = 1e7
+
+
+def gram_row_blocks(batch: int, n: int, width: int) -> int:
+    """The row blocks b of ``_lower_gram`` for a batch of n x width matrices F."""
+    if batch * n * n * width < GRAM_MIN_WORK:
+        return 1
+    return max(1, min(GRAM_BLOCKS, n // GRAM_BLOCK_ROWS))
 
 
 def _lower_gram(F: torch.Tensor, diagonal: torch.Tensor) -> torch.Tensor:
     """diag(diagonal) + F F^T on and below the diagonal blocks (zero above; the Cholesky factorization
-    reads the lower triangle only): with b row blocks, b (b + 1) / 2 of the b^2 block products
-    (3/4 of the flops for b = 2, 5/8 for b = 4)."""
-    n = F.shape[-2]
-    blocks = max(1, min(GRAM_BLOCKS, n // GRAM_BLOCK_ROWS))
+    reads the lower triangle only): with b row blocks (``gram_row_blocks``), b (b + 1) / 2 of the b^2
+    block products (3/4 of the flops for b = 2, 5/8 for b = 4)."""
+    batch, n, width = F.shape
+    blocks = gram_row_blocks(batch, n, width)
     out = torch.diag_embed(diagonal)
     if blocks == 1:
         return out.baddbmm_(F, F.transpose(-1, -2))
@@ -140,33 +152,33 @@ class _Woodbury:
         eta_2 = scaling.eta ** -2
         w0, w1 = scaling.w[..., 0], scaling.w[..., 1:]
         spread = 2 * w0 * w0 - 1
-        #: h of every group and r = g / h: block solves eliminate tau through them
-        self.tau_pivot = eta_2 * spread
-        self.tau_coupling = (-2 * w0 / spread)[..., None] * w1
+        h = eta_2 * spread
+        r = (-2 * w0 / spread)[..., None] * w1  # g / h
         S = rows_part.sub_((2 * eta_2 / spread)[..., None, None] * w1[..., :, None] * w1[..., None, :])
         S.diagonal(dim1=-2, dim2=-1).add_(eta_2[..., None])
         L = cholesky(S)
-        #: L^-1 of the Schur complements: block solves as two products with it (batched LAPACK solves of
-        #: tiny systems are slow; the explicit inverse L^-T L^-1 was not accurate enough near the solution:
-        #: the block's solves stalled at certified gaps of 1e-6)
-        self.S_root = torch.linalg.solve_triangular(L, torch.eye(k, dtype=A.dtype, device=A.device).expand_as(L),
-                                                    upper=False)
-        self.S_root_T = self.S_root.transpose(-1, -2).contiguous()
-        Q = self.S_root_T @ self.S_root  # the W blocks of H_j^-1: S_j^-1
+        # L^-1 of the Schur complements (batched LAPACK solves of tiny systems are slow; the explicit
+        # inverse L^-T L^-1 was not accurate enough near the solution: the block's solves stalled at
+        # certified gaps of 1e-6)
+        S_root = torch.linalg.solve_triangular(L, torch.eye(k, dtype=A.dtype, device=A.device).expand_as(L),
+                                               upper=False)
+        #: N_j = [[h^-1/2, 0], [-L^-1 r, L^-1]] with H_j^-1 = N_j^T N_j (H_j = [[1, 0], [r, I]] diag(h, S_j)
+        #: [[1, r^T], [0, I]]): a block solve is two products with N_j and its transpose
+        self.root = A.new_zeros(batch, 2 * P, k + 1, k + 1)
+        self.root[..., 0, 0] = h.rsqrt()
+        self.root[..., 1:, 0] = -(S_root * r[..., None, :]).sum(-1)
+        self.root[..., 1:, 1:] = S_root
+        self.root_T = self.root.transpose(-1, -2).contiguous()
+        Q = S_root.transpose(-1, -2) @ S_root  # the W blocks of H_j^-1: S_j^-1
         R = cholesky(Q[:, :P] + Q[:, P:])  # (batch, P, k, k)
         F = A @ R.permute(0, 2, 1, 3).reshape(batch, k, P * k)
         F.view(batch, n, P, k).mul_(masks[..., None])
         self.capacitance = cholesky(_lower_gram(F, 1 / curvature))
 
     def block_solve(self, X: torch.Tensor) -> torch.Tensor:
-        """H^-1 X block by block, X_j = (x0, x1): u1 = S_j^-1 (x1 - r x0) (two products with L^-1 and its
-        transpose, elementwise and summed: batched matrix-vector products of tiny matrices took up to
-        1.5x longer), u0 = x0 / h - r^T u1."""
-        x0 = X[..., :1]
-        v = torch.addcmul(X[..., 1:], self.tau_coupling, x0, value=-1)
-        u1 = (self.S_root_T * (self.S_root * v[..., None, :]).sum(-1)[..., None, :]).sum(-1)
-        u0 = x0 / self.tau_pivot[..., None] - (self.tau_coupling * u1).sum(-1, keepdim=True)
-        return torch.cat([u0, u1], -1)
+        """H^-1 X block by block: N_j^T (N_j X_j), elementwise products summed (batched matrix-vector
+        products of tiny matrices took up to 1.5x longer); N_j X_j = (x0 / sqrt(h), L^-1 (x1 - r x0))."""
+        return (self.root_T * (self.root * X[..., None, :]).sum(-1)[..., None, :]).sum(-1)
 
     def solve(self, b_X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """X = (H + B^T D B)^-1 b_X and Woodbury's c = C^-1 B H^-1 b_X (= D B X)."""
