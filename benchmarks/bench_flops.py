@@ -14,7 +14,7 @@ The second limit is the count of torch operations: each costs a fixed few micros
 dispatch and Python whatever its size. A first, untimed solve of each program counts its (aten)
 operations per iteration (a TorchDispatchMode); the fixed cost of one is measured on a tiny
 program (``--tiny``, 16 samples, 8 patterns: tensors of at most a few hundred entries) as its
-seconds per iteration over its operations per iteration. The operation floor of a program is its
+seconds per iteration (best of five solves) over its operations per iteration. The operation floor of a program is its
 count times that cost, its flop floor its flop count at the matmul rate; the last column is the
 measured time per iteration over their sum (1: nothing but those two limits).
 
@@ -74,6 +74,26 @@ def operations_per_iteration(problem: ConvexBNProblem) -> float:
     return counter.count / int(result.iterations.max())
 
 
+def regression_program(size: str, batch: int) -> ConvexBNProblem:
+    """The squared-loss program of ``regression_problem`` at n x r x patterns, ``batch`` copies."""
+    n, r, gates = (int(v) for v in size.split("x"))
+    X, y = regression_problem(n, r)
+    U_prime = cn.whiten(X).U_prime
+    patterns = cn.arrangement_patterns(U_prime, gates, seed=0)
+    return ConvexBNProblem.from_arrays([(U_prime, patterns, y)] * batch, 0.1, "squared")
+
+
+def seconds_per_iteration(problem: ConvexBNProblem, runs: int) -> tuple[float, int]:
+    """The best of ``runs`` timed solves, per iteration, and the iterations."""
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = interior_point(problem, InteriorPointSettings(tol=1e-7))
+        best = min(best, time.perf_counter() - start)
+    iterations = int(result.iterations.max())
+    return best / iterations, iterations
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", nargs="+", default=["64x8x64", "128x16x128", "1000x10x1000"],
@@ -83,38 +103,25 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {platform.machine()}, 1 thread, batch {args.batch}")
-    per_operation = None
-    for size in [args.tiny, *args.sizes]:
-        n, r, gates = (int(v) for v in size.split("x"))
-        X, y = regression_problem(n, r)
-        U_prime = cn.whiten(X).U_prime
-        patterns = cn.arrangement_patterns(U_prime, gates, seed=0)
-        problem = ConvexBNProblem.from_arrays([(U_prime, patterns, y)] * args.batch, 0.1, "squared")
+    tiny = regression_program(args.tiny, args.batch)
+    operations = operations_per_iteration(tiny)  # also the untimed first solve
+    seconds, iterations = seconds_per_iteration(tiny, runs=5)
+    per_operation = seconds / operations
+    print(f"{args.tiny} (--tiny): {iterations} iterations of {operations:.0f} operations at {seconds:.4f} s "
+          f"(best of 5): {per_operation * 1e6:.2f} us per operation")
+    print(f"{'n x r x P':<14} {'iters':>5} {'s/iter':>8} {'GFlop/iter':>10} {'GFlop/s':>8} {'matmul GFlop/s':>14} "
+          f"{'fraction':>8} {'ops/iter':>8} {'op floor s':>10} {'flop floor s':>12} {'s/iter / floors':>15}")
+    for size in args.sizes:
+        problem = regression_program(size, args.batch)
         operations = operations_per_iteration(problem)  # also the untimed first solve
-        runs = []
-        for _ in range(5 if per_operation is None else 1):
-            start = time.perf_counter()
-            result = interior_point(problem, InteriorPointSettings(tol=1e-7))
-            runs.append(time.perf_counter() - start)
-        seconds = min(runs)
-        iterations = int(result.iterations.max())
-        if per_operation is None:
-            per_operation = seconds / iterations / operations
-            print(f"{size} (--tiny): {iterations} iterations of {operations:.0f} operations at "
-                  f"{seconds / iterations:.4f} s: {per_operation * 1e6:.2f} us per operation")
-            print(f"{'n x r x P':<14} {'iters':>5} {'s/iter':>8} {'GFlop/iter':>10} {'GFlop/s':>8} "
-                  f"{'matmul GFlop/s':>14} {'fraction':>8} {'ops/iter':>8} {'op floor s':>10} {'flop floor s':>12} "
-                  f"{'s/iter / floors':>15}")
-            continue
-        B, k, P = args.batch, U_prime.shape[1], len(patterns)
-        work = flops_per_iteration(B, n, k, P)
-        achieved = work * iterations / seconds
-        reference = matmul_rate(B, n, k, P)
+        seconds, iterations = seconds_per_iteration(problem, runs=1)
+        B, n, k = problem.A.shape
+        work = flops_per_iteration(B, n, k, problem.patterns)
+        reference = matmul_rate(B, n, k, problem.patterns)
         op_floor, flop_floor = operations * per_operation, work / reference
-        print(f"{size:<14} {iterations:5d} {seconds / iterations:8.4f} {work / 1e9:10.3f} {achieved / 1e9:8.2f} "
-              f"{reference / 1e9:14.2f} {achieved / reference:8.2f} {operations:8.0f} {op_floor:10.4f} "
-              f"{flop_floor:12.4f} {seconds / iterations / (op_floor + flop_floor):15.2f}", flush=True)
-
+        print(f"{size:<14} {iterations:5d} {seconds:8.4f} {work / 1e9:10.3f} {work / seconds / 1e9:8.2f} "
+              f"{reference / 1e9:14.2f} {work / seconds / reference:8.2f} {operations:8.0f} {op_floor:10.4f} "
+              f"{flop_floor:12.4f} {seconds / (op_floor + flop_floor):15.2f}", flush=True)
 
 if __name__ == "__main__":
     main()
