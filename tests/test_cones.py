@@ -142,8 +142,8 @@ def test_newton_system_matches_the_dense_matrix(loss: str, route: str, monkeypat
 
 def test_block_solve_inverts_the_dense_group_blocks() -> None:
     """_Woodbury.block_solve (two products with the closed-form root N_j of H_j^-1) == H_j^-1 X_j with
-    H_j = V_j^-2 + [0, A^T diag(z_j / s_j) A] formed densely, N_j^T N_j == H_j^-1, and S_root^T S_root ==
-    its W block's Schur complement inverse."""
+    H_j = V_j^-2 + [0, A^T diag(z_j / s_j) A] formed densely, N_j^T N_j == H_j^-1, and L^-T L^-1 (from N_j's
+    W block L^-1) == its W block's Schur complement inverse."""
     generator = torch.Generator().manual_seed(5)
     n, k, P = 9, 3, 4
     A = torch.linalg.qr(torch.randn(n, k, generator=generator, dtype=f64))[0][None]
@@ -159,8 +159,8 @@ def test_block_solve_inverts_the_dense_group_blocks() -> None:
     H[..., 1:, 1:] += torch.einsum("bnj,bnk,bnl->bjkl", weights, A, A)
     woodbury = system.woodbury
     schur = H[..., 1:, 1:] - H[..., 1:, :1] * H[..., :1, 1:] / H[..., :1, :1]
-    assert torch.allclose(woodbury.S_root.transpose(-1, -2) @ woodbury.S_root, torch.linalg.inv(schur), rtol=1e-10,
-                          atol=1e-12)
+    S_root = woodbury.root[..., 1:, 1:]
+    assert torch.allclose(S_root.transpose(-1, -2) @ S_root, torch.linalg.inv(schur), rtol=1e-10, atol=1e-12)
     assert torch.allclose(woodbury.root_T @ woodbury.root, torch.linalg.inv(H), rtol=1e-10, atol=1e-12)
     X = torch.randn(1, 2 * P, k + 1, generator=generator, dtype=f64)
     assert torch.allclose(woodbury.block_solve(X), torch.linalg.solve(H, X[..., None])[..., 0], rtol=1e-10,

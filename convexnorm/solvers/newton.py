@@ -155,30 +155,30 @@ class _Woodbury:
         S = rows_part.sub_((2 * eta_2 / spread)[..., None, None] * w1[..., :, None] * w1[..., None, :])
         S.diagonal(dim1=-2, dim2=-1).add_(eta_2[..., None])
         L = cholesky(S)
-        #: L^-1 of the Schur complements (batched LAPACK solves of tiny systems are slow; the explicit
-        #: inverse L^-T L^-1 was not accurate enough near the solution: the block's solves stalled at
-        #: certified gaps of 1e-6)
-        self.S_root = torch.linalg.solve_triangular(L, torch.eye(k, dtype=A.dtype, device=A.device).expand_as(L),
-                                                    upper=False)
+        # L^-1 of the Schur complements (batched LAPACK solves of tiny systems are slow; the explicit
+        # inverse L^-T L^-1 was not accurate enough near the solution: the block's solves stalled at
+        # certified gaps of 1e-6)
+        S_root = torch.linalg.solve_triangular(L, torch.eye(k, dtype=A.dtype, device=A.device).expand_as(L),
+                                               upper=False)
         # H_j = N_j^-1 N_j^-T with N_j^-1 = [[sqrt(h), 0], [g / sqrt(h), L]], so N_j = [[1 / sqrt(h), 0],
         # [-L^-1 r, L^-1]] (r = g / h = -2 w0 w1 / (2 w0^2 - 1)) and H_j^-1 = N_j^T N_j
         coupling = (-2 * w0 / spread)[..., None] * w1
         #: N_j of every group (batch, 2P, k + 1, k + 1) and its transpose: block solves as two products
-        self.root = A.new_zeros(*L.shape[:-2], k + 1, k + 1)
+        self.root = A.new_zeros(batch, 2 * P, k + 1, k + 1)
         self.root[..., 0, 0] = (eta_2 * spread).rsqrt()
-        self.root[..., 1:, 1:] = self.S_root
-        self.root[..., 1:, 0] = -(self.S_root @ coupling[..., None])[..., 0]
+        self.root[..., 1:, 1:] = S_root
+        self.root[..., 1:, 0] = -(S_root @ coupling[..., None])[..., 0]
         self.root_T = self.root.transpose(-1, -2).contiguous()
-        Q = self.S_root.transpose(-1, -2) @ self.S_root  # the W blocks of H_j^-1: S_j^-1
+        Q = S_root.transpose(-1, -2) @ S_root  # the W blocks of H_j^-1: S_j^-1
         R = cholesky(Q[:, :P] + Q[:, P:])  # (batch, P, k, k)
         F = A @ R.permute(0, 2, 1, 3).reshape(batch, k, P * k)
         F.view(batch, n, P, k).mul_(masks[..., None])
         self.capacitance = cholesky(_lower_gram(F, 1 / curvature))
 
     def block_solve(self, X: torch.Tensor) -> torch.Tensor:
-        """H^-1 X block by block: N_j^T (N_j X_j), two batched products of (k + 1)-square matrices (tau
-        eliminated in closed form inside N_j; the elimination per solve took about 15 operations: 911 -> 861
-        per iteration at 64x8x64, docs/benchmarks.md, session 14)."""
+        """H^-1 X block by block: N_j^T (N_j X_j), two batched products of (k + 1)-square matrices; N_j X_j =
+        (x0 / sqrt(h), L^-1 (x1 - r x0)) eliminates tau (docs/benchmarks.md, session 14: 861 instead of 911
+        operations per iteration at 64x8x64 against the elimination by slices)."""
         return (self.root_T @ (self.root @ X[..., None]))[..., 0]
 
     def solve(self, b_X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
