@@ -57,7 +57,7 @@ def main() -> None:
     results: dict[str, list] = {}
     start = time.perf_counter()
     print(f"{'program':<26} {'iters':>5} {'objective':>20} {'converged':>9}"
-          + ("  d iters  rel d objective" if reference else ""))
+          + (f"  {'d iters':>7}  {'rel d objective':>16}" if reference else ""))
     for name, problem, settings in sweep_programs():
         result = interior_point(problem, settings)
         row = [int(result.iterations[0]), float(result.criteria.objective[0]), bool(result.converged[0])]
