@@ -601,3 +601,54 @@ def test_active_system_solve_matches_the_dense_saddle_point_system() -> None:
     assert torch.allclose(torch.cat([b[j][rows[:, j]] for j in range(groups)]), reference[groups * k:],
                           rtol=1e-10, atol=1e-10)
     assert float(b[~rows.T].abs().max()) == 0.0  # no multiplier off the active rows
+
+
+def test_reduced_solve_by_cholesky_and_by_least_squares() -> None:
+    """implicit._reduced_solve: a positive definite system by Cholesky, equal to a dense solve; a singular
+    one (a Cholesky factor may still come out, with pivots near zero) and a bordered one by least squares,
+    the minimum-norm answer of the pseudo-inverse."""
+    import convexnorm.solvers.implicit as implicit
+
+    generator = torch.Generator().manual_seed(3)
+    X = torch.randn(30, 40, generator=generator, dtype=torch.float64)
+    definite = X @ X.T
+    rhs = torch.randn(30, generator=generator, dtype=torch.float64)
+    assert torch.allclose(implicit._reduced_solve(definite, rhs, False), torch.linalg.solve(definite, rhs),
+                          rtol=1e-10, atol=1e-12)
+    singular = X[:, :20] @ X[:, :20].T  # rank 20 of 30: its Cholesky factorization breaks down
+    consistent = singular @ torch.randn(30, generator=generator, dtype=torch.float64)
+    minimum_norm = torch.linalg.pinv(singular, hermitian=True) @ consistent
+    # singular to float64's precision, yet factored by Cholesky (pivots near 1e-15 of the largest): its
+    # answer is 4e-2 away from the minimum-norm one, which the spread of the factor's diagonal rules out
+    nearly = singular + 1e-15 * float(torch.linalg.matrix_norm(singular, 2)) * torch.eye(30, dtype=torch.float64)
+    assert int(torch.linalg.cholesky_ex(nearly)[1]) == 0
+    for matrix in (singular, nearly):
+        answer = implicit._reduced_solve(matrix, consistent, False)
+        assert torch.allclose(answer, minimum_norm, rtol=1e-8, atol=1e-8 * float(minimum_norm.abs().max()))
+    border = torch.randn(3, 30, generator=generator, dtype=torch.float64)
+    bordered = torch.cat([torch.cat([definite, border.T], 1), torch.cat([border, torch.zeros(3, 3, dtype=torch.float64)], 1)])
+    full = torch.randn(33, generator=generator, dtype=torch.float64)
+    assert torch.allclose(implicit._reduced_solve(bordered, full, True), torch.linalg.solve(bordered, full),
+                          rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("loss", ["squared", "logistic", "hinge"])
+def test_one_evaluation_gives_the_criteria_and_the_kkt_residual(loss: str) -> None:
+    """kkt.evaluate (A W, f, loss'(f) and A^T (E z) formed once) == criteria and kkt_residual apart,
+    exactly, at an interior iterate of two programs; ConvexBNProblem.spectral_norms == ||A||_2 each."""
+    from convexnorm.solvers.kkt import evaluate, kkt_residual
+
+    problem = ConvexBNProblem.from_arrays([program(seed, 30, 3, 12, loss) for seed in range(2)], 0.2, loss)
+    result = interior_point(problem, InteriorPointSettings(max_iterations=4))
+    x, s, z = result.x, result.s, result.z
+    measured, r_x, r_z = evaluate(problem, x, s, z)
+    alone = criteria(problem, x, z)
+    residual_x, residual_z = kkt_residual(problem, x, s, z)
+    for name in ("objective", "lower_bound", "relative_gap", "violation"):
+        assert torch.equal(getattr(measured, name), getattr(alone, name)), name
+    for mine, theirs in ((r_x, residual_x), (r_z, residual_z)):
+        assert all(torch.equal(a, b) for a, b in zip(mine.parts(), theirs.parts()))
+    assert float(r_x.norm().min()) > 0  # not a solution yet: the residual is nonzero
+    for b in range(problem.batch):
+        assert float(problem.spectral_norms[b]) == pytest.approx(float(torch.linalg.matrix_norm(problem.A[b], 2)),
+                                                                 rel=1e-14)

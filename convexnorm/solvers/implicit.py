@@ -68,6 +68,11 @@ WOODBURY_RESUME_FACTOR = 1e-1
 #: (at 128x16x128: groups shrinking to zero at 2e-7 .. 2e-6 of it, and one batch whose polish held only
 #: with a group at 9e-4 of it kept: 11 of 12 random batches polished with 1e-3 alone, 12 of 12 with both).
 SMALL_GROUP_RTOLS = (1e-5, 1e-3)
+#: The smooth losses' reduced active-set systems are solved by Cholesky up to this diagonal spread of
+#: its factor (``_reduced_solve``). On the sweep's 12 smooth-loss programs (block sizes, two seeds) every
+#: such system factored, with spreads of at most 3.1e3 and condition numbers of at most 6.7e4; at
+#: 128x16x128 (dimension ~190) the solve took ~0.2 instead of 3.5 ms by gelsd.
+CHOLESKY_MAX_SPREAD = 1e8
 
 
 def _active_set_residual(u: torch.Tensor, A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, M: torch.Tensor,
@@ -109,6 +114,22 @@ class _Margins:
 
     def with_margin_values(self, values: torch.Tensor) -> "_Margins":
         return _Margins(self.alpha.masked_scatter(self.margin, values), self.margin)
+
+
+def _reduced_solve(reduced: torch.Tensor, rhs: torch.Tensor, bordered: bool) -> torch.Tensor:
+    """reduced^-1 rhs for the symmetric reduced system of ``_ActiveSystem.solve``: by Cholesky where it
+    factors with a diagonal spread (max l_ii / min l_ii)^2, a lower bound on its condition number, of at
+    most CHOLESKY_MAX_SPREAD; else (the hinge loss's bordered or curvature-free systems, a singular one)
+    the minimum-norm least-squares answer, gelsd (SVD) on the CPU: gelsy's answers differ by ~1e-13
+    between identical calls (reentrancy)."""
+    if not bordered:
+        factor, info = torch.linalg.cholesky_ex(reduced)
+        if int(info) == 0:
+            diagonal = factor.diagonal()
+            if float(diagonal.amin()) > 0 and float((diagonal.amax() / diagonal.amin()) ** 2) <= CHOLESKY_MAX_SPREAD:
+                return torch.cholesky_solve(rhs[:, None], factor)[:, 0]
+    driver = "gelsd" if reduced.device.type == "cpu" else None
+    return torch.linalg.lstsq(reduced, rhs[:, None], driver=driver).solution[:, 0]
 
 
 class _ActiveSystem:
@@ -220,9 +241,7 @@ class _ActiveSystem:
                 Da = (self.y * self._predicted(a))[margin]
                 reduced = torch.cat([torch.cat([reduced, DZ.T], 1), torch.cat([DZ, DZ.new_zeros(len(DZ), len(DZ))], 1)])
                 rhs = torch.cat([rhs, r_M - Da])
-            # gelsd (SVD) on the CPU: gelsy's answers differ by ~1e-13 between identical calls (reentrancy)
-            driver = "gelsd" if V.device.type == "cpu" else None
-            solution = torch.linalg.lstsq(reduced, rhs[:, None], driver=driver).solution[:, 0]
+            solution = _reduced_solve(reduced, rhs, bordered)
             dim = int(keep.sum())
             alpha = torch.zeros(keep.numel(), dtype=V.dtype, device=V.device)
             alpha[keep] = solution[:dim]
@@ -238,10 +257,10 @@ class _ActiveSystem:
 
 
 def _active_system(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.Tensor, W: torch.Tensor,
-                   G: torch.Tensor, rows: torch.Tensor, loss: str, margins: _Margins | None = None
-                   ) -> tuple[_ActiveSystem | None, torch.Tensor]:
+                   G: torch.Tensor, rows: torch.Tensor, loss: str, margins: _Margins | None = None,
+                   A_norm: float | None = None) -> tuple[_ActiveSystem | None, torch.Tensor]:
     """The active-set system of one episode at W (k, 2P), G (n, 2P) with active rows (n, 2P) (and
-    the hinge loss's margins), and the active groups (2P,)."""
+    the hinge loss's margins), and the active groups (2P,). ``A_norm``: ||A||_2 if at hand."""
     active = torch.linalg.norm(W, dim=0) > 0  # the inactive groups are zero in W
     if not bool(active.any()):
         return None, active
@@ -249,7 +268,8 @@ def _active_system(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: 
     ones = torch.ones(P, dtype=A.dtype, device=A.device)
     M, o = torch.cat([masks, masks], 1)[:, active], torch.cat([ones, -ones])[active]
     rows = rows[:, active]
-    A_norm = float(torch.linalg.matrix_norm(A, ord=2))
+    if A_norm is None:
+        A_norm = float(torch.linalg.matrix_norm(A, ord=2))
     return _ActiveSystem(A, y, beta, M, o, rows, W[:, active], G[:, active] * rows, loss, A_norm, margins), active
 
 
@@ -285,7 +305,8 @@ def _newton(system: _ActiveSystem, A: torch.Tensor, y: torch.Tensor, beta: torch
 
 def _polish(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.Tensor, W: torch.Tensor,
             G: torch.Tensor, rows: torch.Tensor, loss: str, lower_bound: torch.Tensor, gap: torch.Tensor,
-            margins: _Margins | None = None) -> tuple[torch.Tensor, torch.Tensor, _Margins | None] | None:
+            margins: _Margins | None = None, A_norm: float | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor, _Margins | None] | None:
     """Newton's method on the active-set system from the interior-point solution (W (k, 2P) with
     the inactive groups zero, its multipliers G (n, 2P), the active rows): the same optimum to
     float64's precision instead of the interior-point method's tolerance (``_newton``). A row whose
@@ -302,8 +323,9 @@ def _polish(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.T
     predictions (measured at 128x16x128: its dual norm 1.5e-6 above beta, a gap of 1.4e-6 for a
     point whose objective is below the iterate's). The hinge loss (``margins``): samples move the same
     way between the margin and the sides (alpha below 0 or above 1 leaves the margin; a sample whose
-    y f crosses 1 joins it). Returns (W, G, the margins at the polished point)."""
-    system, active = _active_system(A, y, beta, masks, W, G, rows, loss, margins)
+    y f crosses 1 joins it). ``A_norm``: ||A||_2 if at hand. Returns (W, G, the margins at the polished
+    point)."""
+    system, active = _active_system(A, y, beta, masks, W, G, rows, loss, margins, A_norm)
     if system is None:
         return None
     scale = float(beta) * max(1.0, system.A_norm)
@@ -353,12 +375,12 @@ def _polish(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.T
 
 
 def _episode_vjp(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.Tensor, W: torch.Tensor,
-                 G: torch.Tensor, grad_W: torch.Tensor, loss: str, margins: _Margins | None = None
-                 ) -> tuple[torch.Tensor, ...]:
+                 G: torch.Tensor, grad_W: torch.Tensor, loss: str, margins: _Margins | None = None,
+                 A_norm: float | None = None) -> tuple[torch.Tensor, ...]:
     """(dL/dA, dL/dy, dL/dbeta) of one episode: W (k, 2P), G (n, 2P), grad_W (k, 2P). The adjoint v
     solves J_u^T v = (grad_W, 0), i.e. K v_W + C^T v_R = grad_W, C v_W = 0; the gradient is
-    -v^T dF/dtheta (one vector-Jacobian product of the residual)."""
-    system, active = _active_system(A, y, beta, masks, W, G, G > 0, loss, margins)
+    -v^T dF/dtheta (one vector-Jacobian product of the residual). ``A_norm``: ||A||_2 if at hand."""
+    system, active = _active_system(A, y, beta, masks, W, G, G > 0, loss, margins, A_norm)
     if system is None:
         return torch.zeros_like(A), torch.zeros_like(y), torch.zeros_like(beta)
     zero_margin = None if margins is None else y.new_zeros(int(margins.margin.sum()))
@@ -410,6 +432,7 @@ def polish_episode(problem: ConvexBNProblem, result: InteriorPointResult, groups
     pass the active-group test, so the polish is also tried without the groups below each of
     SMALL_GROUP_RTOLS of the largest (each distinct set once)."""
     b = episode
+    A_norm = float(problem.spectral_norms[b])
     norms = torch.linalg.norm(result.W[b], dim=-1)
     margins = margins_of(result, b)
     attempts = [groups[b]]
@@ -420,7 +443,7 @@ def polish_episode(problem: ConvexBNProblem, result: InteriorPointResult, groups
     for chosen in attempts:
         found = _polish(problem.A[b], problem.y[b], problem.beta[b], problem.masks[b],
                         (result.W[b] * chosen[:, None]).T, result.z.rows[b], rows[b], problem.loss,
-                        result.criteria.lower_bound[b], result.criteria.relative_gap[b], margins)
+                        result.criteria.lower_bound[b], result.criteria.relative_gap[b], margins, A_norm)
         if found is not None:
             return found
     return None
@@ -504,6 +527,7 @@ class InteriorPointSolve(torch.autograd.Function):
             W = torch.stack([found[0].T for found in solutions])
             G = torch.stack([found[1] for found in solutions])
             margins = [found[2] for found in solutions]
+            ctx.A_norms = problem.spectral_norms.tolist()
         W, G = W.clone(), G.clone()
         ctx.margins = [None if part is None else _Margins(part.alpha.clone(), part.margin.clone()) for part in margins]
         ctx.save_for_backward(A, y, beta, masks, W, G)
@@ -513,6 +537,6 @@ class InteriorPointSolve(torch.autograd.Function):
     def backward(ctx, grad_W: torch.Tensor):
         A, y, beta, masks, W, G = ctx.saved_tensors
         with intra_op_threads(ctx.threads):
-            grads = [_episode_vjp(A[b], y[b], beta[b], masks[b], W[b].T, G[b], grad_W[b].T, ctx.loss, ctx.margins[b])
-                     for b in range(A.shape[0])]
+            grads = [_episode_vjp(A[b], y[b], beta[b], masks[b], W[b].T, G[b], grad_W[b].T, ctx.loss, ctx.margins[b],
+                                  ctx.A_norms[b]) for b in range(A.shape[0])]
         return (*(torch.stack(parts) for parts in zip(*grads)), None, None, None, None, None)

@@ -25,7 +25,7 @@ from convexnorm.solvers.cones import (JordanDivision, NTScaling, box_correction,
                                       max_step, orthant_step_rate, soc_box_correction, soc_min_eigenvalue,
                                       soc_step_rate)
 from convexnorm.solvers.kkt import (Conic, Criteria, Primal, constraint_adjoint, constraint_map, constraint_offset,
-                                    criteria, kkt_residual, objective_gradient, per_program, zero_primal)
+                                    criteria, evaluate, objective_gradient, per_program, zero_primal)
 from convexnorm.solvers.newton import DENSE_CURVATURE, Breakdown, NewtonSystem
 from convexnorm.solvers.problem import ConvexBNProblem
 
@@ -221,7 +221,8 @@ def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = I
     degree = s.degree()
     # W = 0 where it is certified at once (y = 0, or beta above every group's dual norm at lam = -loss'(0))
     zero = _zero_network(problem, x)
-    measured, at_zero = criteria(problem, x, z), criteria(problem, zero, z)
+    # the criteria and the KKT residual (the next Newton step's right-hand side) of each iterate, together
+    (measured, r_x, r_z), at_zero = evaluate(problem, x, s, z), criteria(problem, zero, z)
     done = at_zero.met(settings.tol, settings.violation_tol)
     x, measured = zero.where(done, x), at_zero.where(done, measured)
     best = _Best(x, s, z, measured, settings.violation_tol)
@@ -245,12 +246,11 @@ def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = I
             settle(done)
             keep = ~done
             running, problem, best, done = running[keep], problem.select(keep), best.select(keep), done[keep]
-            x, s, z, measured = (part.select(keep) for part in (x, s, z, measured))
+            x, s, z, measured, r_x, r_z = (part.select(keep) for part in (x, s, z, measured, r_x, r_z))
         try:
             system = NewtonSystem(problem, x, s, z, dense_curvature=settings.dense_curvature)
         except Breakdown:
             break
-        r_x, r_z = kkt_residual(problem, x, s, z)
         mu = s.dot(z) / degree
         lam = _lambda(system, s, z)
         lam_square = _jordan(lam, lam, torch.mul, jordan_product)
@@ -290,7 +290,7 @@ def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = I
         alpha = torch.where(done | ~torch.isfinite(alpha), torch.zeros_like(alpha), alpha)
         x, s, z = x.plus_scaled(alpha, dx), s.plus_scaled(alpha, ds), z.plus_scaled(alpha, dz)
         iterations.index_add_(0, running, (~done).long())
-        measured = criteria(problem, x, z)
+        measured, r_x, r_z = evaluate(problem, x, s, z)
         best.update(x, s, z, measured)
     settle(torch.ones_like(done))
     x, s, z, measured = final

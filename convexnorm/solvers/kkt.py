@@ -125,18 +125,23 @@ class Conic(_Vector):
         return sum(t[0].numel() for t in self.orthants()) + self.cones.shape[1]
 
 
-def constraint_map(problem: ConvexBNProblem, x: Primal, predictions: torch.Tensor | None = None) -> Conic:
-    """G x (``predictions``: f = B x.W if already at hand)."""
-    rows = problem.negative_signs * problem.rows(x.W)
+def constraint_map(problem: ConvexBNProblem, x: Primal, predictions: torch.Tensor | None = None,
+                   rows: torch.Tensor | None = None) -> Conic:
+    """G x (``predictions``: f = B x.W, ``rows``: A W_j of every group, if already at hand)."""
+    rows = problem.negative_signs * (problem.rows(x.W) if rows is None else rows)
     if x.xi is None:
         return Conic(rows, -x.X)
     f = problem.predictions(x.W) if predictions is None else predictions
     return Conic(rows, -x.X, -x.xi, -(x.xi + problem.y * f))
 
 
-def constraint_adjoint(problem: ConvexBNProblem, v: Conic, signed_rows: bool = False) -> Primal:
-    """G^T v (``signed_rows``: v.rows already multiplied by E)."""
-    W = -problem.rows_adjoint(v.rows if signed_rows else problem.signs * v.rows) - v.cones[..., 1:]
+def constraint_adjoint(problem: ConvexBNProblem, v: Conic, signed_rows: bool = False,
+                       rows_adjoint: torch.Tensor | None = None) -> Primal:
+    """G^T v (``signed_rows``: v.rows already multiplied by E; ``rows_adjoint``: A^T (E_j v_j) of the
+    rows part if already at hand)."""
+    if rows_adjoint is None:
+        rows_adjoint = problem.rows_adjoint(v.rows if signed_rows else problem.signs * v.rows)
+    W = -rows_adjoint - v.cones[..., 1:]
     if v.margin is not None:
         W = W - problem.predictions_adjoint(problem.y * v.margin)
     X = torch.cat([-v.cones[..., :1], W], -1)
@@ -159,28 +164,34 @@ def zero_primal(problem: ConvexBNProblem) -> Primal:
     return Primal(X, problem.A.new_zeros(problem.batch, problem.samples) if problem.loss == "hinge" else None)
 
 
-def objective_gradient(problem: ConvexBNProblem, x: Primal) -> Primal:
-    """grad phi(x)."""
+def objective_gradient(problem: ConvexBNProblem, x: Primal, predictions: torch.Tensor | None = None) -> Primal:
+    """grad phi(x) (``predictions``: f = B x.W if already at hand)."""
     tau = problem.beta[:, None, None].expand(-1, x.X.shape[1], 1)
     if problem.loss == "hinge":
         return Primal(torch.cat([tau, torch.zeros_like(x.W)], -1), torch.ones_like(x.xi))
-    gradient = loss_gradient(problem.loss, problem.predictions(x.W), problem.y)
+    gradient = loss_gradient(problem.loss, problem.predictions(x.W) if predictions is None else predictions,
+                             problem.y)
     return Primal(torch.cat([tau, problem.predictions_adjoint(gradient)], -1))
 
 
-def kkt_residual(problem: ConvexBNProblem, x: Primal, s: Conic, z: Conic) -> tuple[Primal, Conic]:
-    """(r_x, r_z) = (grad phi(x) + G^T z, G x + s - h); differentiable in problem.A, y, beta."""
-    r_z = constraint_map(problem, x) + s
+def kkt_residual(problem: ConvexBNProblem, x: Primal, s: Conic, z: Conic, rows: torch.Tensor | None = None,
+                 predictions: torch.Tensor | None = None, rows_adjoint: torch.Tensor | None = None
+                 ) -> tuple[Primal, Conic]:
+    """(r_x, r_z) = (grad phi(x) + G^T z, G x + s - h); differentiable in problem.A, y, beta. ``rows`` (A W_j),
+    ``predictions`` (f = B x.W) and ``rows_adjoint`` (A^T (E_j z_j)): if already at hand."""
+    r_z = constraint_map(problem, x, predictions, rows) + s
     if r_z.margin is not None:  # h: -1 in the margin part, zero elsewhere (constraint_offset)
         r_z.margin = r_z.margin + 1
-    return objective_gradient(problem, x) + constraint_adjoint(problem, z), r_z
+    return objective_gradient(problem, x, predictions) + constraint_adjoint(problem, z, rows_adjoint=rows_adjoint), r_z
 
 
-def multipliers(problem: ConvexBNProblem, x: Primal, z: Conic) -> torch.Tensor:
-    """lam of the dual bound: -loss'(f) for the smooth losses, y * z_margin for the hinge loss."""
+def multipliers(problem: ConvexBNProblem, x: Primal, z: Conic, predictions: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """lam of the dual bound: -loss'(f) for the smooth losses, y * z_margin for the hinge loss
+    (``predictions``: f = B x.W if already at hand)."""
     if problem.loss == "hinge":
         return problem.y * z.margin
-    return -loss_gradient(problem.loss, problem.predictions(x.W), problem.y)
+    return -loss_gradient(problem.loss, problem.predictions(x.W) if predictions is None else predictions, problem.y)
 
 
 @dataclass
@@ -205,9 +216,22 @@ def criteria(problem: ConvexBNProblem, x: Primal, z: Conic) -> Criteria:
     return bounded_criteria(problem, x.W, problem.dual_bound(multipliers(problem, x, z), z.rows))
 
 
-def bounded_criteria(problem: ConvexBNProblem, W: torch.Tensor, lower_bound: torch.Tensor) -> Criteria:
-    """The criteria of neurons W against a given lower bound on the optimum (one per program)."""
-    rows = problem.rows(W)
+def evaluate(problem: ConvexBNProblem, x: Primal, s: Conic, z: Conic) -> tuple[Criteria, Primal, Conic]:
+    """The stopping criteria of an interior iterate (``criteria``) and its KKT residual (r_x, r_z)
+    (``kkt_residual``), which share A W_j, f = B W, loss'(f) and A^T (E_j z_j), each formed once (z is
+    interior: its rows part is the dual bound's G as it is)."""
+    rows, predictions = problem.rows(x.W), problem.predictions(x.W)
+    rows_adjoint = problem.rows_adjoint(problem.signs * z.rows)
+    r_x, r_z = kkt_residual(problem, x, s, z, rows, predictions, rows_adjoint)
+    lower_bound = problem.dual_bound(multipliers(problem, x, z, predictions), z.rows, rows_adjoint)
+    return bounded_criteria(problem, x.W, lower_bound, rows), r_x, r_z
+
+
+def bounded_criteria(problem: ConvexBNProblem, W: torch.Tensor, lower_bound: torch.Tensor,
+                     rows: torch.Tensor | None = None) -> Criteria:
+    """The criteria of neurons W against a given lower bound on the optimum (one per program;
+    ``rows``: A W_j of every group if already at hand)."""
+    rows = problem.rows(W) if rows is None else rows
     objective = problem.objective(W, rows)
     gap = (objective - lower_bound) / objective.abs().clamp_min(1e-12)
     return Criteria(objective, lower_bound, gap, problem.violation(W, rows))

@@ -88,6 +88,12 @@ class ConvexBNProblem:
         return self.A.transpose(-1, -2).contiguous()
 
     @functools.cached_property
+    def spectral_norms(self) -> torch.Tensor:
+        """||A||_2 per program (batch,): the scale of the active-set systems' tolerances
+        (solvers/implicit.py), one batched call instead of one per system built."""
+        return torch.linalg.matrix_norm(self.A, ord=2)
+
+    @functools.cached_property
     def outer(self) -> torch.Tensor:
         """a_i a_i^T of the rows of A, flattened: (batch, n, k * k)."""
         return (self.A[..., :, None] * self.A[..., None, :]).flatten(-2)
@@ -133,14 +139,17 @@ class ConvexBNProblem:
         worst = (self.negative_signs * Z).flatten(1).amax(-1).clamp_min(0)
         return torch.where(scale > 0, worst / scale.clamp_min(torch.finfo(Z.dtype).tiny), torch.zeros_like(worst))
 
-    def dual_bound(self, lam: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    def dual_bound(self, lam: torch.Tensor, G: torch.Tensor, rows_adjoint: torch.Tensor | None = None
+                   ) -> torch.Tensor:
         """A lower bound on the optimum from any lam (batch, n) and G >= 0 (batch, n, 2P): the
         dual objective -loss*(-s lam) at the scale s = min(1, beta / max_j ||A^T (o_j M_j lam +
         E_j G_j)||) that makes (s lam, s G) dual feasible (docs/math.md, section 4). For the
-        margin losses u = y lam is first clipped to [0, 1], the domain of loss*."""
+        margin losses u = y lam is first clipped to [0, 1], the domain of loss*. ``rows_adjoint``:
+        A^T (E_j G_j) of every group if already at hand (G >= 0 then, as is)."""
         if self.loss != "squared":
             lam = self.y * (self.y * lam).clamp(0, 1)
-        norms = torch.linalg.norm(self.predictions_adjoint(lam) + self.rows_adjoint(self.signs * G.clamp_min(0)),
-                                  dim=-1).amax(-1)
+        if rows_adjoint is None:
+            rows_adjoint = self.rows_adjoint(self.signs * G.clamp_min(0))
+        norms = torch.linalg.norm(self.predictions_adjoint(lam) + rows_adjoint, dim=-1).amax(-1)
         scale = torch.clamp(self.beta / norms.clamp_min(1e-300), max=1.0)
         return dual_value(self.loss, scale[:, None] * lam, self.y)
