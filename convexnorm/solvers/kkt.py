@@ -218,8 +218,8 @@ def criteria(problem: ConvexBNProblem, x: Primal, z: Conic) -> Criteria:
 
 def evaluate(problem: ConvexBNProblem, x: Primal, s: Conic, z: Conic) -> tuple[Criteria, Primal, Conic]:
     """The stopping criteria of an interior iterate (``criteria``) and its KKT residual (r_x, r_z)
-    (``kkt_residual``), which share A W_j, f = B W, loss'(f) and A^T (E_j z_j), each formed once (z is
-    interior: its rows part is the dual bound's G as it is)."""
+    (``kkt_residual``), which share A W_j, f = B W and A^T (E_j z_j), each formed once (z is interior:
+    its rows part is the dual bound's G as it is)."""
     rows, predictions = problem.rows(x.W), problem.predictions(x.W)
     rows_adjoint = problem.rows_adjoint(problem.signs * z.rows)
     r_x, r_z = kkt_residual(problem, x, s, z, rows, predictions, rows_adjoint)
