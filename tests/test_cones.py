@@ -58,6 +58,7 @@ def test_max_steps_reach_the_boundary() -> None:
     on_boundary = soc_det(at).abs() / (at**2).sum(1)
     assert float(on_boundary.max()) < 1e-10
     assert bool(torch.isinf(max_step(soc_step_rate(u, u))).all())  # moving outward never leaves the cone
+    assert torch.allclose(soc_step_rate(u, d, reflect(u), soc_det(u)), soc_step_rate(u, d), rtol=1e-14, atol=0)
     u, d = torch.tensor([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]), torch.tensor([[-4.0, 1.0, -2.0], [4.0, 1.0, 0.0]])
     assert torch.equal(max_step(orthant_step_rate(u, d)), torch.tensor([0.25, float("inf")]))  # per program: min over entries
 
@@ -123,21 +124,22 @@ def test_newton_system_matches_the_dense_matrix(loss: str, route: str, monkeypat
     assert torch.allclose(torch.cat([t.flatten() for t in applied.parts()]), matrix @ reference, atol=1e-9)
 
     b_z = s.map(lambda t: torch.randn(t.shape, generator=generator, dtype=f64))
-    d = s.map(lambda t: torch.randn(t.shape, generator=generator, dtype=f64))
-    dx, dz, ds = system.solve(b, b_z, d)
-    Gdx = constraint_map(problem, dx)
-    curvature_term = Primal(torch.zeros_like(dx.X), None if dx.xi is None else torch.zeros_like(dx.xi))
-    if not hinge:
-        f = problem.predictions(dx.W)
-        curvature_term = Primal(torch.cat([torch.zeros_like(dx.X[..., :1]),
-                                           problem.predictions_adjoint(system.curvature * f)], -1))
-    first = curvature_term + constraint_adjoint(problem, dz) - b
-    second = Gdx + ds - b_z
-    assert max(float(t.abs().max()) for t in first.parts() + second.parts()) < 1e-9
-    # V dz + V^-1 ds = d, orthant parts scaled by sqrt(z / s)
-    third = system.roots.map(lambda r, a, c: a / r + c * r, dz, ds) - d
-    third.cones = system.scaling.apply(dz.cones) + system.scaling.apply_inverse(ds.cones) - d.cones
-    assert max(float(t.abs().max()) for t in third.parts()) < 1e-9
+    scaled = s.map(lambda t: torch.randn(t.shape, generator=generator, dtype=f64))
+    for rhs_z in (b_z, None):  # None: G dx + ds = 0 (the centrality corrector's step)
+        dx, dz, ds = system.solve(b, rhs_z, scaled)
+        Gdx = constraint_map(problem, dx)
+        curvature_term = Primal(torch.zeros_like(dx.X), None if dx.xi is None else torch.zeros_like(dx.xi))
+        if not hinge:
+            f = problem.predictions(dx.W)
+            curvature_term = Primal(torch.cat([torch.zeros_like(dx.X[..., :1]),
+                                               problem.predictions_adjoint(system.curvature * f)], -1))
+        first = curvature_term + constraint_adjoint(problem, dz) - b
+        second = Gdx + ds - (b_z if rhs_z is not None else b_z.map(torch.zeros_like))
+        # dz + V^-2 ds = scaled, V^-2 formed densely in the cones and as z / s in the orthant parts
+        third = dz.map(lambda a, c, s_part, z_part: a + c * z_part / s_part, ds, s, z) - scaled
+        third.cones = (dz.cones + (system.scaling.inverse_square() @ ds.cones[..., None])[..., 0]
+                       - scaled.cones)
+        assert max(float(t.abs().max()) for t in first.parts() + second.parts() + third.parts()) < 1e-9
 
 
 def test_block_solve_inverts_the_dense_group_blocks() -> None:

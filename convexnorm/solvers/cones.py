@@ -114,13 +114,16 @@ def identity_like(u: torch.Tensor) -> torch.Tensor:
     return e
 
 
-def soc_step_rate(u: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+def soc_step_rate(u: torch.Tensor, d: torch.Tensor, reflected: torch.Tensor | None = None,
+                  det: torch.Tensor | None = None) -> torch.Tensor:
     """1 / (largest alpha with u + alpha d in the cone), u inside, per cone; <= 0 where u + alpha d
     never leaves it. With a = d^T J d, b = u^T J d, c = u^T J u > 0, det(u + alpha d) = c + 2 b alpha +
     a alpha^2 vanishes first at the largest root t = (sqrt(b^2 - a c) - b) / c of c t^2 + 2 b t + a
-    (t = 1 / alpha), taken as -a / (b + sqrt(b^2 - a c)) where b > 0 (no cancellation); none if b^2 < a c."""
-    Jd = reflect(d)
-    a, b, c = (d * Jd).sum(-1), (u * Jd).sum(-1), soc_det(u)
+    (t = 1 / alpha), taken as -a / (b + sqrt(b^2 - a c)) where b > 0 (no cancellation); none if b^2 < a c.
+    ``reflected``, ``det``: J u and c if at hand (one u, several directions)."""
+    reflected = reflect(u) if reflected is None else reflected
+    a, b = (d * reflect(d)).sum(-1), (reflected * d).sum(-1)
+    c = (u * reflected).sum(-1) if det is None else det
     discriminant = torch.addcmul(b * b, a, c, value=-1)
     root = discriminant.clamp_min(0).sqrt()
     rate = torch.where(b > 0, -a / (b + root), (root - b) / c)

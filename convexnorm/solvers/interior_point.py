@@ -22,8 +22,8 @@ import torch
 
 from convexnorm._validation import check_count, check_positive
 from convexnorm.solvers.cones import (JordanDivision, NTScaling, box_correction, identity_like, jordan_product,
-                                      max_step, orthant_step_rate, soc_box_correction, soc_min_eigenvalue,
-                                      soc_step_rate)
+                                      max_step, orthant_step_rate, reflect, soc_box_correction,
+                                      soc_min_eigenvalue, soc_step_rate)
 from convexnorm.solvers.kkt import (Conic, Criteria, Primal, constraint_adjoint, constraint_map, constraint_offset,
                                     criteria, evaluate, objective_gradient, per_program, zero_primal)
 from convexnorm.solvers.newton import DENSE_CURVATURE, Breakdown, NewtonSystem
@@ -148,12 +148,21 @@ def _zero_network(problem: ConvexBNProblem, like: Primal) -> Primal:
     return Primal(torch.zeros_like(like.X), None if like.xi is None else torch.ones_like(like.xi))
 
 
-def _max_step(*pairs: tuple[Conic, Conic]) -> torch.Tensor:
-    """Largest alpha per program with u + alpha d in K for every pair (u, d), from the largest step
-    rate 1 / alpha of any part, the cones of all pairs in one stacked call."""
-    rates = [orthant_step_rate(a, b) for u, d in pairs for a, b in zip(u.orthants(), d.orthants())]
-    cones = soc_step_rate(torch.stack([u.cones for u, _ in pairs]), torch.stack([d.cones for _, d in pairs]))
-    return max_step(torch.stack([*rates, cones.amax(-1).amax(0)]).amax(0))
+class _StepLength:
+    """The largest alpha per program with s + alpha ds and z + alpha dz in K, for one iterate (s, z) and
+    any directions: the largest step rate 1 / alpha of any part, the cones of both in one stacked call
+    with their J u and u^T J u formed once per iterate."""
+
+    def __init__(self, s: Conic, z: Conic) -> None:
+        self.orthants = s.orthants() + z.orthants()
+        self.cones = torch.stack([s.cones, z.cones])
+        self.reflected = reflect(self.cones)
+        self.det = (self.cones * self.reflected).sum(-1)
+
+    def __call__(self, ds: Conic, dz: Conic) -> torch.Tensor:
+        rates = [orthant_step_rate(u, d) for u, d in zip(self.orthants, ds.orthants() + dz.orthants())]
+        cones = soc_step_rate(self.cones, torch.stack([ds.cones, dz.cones]), self.reflected, self.det)
+        return max_step(torch.stack([*rates, cones.amax(-1).amax(0)]).amax(0))
 
 
 def _identity(u: Conic) -> Conic:
@@ -171,17 +180,37 @@ def _shifted(u: Conic, t: torch.Tensor) -> Conic:
     return out
 
 
-def _lambda(system: NewtonSystem, s: Conic, z: Conic) -> Conic:
-    """The scaled point lambda = V z = V^-1 s."""
-    lam = s.map(lambda a, b: (a * b).sqrt(), z)
-    lam.cones = system.scaling.apply(z.cones)
-    return lam
+def _scaled_complementarity(system: NewtonSystem, s: Conic, divide: JordanDivision, c: Conic,
+                            base: Conic | None = None) -> Conic:
+    """V^-1 (lambda \\ c) (plus ``base``), the complementarity right-hand side of ``NewtonSystem.solve``:
+    in the orthant parts c / s (lambda = sqrt(s z), V^-1 = sqrt(z / s)), so lambda's orthant parts are
+    never formed; ``divide``: the cones' Jordan division by lambda."""
+    if base is None:
+        out = c.map(torch.div, s)
+        out.cones = system.scaling.apply_inverse(divide(c.cones))
+        return out
+    out = Conic(base.rows, None, base.slack, base.margin).map(torch.addcdiv, c, s)
+    out.cones = base.cones + system.scaling.apply_inverse(divide(c.cones))
+    return out
+
+
+def _centering(second: Conic, target: torch.Tensor) -> Conic:
+    """target e - second, target one per program (batch,)."""
+    out = Conic(second.rows, None, second.slack, second.margin).map(lambda part: per_program(target, part) - part)
+    out.cones = -second.cones
+    out.cones[..., 0] += target[:, None]
+    return out
 
 
 def _scaled_product(system: NewtonSystem, u: Conic, v: Conic) -> Conic:
     """(V^-1 u) o (V v): in the orthant parts u * v."""
     return _jordan(u, v, torch.mul, lambda a, b: jordan_product(system.scaling.apply_inverse(a),
                                                                 system.scaling.apply(b)))
+
+
+def _identity_dot(u: Conic) -> torch.Tensor:
+    """e^T u per program: the orthant entries and the cones' first entries summed."""
+    return sum(part.flatten(1).sum(1) for part in u.orthants()) + u.cones[..., 0].sum(1)
 
 
 def _centrality_corrector(system: NewtonSystem, s: Conic, z: Conic, ds: Conic, dz: Conic, alpha: torch.Tensor,
@@ -252,27 +281,29 @@ def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = I
         except Breakdown:
             break
         mu = s.dot(z) / degree
-        lam = _lambda(system, s, z)
-        lam_square = _jordan(lam, lam, torch.mul, jordan_product)
-        divide = JordanDivision(lam.cones)
+        divide = JordanDivision(system.scaling.apply(z.cones))  # by lambda = V z in the cones
+        minus_z, step_length = -z, _StepLength(s, z)
 
-        def direction(weight: float | torch.Tensor, complementarity: Conic,
-                      refine: bool) -> tuple[Primal, Conic, Conic]:
-            """Newton step to (1 - weight) of the residuals with lambda o (V dz + V^-1 ds) = complementarity
-            (``refine``: iteratively refined, for the step taken; the predictor only sets sigma)."""
-            d = _jordan(lam, complementarity, lambda a, b: b / a, lambda _, b: divide(b))
-            return system.solve(r_x.scaled(-weight), r_z.scaled(-weight), d, refine)
+        def direction(weight: float | torch.Tensor, scaled: Conic, refine: bool) -> tuple[Primal, Conic, Conic]:
+            """Newton step to (1 - weight) of the residuals with dz + V^-2 ds = ``scaled``
+            (``_scaled_complementarity``; ``refine``: iteratively refined, for the step taken; the
+            predictor only sets sigma)."""
+            b_z = None if isinstance(weight, float) and weight == 0 else r_z.scaled(-weight)
+            return system.solve(r_x.scaled(-weight), b_z, scaled, refine)
 
-        affine = -lam_square
-        dx, dz, ds = direction(1.0, affine, False)
-        alpha = _max_step((s, ds), (z, dz)).clamp(max=1.0)
-        mu_affine = s.plus_scaled(alpha, ds).dot(z.plus_scaled(alpha, dz)) / degree
-        sigma = (mu_affine / mu).clamp(0, 1) ** settings.centering_exponent
-        # Mehrotra's corrector: the second-order term (V^-1 ds) o (V dz) of the affine step
+        # the affine step: lambda o (V dz + V^-1 ds) = -lambda o lambda, i.e. dz + V^-2 ds = -V^-1 lambda = -z
+        dx, dz, ds = direction(1.0, minus_z, False)
+        alpha = step_length(ds, dz).clamp(max=1.0)
+        # Mehrotra's corrector: the second-order term (V^-1 ds) o (V dz) of the affine step, whose e^T is
+        # ds^T dz; with s^T dz + z^T ds = -s^T z (the affine step's own equation) the affine point's
+        # (s + alpha ds)^T (z + alpha dz) is (1 - alpha) s^T z + alpha^2 ds^T dz
         second = _scaled_product(system, ds, dz)
+        mu_affine = (1 - alpha) * mu + alpha * alpha * _identity_dot(second) / degree
+        sigma = (mu_affine / mu).clamp(0, 1) ** settings.centering_exponent
         refine = bool((measured.relative_gap < REFINE_GAP).any())
-        dx, dz, ds = direction(1 - sigma, _shifted(affine - second, mu * sigma), refine)
-        alpha = (settings.step_fraction * _max_step((s, ds), (z, dz))).clamp(max=1.0)
+        dx, dz, ds = direction(1 - sigma, _scaled_complementarity(system, s, divide, _centering(second, mu * sigma),
+                                                                  base=minus_z), refine)
+        alpha = (settings.step_fraction * step_length(ds, dz)).clamp(max=1.0)
         for _ in range(settings.correctors):
             trying = ~done & (alpha < CORRECTOR_BELOW)
             if not bool(trying.any()):
@@ -280,12 +311,13 @@ def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = I
             correction = _centrality_corrector(system, s, z, ds, dz, alpha, sigma * mu)
             # unrefined: on the sweep's 18 programs of the block's sizes, three losses, the same iterations
             # and objectives within 2e-12 (hinge 1.5e-8 at its tol 1e-5) as refined, one solve fewer
-            cx, cz, cs = direction(0.0, correction, False)
-            wider = (settings.step_fraction * _max_step((s, ds + cs), (z, dz + cz))).clamp(max=1.0)
+            cx, cz, cs = direction(0.0, _scaled_complementarity(system, s, divide, correction), False)
+            corrected = (dx + cx, dz + cz, ds + cs)
+            wider = (settings.step_fraction * step_length(corrected[2], corrected[1])).clamp(max=1.0)
             better = trying & (wider >= CORRECTOR_GAIN * alpha)
             if not bool(better.any()):
                 break
-            dx, dz, ds = (dx + cx).where(better, dx), (dz + cz).where(better, dz), (ds + cs).where(better, ds)
+            dx, dz, ds = (new.where(better, old) for new, old in zip(corrected, (dx, dz, ds)))
             alpha = torch.where(better, wider, alpha)
         alpha = torch.where(done | ~torch.isfinite(alpha), torch.zeros_like(alpha), alpha)
         x, s, z = x.plus_scaled(alpha, dx), s.plus_scaled(alpha, ds), z.plus_scaled(alpha, dz)

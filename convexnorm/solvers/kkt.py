@@ -126,13 +126,39 @@ class Conic(_Vector):
 
 
 def constraint_map(problem: ConvexBNProblem, x: Primal, predictions: torch.Tensor | None = None,
-                   rows: torch.Tensor | None = None) -> Conic:
-    """G x (``predictions``: f = B x.W, ``rows``: A W_j of every group, if already at hand)."""
-    rows = problem.negative_signs * (problem.rows(x.W) if rows is None else rows)
+                   rows: torch.Tensor | None = None, plus: Conic | None = None) -> Conic:
+    """G x, or G x + ``plus`` in one fused operation per part (``predictions``: f = B x.W, ``rows``:
+    A W_j of every group, if already at hand)."""
+    return _offset_map(problem, x, plus, 1.0, predictions, rows)
+
+
+def constraint_slack(problem: ConvexBNProblem, x: Primal, offset: Conic | None = None,
+                     predictions: torch.Tensor | None = None) -> Conic:
+    """The slack s of G x + s = ``offset`` (zero if None): offset - G x, one fused operation per part."""
+    return _offset_map(problem, x, offset, -1.0, predictions, None)
+
+
+def _offset_map(problem: ConvexBNProblem, x: Primal, offset: Conic | None, sign: float,
+                predictions: torch.Tensor | None, rows: torch.Tensor | None) -> Conic:
+    """offset + sign G x, G x = (-E * (A W_j), -X, -xi, -(xi + y f)) (offset None: zero)."""
+    rows = problem.rows(x.W) if rows is None else rows
+    if offset is None:
+        signed_rows = (problem.negative_signs if sign > 0 else problem.signs) * rows
+    else:
+        signed_rows = torch.addcmul(offset.rows, problem.signs, rows, value=-sign)
+
+    def part(value: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
+        """base - sign * value (G x's parts are minus the variables')."""
+        if base is None:
+            return -value if sign > 0 else value.clone()
+        return torch.add(base, value, alpha=-sign)
+
     if x.xi is None:
-        return Conic(rows, -x.X)
+        return Conic(signed_rows, part(x.X, None if offset is None else offset.cones))
     f = problem.predictions(x.W) if predictions is None else predictions
-    return Conic(rows, -x.X, -x.xi, -(x.xi + problem.y * f))
+    bases = (None, None, None) if offset is None else (offset.cones, offset.slack, offset.margin)
+    return Conic(signed_rows, part(x.X, bases[0]), part(x.xi, bases[1]),
+                 part(torch.addcmul(x.xi, problem.y, f), bases[2]))
 
 
 def constraint_adjoint(problem: ConvexBNProblem, v: Conic, signed_rows: bool = False,
@@ -179,7 +205,7 @@ def kkt_residual(problem: ConvexBNProblem, x: Primal, s: Conic, z: Conic, rows: 
                  ) -> tuple[Primal, Conic]:
     """(r_x, r_z) = (grad phi(x) + G^T z, G x + s - h); differentiable in problem.A, y, beta. ``rows`` (A W_j),
     ``predictions`` (f = B x.W) and ``rows_adjoint`` (A^T (E_j z_j)): if already at hand."""
-    r_z = constraint_map(problem, x, predictions, rows) + s
+    r_z = constraint_map(problem, x, predictions, rows, plus=s)
     if r_z.margin is not None:  # h: -1 in the margin part, zero elsewhere (constraint_offset)
         r_z.margin = r_z.margin + 1
     return objective_gradient(problem, x, predictions) + constraint_adjoint(problem, z, rows_adjoint=rows_adjoint), r_z

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 
 from convexnorm.solvers.cones import NTScaling
-from convexnorm.solvers.kkt import Conic, Primal, constraint_adjoint, constraint_map
+from convexnorm.solvers.kkt import Conic, Primal, constraint_adjoint, constraint_map, constraint_slack
 from convexnorm.losses import loss_curvature
 from convexnorm.solvers.problem import ConvexBNProblem
 
@@ -202,9 +202,6 @@ class NewtonSystem:
         self.scaling = NTScaling.of(s.cones, z.cones) if scaling is None else scaling
         self.weights = Conic(z.rows / s.rows, None, *(None if a is None else a / b
                                                       for a, b in ((z.slack, s.slack), (z.margin, s.margin))))
-        self.roots = self.weights.map(torch.sqrt)
-        #: E * (z / s) of the rows: the right-hand side's G^T in ``solve`` without multiplying by E there
-        self.signed_weights = problem.signs * self.weights.rows
         rows_part = (self.weights.rows.transpose(-1, -2) @ problem.outer).reshape(batch, 2 * P, k, k)
         if problem.loss == "hinge":
             slack, margin = self.weights.slack, self.weights.margin
@@ -281,29 +278,22 @@ class NewtonSystem:
         out.cones = self.scaling.apply_inverse_square(v.cones)
         return out
 
-    def inverse(self, v: Conic) -> Conic:
-        """V^-1 v (orthant parts: sqrt(z / s) times v)."""
-        out = self.roots.map(torch.mul, v)
-        out.cones = self.scaling.apply_inverse(v.cones)
+    def solve(self, b_x: Primal, b_z: Conic | None, scaled: Conic, refine: bool = True
+              ) -> tuple[Primal, Conic, Conic]:
+        """The Newton equations grad^2 phi dx + G^T dz = b_x, G dx + ds = b_z (None: zero) and
+        dz + V^-2 ds = ``scaled``, the linearized complementarity lambda o (V dz + V^-1 ds) = c times
+        V^-1 lambda^-1 (scaled = V^-1 (lambda \\ c), in the orthant parts c / s: the interior-point method
+        forms it so, without lambda); returns dx, dz, ds (ds = b_z - G dx, dz = scaled - V^-2 ds)."""
+        problem = self.problem
+        # dx from (grad^2 phi + G^T V^-2 G) dx = b_x - G^T (scaled - V^-2 b_z)
+        combined = scaled if b_z is None else self._minus_inverse_square(scaled, b_z)
+        dx, f = self._refined(b_x - constraint_adjoint(problem, combined), refine)
+        ds = constraint_slack(problem, dx, b_z, f)
+        return dx, self._minus_inverse_square(scaled, ds), ds
+
+    def _minus_inverse_square(self, base: Conic, v: Conic) -> Conic:
+        """base - V^-2 v, one fused operation per orthant part."""
+        out = Conic(base.rows, None, base.slack, base.margin).map(
+            lambda b, weight, part: torch.addcmul(b, weight, part, value=-1), self.weights, v)
+        out.cones = base.cones - self.scaling.apply_inverse_square(v.cones)
         return out
-
-    def solve(self, b_x: Primal, b_z: Conic, d: Conic, refine: bool = True) -> tuple[Primal, Conic, Conic]:
-        """The Newton equations grad^2 phi dx + G^T dz = b_x, G dx + ds = b_z, V dz + V^-1 ds = d;
-        returns dx, dz, ds (with ds = V d - V^2 dz: dz = V^-2 (G dx - b_z) + V^-1 d)."""
-        problem, scaled, w = self.problem, self.inverse(d), self.weights
-        # G^T (V^-2 b_z - V^-1 d), its rows as E * (z / s * b_z - V^-1 d): two operations on the largest part
-        rhs = Conic(torch.addcmul(self.signed_weights * b_z.rows, problem.signs, scaled.rows, value=-1),
-                    self.scaling.apply_inverse_square(b_z.cones) - scaled.cones,
-                    *(None if weight is None else torch.addcmul(-shift, weight, part)
-                      for weight, part, shift in ((w.slack, b_z.slack, scaled.slack),
-                                                  (w.margin, b_z.margin, scaled.margin))))
-        dx, f = self._refined(b_x + constraint_adjoint(problem, rhs, signed_rows=True), refine)
-        residual = constraint_map(problem, dx, f) - b_z  # G dx - b_z = -ds
-        def fused(weight: torch.Tensor | None, part: torch.Tensor | None, shift: torch.Tensor | None):
-            return None if weight is None else torch.addcmul(shift, weight, part)
-
-        # dz = V^-2 (G dx - b_z) + V^-1 d, one fused product per orthant part
-        dz = Conic(fused(w.rows, residual.rows, scaled.rows),
-                   self.scaling.apply_inverse_square(residual.cones) + scaled.cones,
-                   fused(w.slack, residual.slack, scaled.slack), fused(w.margin, residual.margin, scaled.margin))
-        return dx, dz, -residual
