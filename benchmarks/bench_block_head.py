@@ -5,7 +5,8 @@ on a new batch, against Sequential(Linear(d, P), BatchNorm1d(P), ReLU, Linear(P,
 backward on the same batch, timed in the same run; then B episodes of one size in one call
 against one episode. Medians of --repeats runs. ``--head-threads 1`` times the ordinary head on
 one thread, like the block's solver (under load torch's default threads collapse and the ratio
-then measures that). ``--loss logistic|hinge``: both on the labels sign(y), the head with the same
+then measures that). ``--workers 1 2``: the episodes row once per number of episode workers
+(solver_options["workers"]: the episodes split over that many threads). ``--loss logistic|hinge``: both on the labels sign(y), the head with the same
 loss. Run: python benchmarks/bench_block_head.py [--head-threads 1] [--loss squared]
 """
 
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--head-threads", type=int, default=None, help="torch threads of the ordinary head")
     parser.add_argument("--loss", choices=["squared", "logistic", "hinge"], default="squared")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1], help="episode workers of the episodes row")
     args = parser.parse_args()
     margin = args.loss != "squared"
 
@@ -78,9 +80,12 @@ def main() -> None:
     y = targets(y)
     block = ConvexBNReLU(d, beta=0.05, n_patterns=P, loss=args.loss, solver="torch")
     one = median_seconds(lambda: block_step(block, H[:1], y[:1]), args.repeats)
-    many = median_seconds(lambda: block_step(block, H, y), args.repeats)
-    print(f"{args.episodes} episodes of {args.episode_size} in one call: {many:.3f} s, one episode {one:.3f} s, "
-          f"ratio {many / one:.1f}x")
+    for workers in args.workers:
+        block = ConvexBNReLU(d, beta=0.05, n_patterns=P, loss=args.loss, solver="torch",
+                             solver_options={"workers": workers})
+        many = median_seconds(lambda: block_step(block, H, y), args.repeats)
+        print(f"{args.episodes} episodes of {args.episode_size} in one call, {workers} worker(s): {many:.3f} s, "
+              f"one episode {one:.3f} s, ratio {many / one:.1f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -119,6 +119,75 @@ def test_block_episodes_equal_single_batches() -> None:
         assert torch.allclose(predictions[b], single, atol=1e-12) and torch.allclose(objective[b], single_objective)
 
 
+@pytest.mark.parametrize("loss", ["squared", "hinge"])
+def test_block_episode_workers_give_the_same_answers(loss: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """solver_options["workers"] splits the episodes over threads, forward and backward: the same
+    predictions, objectives and gradients (H, y, beta) as one worker, each worker on one intra-op
+    thread (the solver's threads setting), in as many threads as workers."""
+    import threading
+
+    import convexnorm.solvers.implicit as implicit
+
+    H, y = episodes(B=5)
+    if loss == "hinge":
+        y = torch.where(y > 0, 1.0, -1.0).double()
+    weights = torch.randn(5, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    seen: dict[str, set] = {}
+
+    def recorder(name, function):
+        def recorded(*args, **kwargs):
+            seen.setdefault(name, set()).add((threading.get_ident(), torch.get_num_threads()))
+            return function(*args, **kwargs)
+        return recorded
+
+    monkeypatch.setattr(implicit, "interior_point", recorder("forward", implicit.interior_point))
+    monkeypatch.setattr(implicit, "_episode_vjp", recorder("backward", implicit._episode_vjp))
+    answers = {}
+    for workers in (1, 2, 3):
+        seen.clear()
+        block = ConvexBNReLU(3, beta=0.2, n_patterns=10, solver="torch", loss=loss, learnable_beta=True,
+                             solver_options={"workers": workers})
+        data = H.clone().requires_grad_(True), y.clone().requires_grad_(True)
+        predictions, objective = block(*data, return_objective=True)
+        ((predictions * weights).sum() + objective.sum()).backward()
+        answers[workers] = (predictions.detach(), objective.detach(), data[0].grad, data[1].grad, block.log_beta.grad)
+        for stage in ("forward", "backward"):
+            assert len({ident for ident, _ in seen[stage]}) == workers and {t for _, t in seen[stage]} == {1}
+    for workers in (2, 3):
+        for got, expected in zip(answers[workers], answers[1]):
+            assert torch.allclose(got, expected, rtol=1e-10, atol=1e-12 * float(expected.abs().max()))
+
+
+def test_block_episode_workers_name_the_episodes(monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """With the episodes split over workers, errors and warnings number them in the whole batch,
+    and a bad number of workers is a ValueError naming the block."""
+    import logging
+
+    import convexnorm.solvers.implicit as implicit
+
+    H, y = episodes()
+    block = ConvexBNReLU(3, beta=0.2, n_patterns=10, solver="torch", solver_options={"max_iterations": 3,
+                                                                                     "workers": 2})
+    with pytest.raises(cn.SolverError, match=r"ConvexBNReLU: solver='torch' did not meet its tolerances in "
+                                             r"episode\(s\) \[0, 1, 2\] \(episode 0: relative gap"):
+        block(H, y)
+    polish_episode = implicit.polish_episode
+    monkeypatch.setattr(implicit, "polish_episode", lambda problem, result, groups, rows, b: None if torch.equal(
+        problem.y[b], y[2]) else polish_episode(problem, result, groups, rows, b))
+    monkeypatch.setattr(implicit, "_resumed_polish", lambda problem, result, episodes, settings: [
+        (None, implicit._iterate_solution(result, implicit.active_sets(result)[1], b)) for b in episodes])
+    with caplog.at_level(logging.WARNING, logger="convexnorm"):
+        ConvexBNReLU(3, beta=0.2, n_patterns=10, solver="torch", solver_options={"workers": 2})(H, y)
+    assert [record.getMessage().startswith("ConvexBNReLU: the polish was refused in episode(s) [2];")
+            for record in caplog.records] == [True]
+    for workers in (0, 1.5, True):
+        with pytest.raises(ValueError, match=r"ConvexBNReLU: solver_options\['workers'\] must be an integer >= 1"):
+            ConvexBNReLU(3, solver="torch", solver_options={"workers": workers})(H, y)
+    with pytest.raises(ValueError, match=r"does not take option\(s\) \['method'\]; it takes \[.*'workers'\]"):
+        ConvexBNReLU(3, solver="torch", solver_options={"method": "al"})(H, y)
+
+
 def test_block_forward_and_backward_run_on_the_solver_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     """solver_options["threads"] holds for the block's whitening, its solve and its implicit backward
     (which the autograd engine calls outside the forward); torch's setting is restored after each."""

@@ -41,6 +41,11 @@ BLOCK_TOL = 1e-7
 #: the same solution to ~1e-15 on 18 of 18 random batches from 64x8x64 to 128x16x128, and an episode
 #: that stops short is finished with the dense factorization.
 HINGE_BLOCK_TOL = 1e-5
+#: solver="torch": solver_options key of the number of threads the episodes are split over, forward
+#: and backward (solvers/threads.py, ``over_chunks``; default 1). Each runs on ``threads`` intra-op
+#: threads: 32 episodes of 64x8x64 took 1.7x less time on 2 workers of a 2-core machine, and no
+#: more under load (docs/benchmarks.md, session 18).
+WORKERS = "workers"
 
 
 @functools.lru_cache(maxsize=32)
@@ -171,19 +176,22 @@ class ConvexBNReLU(nn.Module):
         gates = torch.cat([self.gates[:r], self.gates[-1:]]).to(U_prime)
         return (U_prime.detach() @ gates >= 0).to(U_prime.dtype)
 
-    def _native_settings(self) -> tuple[InteriorPointSettings, int | None]:
-        """solver="torch": the interior-point settings and intra-op threads of solver_options."""
+    def _native_settings(self) -> tuple[InteriorPointSettings, int | None, int]:
+        """solver="torch": the interior-point settings, intra-op threads and episode workers of
+        solver_options (WORKERS, the block's own option)."""
+        options = dict(self.solver_options)
+        workers = check_count(options.pop(WORKERS, 1), "ConvexBNReLU", f"solver_options[{WORKERS!r}]")
+        defaults = {"tol": BLOCK_TOL}
         if self.loss == "hinge":
-            return native_settings(self.solver_options, "ConvexBNReLU", tol=HINGE_BLOCK_TOL,
-                                   dense_curvature=HINGE_DENSE_CURVATURE)
-        return native_settings(self.solver_options, "ConvexBNReLU", tol=BLOCK_TOL)
+            defaults = {"tol": HINGE_BLOCK_TOL, "dense_curvature": HINGE_DENSE_CURVATURE}
+        return (*native_settings(options, "ConvexBNReLU", (WORKERS,), **defaults), workers)
 
     def _solve_episodes(self, U_prime: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """S and T (B, k, P) of the episodes' programs, by the batched interior-point method."""
         masks = self._patterns(U_prime)
-        settings, threads = self._native_settings()
+        settings, threads, workers = self._native_settings()
         beta = self.beta.to(U_prime).expand(U_prime.shape[0])
-        W = InteriorPointSolve.apply(U_prime, y, beta, masks, self.loss, settings, "ConvexBNReLU", threads)
+        W = InteriorPointSolve.apply(U_prime, y, beta, masks, self.loss, settings, "ConvexBNReLU", threads, workers)
         P = self.n_patterns
         return W[:, :P].transpose(-1, -2), W[:, P:].transpose(-1, -2)
 

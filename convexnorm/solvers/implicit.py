@@ -39,7 +39,7 @@ from convexnorm.solvers.interior_point import (InteriorPointResult, InteriorPoin
 from convexnorm.solvers.kkt import Conic, Primal, criteria
 from convexnorm.losses import loss_curvature, loss_gradient
 from convexnorm.solvers.problem import ConvexBNProblem
-from convexnorm.solvers.threads import intra_op_threads
+from convexnorm.solvers.threads import intra_op_threads, over_chunks
 
 logger = logging.getLogger("convexnorm")
 
@@ -488,55 +488,85 @@ def _resumed_polish(problem: ConvexBNProblem, result: InteriorPointResult, episo
     return [(found[b], iterates[b]) for b in episodes]
 
 
+@dataclass
+class _Unsolved:
+    """Episodes (numbered in the whole batch) whose interior-point solve missed its tolerances, and
+    the criteria of the first."""
+
+    episodes: list[int]
+    relative_gap: float
+    violation: float
+
+
+def _solve_chunk(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.Tensor, loss: str,
+                 settings: InteriorPointSettings, owner: str, first: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, list[_Margins | None], list[float]] | _Unsolved:
+    """The polished solutions W (batch, 2P, k), multipliers G (batch, n, 2P), margins and ||A||_2 of
+    a batch of episodes numbered from ``first``, in inference mode like interior_point; _Unsolved
+    where an episode missed the tolerances."""
+    with torch.inference_mode():
+        problem = ConvexBNProblem(A, masks, y, beta, loss)
+        result = interior_point(problem, settings)
+        result = finished_with_dense_route(problem, result, settings)
+        failed = torch.nonzero(~result.converged).flatten().tolist()
+        if failed:
+            return _Unsolved([first + b for b in failed], float(result.criteria.relative_gap[failed[0]]),
+                             float(result.criteria.violation[failed[0]]))
+        groups, rows = active_sets(result)
+        solutions = [polish_episode(problem, result, groups, rows, b) for b in range(A.shape[0])]
+        refused = [b for b, found in enumerate(solutions) if found is None]
+        iterates = {}  # of the episodes refused at first: the tightest interior-point iterate
+        if refused:  # resume those programs to a tighter gap, where their active sets separate further
+            for b, (found, iterate) in zip(refused, _resumed_polish(problem, result, refused, settings)):
+                solutions[b], iterates[b] = found, iterate
+            refused = [b for b, found in enumerate(solutions) if found is None]
+        if refused:
+            logger.warning("%s: the polish was refused in episode(s) %s; their gradients rest on the "
+                           "interior-point solution (resumed from a certified gap of %.1e) and the active "
+                           "sets read off it", owner, [first + b for b in refused[:10]],
+                           float(result.criteria.relative_gap[refused].max()))
+        solutions = [iterates[b] if found is None else found for b, found in enumerate(solutions)]
+        W = torch.stack([found[0].T for found in solutions])
+        G = torch.stack([found[1] for found in solutions])
+        return W, G, [found[2] for found in solutions], problem.spectral_norms.tolist()
+
+
 class InteriorPointSolve(torch.autograd.Function):
     """W*(A, y, beta) (batch, 2P, k) for fixed masks, by the batched interior-point method; forward
     and backward on ``threads`` intra-op threads (solvers/threads.py: the backward runs when the
-    autograd engine calls it, outside the caller's thread setting)."""
+    autograd engine calls it, outside the caller's thread setting), the episodes in ``workers``
+    chunks on as many threads (``over_chunks``)."""
 
     @staticmethod
     def forward(ctx, A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.Tensor, loss: str,
-                settings: InteriorPointSettings, owner: str, threads: int | None) -> torch.Tensor:
-        ctx.threads, ctx.loss = threads, loss
-        # in inference mode like interior_point, the results cloned out of it for autograd to save
-        with intra_op_threads(threads), torch.inference_mode():
-            problem = ConvexBNProblem(A, masks, y, beta, loss)
-            result = interior_point(problem, settings)
-            result = finished_with_dense_route(problem, result, settings)
-            failed = torch.nonzero(~result.converged).flatten().tolist()
-            if failed:
-                worst = int(failed[0])
-                raise SolverError(
-                    f"{owner}: solver='torch' did not meet its tolerances in episode(s) {failed[:10]} "
-                    f"(episode {worst}: relative gap {float(result.criteria.relative_gap[worst]):.2e}, violation "
-                    f"{float(result.criteria.violation[worst]):.2e}, tol {settings.tol:g}); loosen tol in "
-                    "solver_options or check the episode's data")
-            groups, rows = active_sets(result)
-            solutions = [polish_episode(problem, result, groups, rows, b) for b in range(A.shape[0])]
-            refused = [b for b, found in enumerate(solutions) if found is None]
-            iterates = {}  # of the episodes refused at first: the tightest interior-point iterate
-            if refused:  # resume those programs to a tighter gap, where their active sets separate further
-                for b, (found, iterate) in zip(refused, _resumed_polish(problem, result, refused, settings)):
-                    solutions[b], iterates[b] = found, iterate
-                refused = [b for b, found in enumerate(solutions) if found is None]
-            if refused:
-                logger.warning("%s: the polish was refused in episode(s) %s; their gradients rest on the "
-                               "interior-point solution (resumed from a certified gap of %.1e) and the active "
-                               "sets read off it", owner, refused[:10],
-                               float(result.criteria.relative_gap[refused].max()))
-            solutions = [iterates[b] if found is None else found for b, found in enumerate(solutions)]
-            W = torch.stack([found[0].T for found in solutions])
-            G = torch.stack([found[1] for found in solutions])
-            margins = [found[2] for found in solutions]
-            ctx.A_norms = problem.spectral_norms.tolist()
-        W, G = W.clone(), G.clone()
-        ctx.margins = [None if part is None else _Margins(part.alpha.clone(), part.margin.clone()) for part in margins]
+                settings: InteriorPointSettings, owner: str, threads: int | None, workers: int = 1) -> torch.Tensor:
+        ctx.threads, ctx.workers, ctx.loss = threads, workers, loss
+        with intra_op_threads(threads):
+            parts = over_chunks(lambda chunk: _solve_chunk(A[chunk], y[chunk], beta[chunk], masks[chunk], loss,
+                                                           settings, owner, chunk.start), A.shape[0], workers)
+        unsolved = [part for part in parts if isinstance(part, _Unsolved)]
+        if unsolved:
+            failed = [b for part in unsolved for b in part.episodes]
+            raise SolverError(
+                f"{owner}: solver='torch' did not meet its tolerances in episode(s) {failed[:10]} (episode "
+                f"{failed[0]}: relative gap {unsolved[0].relative_gap:.2e}, violation {unsolved[0].violation:.2e}, "
+                f"tol {settings.tol:g}); loosen tol in solver_options or check the episode's data")
+        # out of inference mode for autograd to save
+        W, G = torch.cat([part[0] for part in parts]), torch.cat([part[1] for part in parts])
+        ctx.margins = [None if margins is None else _Margins(margins.alpha.clone(), margins.margin.clone())
+                       for part in parts for margins in part[2]]
+        ctx.A_norms = [norm for part in parts for norm in part[3]]
         ctx.save_for_backward(A, y, beta, masks, W, G)
         return W
 
     @staticmethod
     def backward(ctx, grad_W: torch.Tensor):
         A, y, beta, masks, W, G = ctx.saved_tensors
+
+        def chunk_vjps(chunk: slice) -> list[tuple[torch.Tensor, ...]]:
+            return [_episode_vjp(A[b], y[b], beta[b], masks[b], W[b].T, G[b], grad_W[b].T, ctx.loss, ctx.margins[b],
+                                 ctx.A_norms[b]) for b in range(chunk.start, chunk.stop)]
+
         with intra_op_threads(ctx.threads):
-            grads = [_episode_vjp(A[b], y[b], beta[b], masks[b], W[b].T, G[b], grad_W[b].T, ctx.loss, ctx.margins[b],
-                                  ctx.A_norms[b]) for b in range(A.shape[0])]
-        return (*(torch.stack(parts) for parts in zip(*grads)), None, None, None, None, None)
+            grads = [vjp for part in over_chunks(chunk_vjps, A.shape[0], ctx.workers) for vjp in part]
+        return (*(torch.stack(parts) for parts in zip(*grads)), None, None, None, None, None, None)
