@@ -113,7 +113,7 @@ def main() -> None:
                "BN-ReLU head, Adam": train_bn_head(data, args.epochs, args.seed)}
     print(f"{'model':<38} {'final test acc':>14} {'best test acc':>13} {'s / epoch':>10}")
     for name, curves in results.items():
-        print(f"{name:<38} {curves['test'][-1]:14.3f} {max(curves['test']):13.3f} {np.mean(curves['seconds']):10.2f}")
+        print(f"{name:<38} {curves['test'][-1]:14.3f} {max(curves['test']):13.3f} {np.mean(curves['seconds']):10.3f}")
     args.out.mkdir(parents=True, exist_ok=True)
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     for name, curves in results.items():

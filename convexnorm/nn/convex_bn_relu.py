@@ -43,8 +43,8 @@ BLOCK_TOL = 1e-7
 HINGE_BLOCK_TOL = 1e-5
 #: solver="torch": solver_options key of the number of threads the episodes are split over, forward
 #: and backward (solvers/threads.py, ``over_chunks``; default 1). Each runs on ``threads`` intra-op
-#: threads: 32 episodes of 64x8x64 took 1.7x less time on 2 workers of a 2-core machine, and no
-#: more under load (docs/benchmarks.md, session 18).
+#: threads: 32 episodes of 64x8x64 took 0.69 instead of 0.99-1.08 s on 2 workers of a 2-core machine,
+#: and 1.01 instead of 1.08 s with another process busy on it (docs/benchmarks.md, session 18).
 WORKERS = "workers"
 
 
@@ -67,8 +67,9 @@ class ConvexBNReLU(nn.Module):
     ``H_query`` under the test-time map. ``solver="torch"`` solves with the batched
     interior-point method of ``convexnorm.solvers`` (gradients from the KKT system of the
     solution's active set; ``solver_options``: those of the estimators' solver="torch", see
-    ``convexnorm.solvers.native.native_settings``) and accepts episodes: H (B, n, d), y (B, n), H_query (B, m, d), one program per episode in one batched
-    solve. ``solver="cvxpylayers"`` solves through cvxpylayers (``solver_options`` go to diffcp),
+    ``convexnorm.solvers.native.native_settings``, and ``workers``: the episodes split over that
+    many threads, default 1) and accepts episodes: H (B, n, d), y (B, n), H_query (B, m, d), one
+    program per episode in one batched solve. ``solver="cvxpylayers"`` solves through cvxpylayers (``solver_options`` go to diffcp),
     one episode at a time. ``return_objective=True`` also returns the optimal objective (one
     per episode) as a differentiable tensor. Each batch must have full rank min(n - 1,
     in_features). Margin losses take labels y in {-1, +1}.

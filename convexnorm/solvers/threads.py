@@ -32,7 +32,7 @@ def over_chunks(work: Callable[[slice], T], batch: int, workers: int) -> list[T]
     most one per program), each in its own thread (the first in the caller's), in order; the first
     chunk's error, if any, raised after all finished. torch releases the GIL inside its
     operations, so with one intra-op thread each the chunks' operations run on as many cores
-    (docs/benchmarks.md, session 18: 32 episodes of 64x8x64 1.7x faster on 2 workers of 2 cores).
+    (docs/benchmarks.md, session 18: 32 episodes of 64x8x64 about 1.5x faster on 2 workers of 2 cores).
     Grad mode is thread-local: each chunk runs in the caller's (inference mode: ``work`` enters it)."""
     workers = max(1, min(workers, batch))
     edges = [batch * i // workers for i in range(workers + 1)]
