@@ -6,8 +6,9 @@ backward on the same batch, timed in the same run; then B episodes of one size i
 against one episode. Medians of --repeats runs. ``--head-threads 1`` times the ordinary head on
 one thread, like the block's solver (under load torch's default threads collapse and the ratio
 then measures that). ``--workers 1 2``: the episodes row once per number of episode workers
-(solver_options["workers"]: the episodes split over that many threads). ``--loss logistic|hinge``: both on the labels sign(y), the head with the same
-loss. Run: python benchmarks/bench_block_head.py [--head-threads 1] [--loss squared]
+(solver_options["workers"]: the episodes split over that many threads). ``--loss logistic|hinge``:
+both on the labels sign(y), the head with the same loss.
+Run: python benchmarks/bench_block_head.py [--head-threads 1] [--workers 1 2] [--loss squared]
 """
 
 from __future__ import annotations

@@ -69,10 +69,10 @@ class ConvexBNReLU(nn.Module):
     solution's active set; ``solver_options``: those of the estimators' solver="torch", see
     ``convexnorm.solvers.native.native_settings``, and ``workers``: the episodes split over that
     many threads, default 1) and accepts episodes: H (B, n, d), y (B, n), H_query (B, m, d), one
-    program per episode in one batched solve. ``solver="cvxpylayers"`` solves through cvxpylayers (``solver_options`` go to diffcp),
-    one episode at a time. ``return_objective=True`` also returns the optimal objective (one
-    per episode) as a differentiable tensor. Each batch must have full rank min(n - 1,
-    in_features). Margin losses take labels y in {-1, +1}.
+    program per episode in one batched solve. ``solver="cvxpylayers"`` solves through cvxpylayers
+    (``solver_options`` go to diffcp), one episode at a time. ``return_objective=True`` also
+    returns the optimal objective (one per episode) as a differentiable tensor. Each batch must
+    have full rank min(n - 1, in_features). Margin losses take labels y in {-1, +1}.
     """
 
     def __init__(
