@@ -41,7 +41,7 @@ def sweep_programs():
                 block = ConvexBNReLU(d, beta=BETA, n_patterns=P, loss=loss, solver="torch")
                 _, U, S, _ = block._whiten(H[0])
                 U_prime = block._rows(U, S, n)[None]
-                settings, _ = block._native_settings()
+                settings = block._native_settings()[0]
                 problem = ConvexBNProblem(U_prime, block._patterns(U_prime), targets,
                                           torch.full((1,), BETA, dtype=torch.float64), loss)
                 yield f"{size}/{seed}/{loss}", problem, settings
