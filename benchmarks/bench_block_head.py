@@ -7,8 +7,9 @@ against one episode. Medians of --repeats runs. ``--head-threads 1`` times the o
 one thread, like the block's solver (under load torch's default threads collapse and the ratio
 then measures that). ``--workers 1 2``: the episodes row once per number of episode workers
 (solver_options["workers"]: the episodes split over that many threads). ``--loss logistic|hinge``:
-both on the labels sign(y), the head with the same loss.
-Run: python benchmarks/bench_block_head.py [--head-threads 1] [--workers 1 2] [--loss squared]
+both on the labels sign(y), the head with the same loss. ``--device cuda``: block and head on a GPU
+(each step synchronized before its time is read).
+Run: python benchmarks/bench_block_head.py [--head-threads 1] [--workers 1 2] [--loss squared] [--device cpu]
 """
 
 from __future__ import annotations
@@ -29,9 +30,16 @@ def data(B: int, n: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
     return H, torch.sin(2 * H[..., 0]) + H[..., 1] * H[..., 2 % d]
 
 
+def synchronized(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; a CPU step has ended when it returns)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def block_step(block: ConvexBNReLU, H: torch.Tensor, y: torch.Tensor) -> None:
     H = H.clone().requires_grad_(True)
     block(H, y).sum().backward()
+    synchronized(H.device)
 
 
 def main() -> None:
@@ -43,7 +51,9 @@ def main() -> None:
     parser.add_argument("--head-threads", type=int, default=None, help="torch threads of the ordinary head")
     parser.add_argument("--loss", choices=["squared", "logistic", "hinge"], default="squared")
     parser.add_argument("--workers", type=int, nargs="+", default=[1], help="episode workers of the episodes row")
+    parser.add_argument("--device", type=torch.device, default=torch.device("cpu"), help="cpu or cuda")
     args = parser.parse_args()
+    device = args.device
     margin = args.loss != "squared"
 
     def targets(y: torch.Tensor) -> torch.Tensor:
@@ -57,19 +67,21 @@ def main() -> None:
         return ((f - y) ** 2).sum()
 
     head_threads = args.head_threads or torch.get_num_threads()
-    print(f"torch {torch.__version__}, {platform.machine()}, head on {head_threads} thread(s) "
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
+    print(f"torch {torch.__version__}, {where}, head on {head_threads} thread(s) "
           f"(the block's solver: 1 thread), {args.loss} loss")
     print(f"{'n x d x P':<11} {'block s':>8} {'head ms':>8} {'block/head':>11}")
     for size in args.sizes:
         n, d, P = (int(v) for v in size.split("x"))
-        H, y = data(1, n, d)
+        H, y = (part.to(device) for part in data(1, n, d))
         y = targets(y)
-        block = ConvexBNReLU(d, beta=0.05, n_patterns=P, loss=args.loss, solver="torch")
-        head = nn.Sequential(nn.Linear(d, P), nn.BatchNorm1d(P), nn.ReLU(), nn.Linear(P, 1)).double()
+        block = ConvexBNReLU(d, beta=0.05, n_patterns=P, loss=args.loss, solver="torch").to(device)
+        head = nn.Sequential(nn.Linear(d, P), nn.BatchNorm1d(P), nn.ReLU(), nn.Linear(P, 1)).double().to(device)
 
         def head_step() -> None:
             head.zero_grad()
             head_loss(head(H[0]).squeeze(1), y[0]).backward()
+            synchronized(device)
 
         with intra_op_threads(args.head_threads):
             head_step()
@@ -77,13 +89,13 @@ def main() -> None:
         seconds = median_seconds(lambda: block_step(block, H[0], y[0]), args.repeats)
         print(f"{size:<11} {seconds:8.3f} {base * 1e3:8.3f} {seconds / base:11.0f}", flush=True)
     n, d, P = (int(v) for v in args.episode_size.split("x"))
-    H, y = data(args.episodes, n, d)
+    H, y = (part.to(device) for part in data(args.episodes, n, d))
     y = targets(y)
-    block = ConvexBNReLU(d, beta=0.05, n_patterns=P, loss=args.loss, solver="torch")
+    block = ConvexBNReLU(d, beta=0.05, n_patterns=P, loss=args.loss, solver="torch").to(device)
     one = median_seconds(lambda: block_step(block, H[:1], y[:1]), args.repeats)
     for workers in args.workers:
         block = ConvexBNReLU(d, beta=0.05, n_patterns=P, loss=args.loss, solver="torch",
-                             solver_options={"workers": workers})
+                             solver_options={"workers": workers}).to(device)
         many = median_seconds(lambda: block_step(block, H, y), args.repeats)
         print(f"{args.episodes} episodes of {args.episode_size} in one call, {workers} worker(s): {many:.3f} s, "
               f"one episode {one:.3f} s, ratio {many / one:.1f}x", flush=True)

@@ -119,6 +119,30 @@ def test_block_episodes_equal_single_batches() -> None:
         assert torch.allclose(predictions[b], single, atol=1e-12) and torch.allclose(objective[b], single_objective)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("loss", ["squared", "logistic", "hinge"])
+def test_block_episodes_on_cuda_equal_the_cpu(loss: str, workers: int) -> None:
+    """The batched interior-point forward and the implicit backward on CUDA tensors: predictions,
+    objectives and gradients (H, y, beta) on the GPU, equal to the CPU's answers."""
+    H, y = episodes(B=4)
+    if loss != "squared":
+        y = torch.where(y > 0, 1.0, -1.0).double()
+    weights = torch.randn(4, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    answers = {}
+    for device in ("cpu", "cuda"):
+        block = ConvexBNReLU(3, beta=0.2, n_patterns=10, solver="torch", loss=loss, learnable_beta=True,
+                             solver_options={"workers": workers}).to(device)
+        data = H.to(device).requires_grad_(True), y.to(device).requires_grad_(True)
+        predictions, objective = block(*data, return_objective=True)
+        ((predictions * weights.to(device)).sum() + objective.sum()).backward()
+        answers[device] = (predictions.detach(), objective.detach(), data[0].grad, data[1].grad, block.log_beta.grad)
+    for got, expected in zip(answers["cuda"], answers["cpu"]):
+        assert got.device.type == "cuda"
+        assert torch.allclose(got.cpu(), expected, rtol=1e-6, atol=1e-8 * float(expected.abs().max()))
+
+
 @pytest.mark.parametrize("loss", ["squared", "hinge"])
 def test_block_episode_workers_give_the_same_answers(loss: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """solver_options["workers"] splits the episodes over threads, forward and backward: the same
