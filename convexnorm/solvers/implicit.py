@@ -18,7 +18,8 @@ own direction W_j / ||W_j||, feasible only to solver precision, is projected out
 The forward first polishes the interior-point solution: Newton's method on F(u) = 0 from the
 active sets read off the last iterate (``active_sets``: at most k - 1 rows per group), with up to
 POLISH_CORRECTIONS primal-dual corrections of the rows, further attempts without the groups
-still shrinking to zero and, where all are refused, a second try after the interior-point method
+still shrinking to zero or with parallel groups merged (one neuron split between two patterns,
+where the optimum is not unique) and, where all are refused, a second try after the interior-point method
 resumed to a tighter gap; kept only where it certifies a gap no larger than the interior-point
 method's (typically 1e-15 where it succeeds; where it fails the interior-point solution is kept).
 Every loss (the hinge loss's margins read off the iterate and corrected the same way). Where the
@@ -68,6 +69,12 @@ WOODBURY_RESUME_FACTOR = 1e-1
 #: (at 128x16x128: groups shrinking to zero at 2e-7 .. 2e-6 of it, and one batch whose polish held only
 #: with a group at 9e-4 of it kept: 11 of 12 random batches polished with 1e-3 alone, 12 of 12 with both).
 SMALL_GROUP_RTOLS = (1e-5, 1e-3)
+#: Two active groups of the same sign whose directions W_j / ||W_j|| agree to this cosine are taken for
+#: one neuron split between two patterns that differ only on rows of its hyperplane (A w = 0 there, so
+#: both give the same predictions): the optimum is then not unique along the split and the active-set
+#: system singular there. The polish's further guesses merge such groups into the larger one (measured at
+#: 32x6x32: two groups at cosine 1 - 3.6e-7, the reduced system's smallest eigenvalue 3.4e-9 of 5.8).
+PARALLEL_GROUP_COSINE = 1 - 1e-5
 #: The smooth losses' reduced active-set systems are solved by Cholesky up to this diagonal spread of
 #: its factor (``_reduced_solve``). On the sweep's 12 smooth-loss programs (block sizes, two seeds) every
 #: such system factored, with spreads of at most 3.1e3 and condition numbers of at most 6.7e4; at
@@ -430,7 +437,9 @@ def polish_episode(problem: ConvexBNProblem, result: InteriorPointResult, groups
     """``_polish`` of one episode of an interior-point result from its active sets (``active_sets``,
     ``margins_of``): (W (k, 2P), G (n, 2P), margins) or None. A group still shrinking to zero may
     pass the active-group test, so the polish is also tried without the groups below each of
-    SMALL_GROUP_RTOLS of the largest (each distinct set once)."""
+    SMALL_GROUP_RTOLS of the largest (each distinct set once), and where all are refused, with the
+    parallel groups of each set merged (``_merged_parallel_groups``: one neuron split between two
+    patterns, where the active-set system is singular)."""
     b = episode
     A_norm = float(problem.spectral_norms[b])
     norms = torch.linalg.norm(result.W[b], dim=-1)
@@ -440,13 +449,55 @@ def polish_episode(problem: ConvexBNProblem, result: InteriorPointResult, groups
         larger = groups[b] & (norms > rtol * norms.max())
         if not torch.equal(larger, attempts[-1]):
             attempts.append(larger)
+
+    def polished(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, _Margins | None] | None:
+        return _polish(problem.A[b], problem.y[b], problem.beta[b], problem.masks[b], W.T, result.z.rows[b],
+                       rows[b], problem.loss, result.criteria.lower_bound[b], result.criteria.relative_gap[b],
+                       margins, A_norm)
+
     for chosen in attempts:
-        found = _polish(problem.A[b], problem.y[b], problem.beta[b], problem.masks[b],
-                        (result.W[b] * chosen[:, None]).T, result.z.rows[b], rows[b], problem.loss,
-                        result.criteria.lower_bound[b], result.criteria.relative_gap[b], margins, A_norm)
+        found = polished(result.W[b] * chosen[:, None])
         if found is not None:
             return found
+    tried = list(attempts)
+    for chosen in attempts:  # where all were refused: the same sets with parallel groups merged
+        merged = _merged_parallel_groups(result.W[b], chosen)
+        if merged is not None and not any(torch.equal(merged[0], other) for other in tried):
+            tried.append(merged[0])
+            found = polished(merged[1])
+            if found is not None:
+                return found
     return None
+
+
+def _merged_parallel_groups(W: torch.Tensor, chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The groups ``chosen`` (2P,) of W (2P, k) with each set of same-sign groups whose directions agree
+    to PARALLEL_GROUP_COSINE merged into its largest: W_i + W_j for parallel W_i, W_j is feasible for
+    either group's rows and has the norm ||W_i|| + ||W_j|| (the same regularization and, where their
+    patterns differ only on rows of the common hyperplane, the same predictions). (chosen, W with the
+    merged groups zero) or None where no two groups are parallel."""
+    P = W.shape[0] // 2
+    norms = torch.linalg.norm(W, dim=-1)
+    kept, merged = chosen.clone(), W * chosen[:, None]
+    for half in (slice(0, P), slice(P, 2 * P)):
+        index = torch.nonzero(chosen[half]).squeeze(1) + half.start
+        if len(index) < 2:
+            continue
+        directions = W[index] / norms[index, None]
+        parallel = (directions @ directions.T > PARALLEL_GROUP_COSINE).fill_diagonal_(False)
+        if not bool(parallel.any()):
+            continue
+        for position in torch.argsort(norms[index], descending=True).tolist():
+            group = int(index[position])
+            if not bool(kept[group]):
+                continue
+            partners = [int(index[other]) for other in torch.nonzero(parallel[position]).squeeze(1).tolist()
+                        if bool(kept[index[other]])]
+            for partner in partners:
+                merged[group] += merged[partner]
+                merged[partner] = 0
+                kept[partner] = False
+    return None if torch.equal(kept, chosen) else (kept, merged)
 
 
 _Solution = tuple[torch.Tensor, torch.Tensor, _Margins | None]
