@@ -2,9 +2,13 @@
 forward on random batches (H standard normal, y = sin(2 h_0) + h_1 h_2, signs of it for the
 logistic and hinge losses), counting the batches whose active-set polish was kept (the block logs a
 warning where it is refused: their gradients then rest on the interior-point solution). Run:
-python benchmarks/bench_polish.py [--sizes 64x8x64 128x16x128] [--loss squared|logistic|hinge] [--batches 12] [--seed 100]
-[--tol T] (the interior-point method's tolerance, solver_options["tol"]; default the block's). Also counts the
-batches polished only after the interior-point method resumed.
+python benchmarks/bench_polish.py [--sizes 64x8x64 128x16x128] [--loss squared|logistic|hinge] [--batches 12]
+[--seed 100] [--tol T] [--gradients] (--tol: the interior-point method's tolerance, solver_options["tol"]; default the block's). Also counts the
+batches polished only after the interior-point method resumed. ``--gradients``: on each batch also the
+directional derivatives of (query predictions . weights + 0.3 objective) in H, y (squared loss) and log beta
+against central differences (the closer of steps 1e-6 and 1e-7), as tests/test_solvers.py checks them on a few
+batches: the largest relative difference and the batches beyond 1e-5 (the issue's tolerance); H is left out
+where the sampled patterns change within 1e-6 (the forward jumps there).
 """
 
 from __future__ import annotations
@@ -18,6 +22,11 @@ import torch
 from convexnorm.nn import ConvexBNReLU
 from convexnorm.solvers import implicit
 
+#: The query rows, weights and directions of ``--gradients`` come from seed QUERY_SEED + seed + b: drawn from the
+#: batch's own seed, the query rows would be its first rows, where the fitted network has kinks (rows on a
+#: neuron's hyperplane).
+QUERY_SEED = 10 ** 6
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -26,6 +35,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--seed", type=int, default=100, help="batch b uses seed + b")
     parser.add_argument("--tol", type=float, default=None, help="solver_options['tol'] (default: the block's)")
+    parser.add_argument("--gradients", action="store_true", help="check gradients against central differences")
     args = parser.parse_args()
     refusals, resumed = [], []
     resume = implicit._resumed_polish
@@ -45,21 +55,79 @@ def main() -> None:
     for size in args.sizes:
         n, d, P = (int(v) for v in size.split("x"))
         options = {} if args.tol is None else {"tol": args.tol}
-        block = ConvexBNReLU(d, beta=0.05, n_patterns=P, loss=args.loss, solver="torch", solver_options=options)
-        kept = []
+        block = ConvexBNReLU(d, beta=0.05, n_patterns=P, loss=args.loss, solver="torch", solver_options=options,
+                             learnable_beta=args.gradients)
+        kept, differences = [], []
         resumed.clear()
         start = time.perf_counter()
         for b in range(args.batches):
             generator = torch.Generator().manual_seed(args.seed + b)
             H = torch.randn(n, d, generator=generator, dtype=torch.float64)
             y = torch.sin(2 * H[:, 0]) + H[:, 1] * H[:, 2 % d]
+            y = y if args.loss == "squared" else torch.where(y > 0, 1.0, -1.0).double()
             refusals.clear()
             with torch.no_grad():
-                block(H, y if args.loss == "squared" else torch.where(y > 0, 1.0, -1.0).double())
+                block(H, y)
             kept.append(not refusals)
+            if args.gradients:  # its forwards' resumptions not counted
+                count = len(resumed)
+                generator = torch.Generator().manual_seed(QUERY_SEED + args.seed + b)
+                differences.append(gradient_difference(block, H, y, generator))
+                del resumed[count:]
         print(f"{size} {args.loss}: polish kept in {sum(kept)} of {len(kept)} batches "
               f"({sum(resumed)} after resuming; {time.perf_counter() - start:.1f} s)", flush=True)
+        if differences:
+            largest = [difference for difference, _ in differences]
+            print(f"  gradients against central differences: largest relative difference {max(largest):.1e}, "
+                  f"{sum(difference > 1e-5 for difference in largest)} of {len(largest)} batches beyond 1e-5 "
+                  f"(H left out on {sum(jumps for _, jumps in differences)}, whose patterns change within the step)"
+                  + "".join(f"; seed {args.seed + b}: {difference:.1e}" for b, (difference, _) in enumerate(differences)
+                            if difference > 1e-5), flush=True)
 
+
+def gradient_difference(block: ConvexBNReLU, H: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+                        ) -> tuple[float, bool]:
+    """The largest relative difference (against max(|central difference|, 1e-3)) between the block's
+    directional derivatives of (query predictions . weights + 0.3 objective) in H, y (squared loss:
+    the margin losses' labels are not differentiable) and log beta and their central differences, each
+    the smaller at steps 1e-6 and 1e-7 (a kink of the solution map, an active set changing, within 1e-6
+    of the batch spoils the larger step), and whether the patterns change within 1e-6 along H (the
+    forward jumps there: H then left out)."""
+    n, d = H.shape
+    H_query = torch.randn(5, d, generator=generator, dtype=H.dtype)
+    weights = torch.randn(5, generator=generator, dtype=H.dtype)
+    along_H, along_y = torch.randn(n, d, generator=generator, dtype=H.dtype), torch.randn(n, generator=generator,
+                                                                                          dtype=H.dtype)
+
+    def value(H_: torch.Tensor, y_: torch.Tensor) -> torch.Tensor:
+        predictions, objective = block(H_, y_, H_query=H_query, return_objective=True)
+        return (predictions * weights).sum() + 0.3 * objective
+
+    def with_log_beta(step: float) -> torch.Tensor:
+        block.log_beta += step
+        try:
+            return value(H, y)
+        finally:
+            block.log_beta -= step
+
+    def patterns(H_: torch.Tensor) -> torch.Tensor:
+        _, U, S_values, _ = block._whiten(H_)
+        return block._patterns(block._rows(U, S_values, n))
+
+    H_var, y_var = H.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    grad_H, grad_y, grad_beta = torch.autograd.grad(value(H_var, y_var), [H_var, y_var, block.log_beta])
+    with torch.no_grad():
+        jumps = not all(torch.equal(patterns(H + sign * 1e-6 * along_H), patterns(H)) for sign in (1, -1))
+        moves = [] if jumps else [((grad_H * along_H).sum(), lambda h: value(H + h * along_H, y))]
+        if block.loss == "squared":
+            moves.append(((grad_y * along_y).sum(), lambda h: value(H, y + h * along_y)))
+        moves.append((grad_beta, with_log_beta))
+        differences = []
+        for analytic, moved in moves:
+            numeric = [(moved(h) - moved(-h)) / (2 * h) for h in (1e-6, 1e-7)]
+            differences.append(min(abs(float(analytic - central)) for central in numeric)
+                               / max(abs(float(numeric[0])), 1e-3))
+    return max(differences), jumps
 
 if __name__ == "__main__":
     main()
