@@ -3,8 +3,8 @@ forward on random batches (H standard normal, y = sin(2 h_0) + h_1 h_2, signs of
 logistic and hinge losses), counting the batches whose active-set polish was kept (the block logs a
 warning where it is refused: their gradients then rest on the interior-point solution). Run:
 python benchmarks/bench_polish.py [--sizes 64x8x64 128x16x128] [--loss squared|logistic|hinge] [--batches 12]
-[--seed 100] [--tol T] [--gradients] (--tol: the interior-point method's tolerance, solver_options["tol"]; default the block's). Also counts the
-batches polished only after the interior-point method resumed. ``--gradients``: on each batch also the
+[--seed 100] [--tol T] [--gradients] (--tol: the interior-point method's tolerance, solver_options["tol"];
+default the block's). Also counts the batches polished only after the interior-point method resumed. ``--gradients``: on each batch also the
 directional derivatives of (query predictions . weights + 0.3 objective) in H, y (squared loss) and log beta
 against central differences (the closer of steps 1e-6 and 1e-7), as tests/test_solvers.py checks them on a few
 batches: the largest relative difference and the batches beyond 1e-5 (the issue's tolerance); H is left out
@@ -128,6 +128,7 @@ def gradient_difference(block: ConvexBNReLU, H: torch.Tensor, y: torch.Tensor, g
             differences.append(min(abs(float(analytic - central)) for central in numeric)
                                / max(abs(float(numeric[0])), 1e-3))
     return max(differences), jumps
+
 
 if __name__ == "__main__":
     main()
