@@ -4,11 +4,12 @@ logistic and hinge losses), counting the batches whose active-set polish was kep
 warning where it is refused: their gradients then rest on the interior-point solution). Run:
 python benchmarks/bench_polish.py [--sizes 64x8x64 128x16x128] [--loss squared|logistic|hinge] [--batches 12]
 [--seed 100] [--tol T] [--gradients] (--tol: the interior-point method's tolerance, solver_options["tol"];
-default the block's). Also counts the batches polished only after the interior-point method resumed. ``--gradients``: on each batch also the
-directional derivatives of (query predictions . weights + 0.3 objective) in H, y (squared loss) and log beta
-against central differences (the closer of steps 1e-6 and 1e-7), as tests/test_solvers.py checks them on a few
-batches: the largest relative difference and the batches beyond 1e-5 (the issue's tolerance); H is left out
-where the sampled patterns change within 1e-6 (the forward jumps there).
+default the block's). Also counts the batches polished only after the interior-point method resumed.
+``--gradients``: on each batch also the directional derivatives of (query predictions . weights
++ 0.3 objective) in H, y (squared loss) and log beta against central differences (the closer of steps
+1e-6 and 1e-7), as tests/test_solvers.py checks them on a few batches: the largest relative difference
+and the batches beyond 1e-5 (the issue's tolerance); H is left out where the sampled patterns change
+within 1e-6 (the forward jumps there).
 """
 
 from __future__ import annotations
