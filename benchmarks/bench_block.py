@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import time
 
 import cvxpy
@@ -19,18 +18,10 @@ import cvxpylayers
 import diffcp
 import torch
 
+from _timing import median_seconds  # benchmarks/ is on the path when run as a script
 from convexnorm.convex.solve import solve_convex_program
 from convexnorm.convex.whitening import u_prime_rows, whiten_tensor
 from convexnorm.nn import ConvexBNReLU
-
-
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

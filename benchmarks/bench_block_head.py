@@ -19,7 +19,7 @@ import platform
 import torch
 from torch import nn
 
-from bench_block import median_seconds  # noqa: E402 (benchmarks/ is on the path when run as a script)
+from _timing import median_seconds, synchronized  # benchmarks/ is on the path when run as a script
 from convexnorm.nn import ConvexBNReLU
 from convexnorm.solvers.threads import intra_op_threads
 
@@ -28,12 +28,6 @@ def data(B: int, n: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
     generator = torch.Generator().manual_seed(seed)
     H = torch.randn(B, n, d, generator=generator, dtype=torch.float64)
     return H, torch.sin(2 * H[..., 0]) + H[..., 1] * H[..., 2 % d]
-
-
-def synchronized(device: torch.device) -> None:
-    """Wait for the device's queued work (CUDA runs asynchronously; a CPU step has ended when it returns)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def block_step(block: ConvexBNReLU, H: torch.Tensor, y: torch.Tensor) -> None:

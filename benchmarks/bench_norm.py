@@ -8,29 +8,25 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 
 import cvxpy
 import cvxpylayers
 import diffcp
 import torch
 
+from _timing import median_seconds, synchronized  # benchmarks/ is on the path when run as a script
 from convexnorm.nn import BatchNorm2d
 
 
 def time_step(module: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
     """Median seconds of one train-mode forward + backward (after one warm-up)."""
-    times = []
-    for i in range(repeats + 1):
-        inp = x.clone().requires_grad_(True)
-        start = time.perf_counter()
-        module(inp).square().sum().backward()
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        if i:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+
+    def step() -> None:
+        module(x.clone().requires_grad_(True)).square().sum().backward()
+        synchronized(x.device)
+
+    step()
+    return median_seconds(step, repeats)
 
 
 def main() -> None:
