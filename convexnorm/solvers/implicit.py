@@ -321,9 +321,9 @@ def _polish(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.T
     128x16x128: s = 6e-7, z = 1e-5, active in one batch and inactive after a change of H by 1e-6),
     so up to POLISH_CORRECTIONS times, of each group's rows whose multiplier came out negative, the
     one the iterate held least leaves the active set (``_least_held``), the inactive rows the point
-    violates join it, and Newton's method restarts from the point (a primal-dual active-set step). Kept only if every row is feasible and every multiplier
-    nonnegative (within POLISH_RTOL) and its certified gap is no larger than the interior-point
-    method's ``gap``; else None. The gap is measured against the larger of the dual bound at the
+    violates join it, and Newton's method restarts from the point (a primal-dual active-set step).
+    Kept only if every row is feasible and every multiplier nonnegative (within POLISH_RTOL) and its
+    certified gap is no larger than the interior-point method's ``gap``; else None. The gap is measured against the larger of the dual bound at the
     polish's own multipliers and ``lower_bound`` (the interior-point method's: a bound on the
     optimum whatever the point). The own bound alone can be the weaker one: a group shrinking to
     zero that the polish drops keeps the iterate's multipliers, no longer matched to the polished
