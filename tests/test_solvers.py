@@ -658,6 +658,17 @@ def test_parallel_groups_of_one_sign_merge_into_the_larger() -> None:
     assert _merged_parallel_groups(W, torch.tensor([True, False, True, True, False, False])) is None
 
 
+def test_a_correction_drops_the_least_held_negative_row_of_each_group() -> None:
+    """Of each group's rows whose multiplier came out negative, only the one with the smallest multiplier
+    at the interior-point iterate leaves; groups without one keep all their rows."""
+    from convexnorm.solvers.implicit import _least_held
+
+    negative = torch.tensor([[True, False, False], [True, False, True], [False, False, True], [True, False, False]])
+    held = torch.tensor([[0.03, 1.0, 0.5], [2e-5, 1e-9, 0.2], [0.9, 0.1, 0.1], [0.1, 0.0, 0.3]], dtype=torch.float64)
+    assert _least_held(negative, held).tolist() == [[False, False, False], [True, False, False],
+                                                   [False, False, True], [False, False, False]]
+
+
 def test_polish_stops_at_its_tolerance_and_at_a_step_that_does_not_contract(monkeypatch: pytest.MonkeyPatch) -> None:
     """Newton's method from a right active set contracts: the polish stops once the largest KKT
     residual entry is within POLISH_RTOL beta max(1, ||A||_2), fewer than POLISH_STEPS steps here
