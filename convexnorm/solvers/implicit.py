@@ -323,15 +323,15 @@ def _polish(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.T
     one the iterate held least leaves the active set (``_least_held``), the inactive rows the point
     violates join it, and Newton's method restarts from the point (a primal-dual active-set step).
     Kept only if every row is feasible and every multiplier nonnegative (within POLISH_RTOL) and its
-    certified gap is no larger than the interior-point method's ``gap``; else None. The gap is measured against the larger of the dual bound at the
-    polish's own multipliers and ``lower_bound`` (the interior-point method's: a bound on the
-    optimum whatever the point). The own bound alone can be the weaker one: a group shrinking to
-    zero that the polish drops keeps the iterate's multipliers, no longer matched to the polished
-    predictions (measured at 128x16x128: its dual norm 1.5e-6 above beta, a gap of 1.4e-6 for a
-    point whose objective is below the iterate's). The hinge loss (``margins``): samples move the same
-    way between the margin and the sides (alpha below 0 or above 1 leaves the margin; a sample whose
-    y f crosses 1 joins it). ``A_norm``: ||A||_2 if at hand. Returns (W, G, the margins at the polished
-    point)."""
+    certified gap is no larger than the interior-point method's ``gap``; else None. The gap is measured
+    against the larger of the dual bound at the polish's own multipliers and ``lower_bound`` (the
+    interior-point method's: a bound on the optimum whatever the point). The own bound alone can be the
+    weaker one: a group shrinking to zero that the polish drops keeps the iterate's multipliers, no
+    longer matched to the polished predictions (measured at 128x16x128: its dual norm 1.5e-6 above beta,
+    a gap of 1.4e-6 for a point whose objective is below the iterate's). The hinge loss (``margins``):
+    samples move the same way between the margin and the sides (alpha below 0 or above 1 leaves the
+    margin; a sample whose y f crosses 1 joins it). ``A_norm``: ||A||_2 if at hand. Returns (W, G, the
+    margins at the polished point)."""
     system, active = _active_system(A, y, beta, masks, W, G, rows, loss, margins, A_norm)
     if system is None:
         return None
@@ -347,7 +347,8 @@ def _polish(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.T
         # refused a small group's active rows at that same precision: 9e-12 ||W_j|| at ||W_j|| = 0.02)
         Z = A @ W_J
         slack = (2 * system.M - 1) * Z
-        negative, violated = _least_held(system.rows & (G_J < -tolerance), held), ~system.rows & (slack < -tolerance)
+        negative = _least_held(system.rows & (G_J < -tolerance), held)
+        violated = ~system.rows & (slack < -tolerance)
         margins = None if c_J is None else system.margins.with_margin_values(c_J)
         moved = False
         if margins is not None:
