@@ -458,14 +458,12 @@ def polish_episode(problem: ConvexBNProblem, result: InteriorPointResult, groups
     A_norm = float(problem.spectral_norms[b])
     norms = torch.linalg.norm(result.W[b], dim=-1)
     margins = margins_of(result, b)
+    # the thresholds SMALL_GROUP_RTOLS, then each group norm between them, smallest first
+    low, high = (rtol * norms.max() for rtol in (SMALL_GROUP_RTOLS[0], SMALL_GROUP_RTOLS[-1]))
+    band = groups[b] & (norms > low) & (norms <= high)
+    thresholds = [rtol * norms.max() for rtol in SMALL_GROUP_RTOLS] + torch.sort(norms[band]).values.tolist()
     attempts = [groups[b]]
-    for rtol in SMALL_GROUP_RTOLS:
-        larger = groups[b] & (norms > rtol * norms.max())
-        if not torch.equal(larger, attempts[-1]):
-            attempts.append(larger)
-    # then every threshold between the two: each group in that band, smallest first, with the smaller ones
-    band = groups[b] & (norms > SMALL_GROUP_RTOLS[0] * norms.max()) & (norms <= SMALL_GROUP_RTOLS[-1] * norms.max())
-    for threshold in torch.sort(norms[band]).values.tolist():
+    for threshold in thresholds:
         larger = groups[b] & (norms > threshold)
         if not any(torch.equal(larger, other) for other in attempts):
             attempts.append(larger)
