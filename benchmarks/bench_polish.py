@@ -127,7 +127,9 @@ def gradient_difference(block: ConvexBNReLU, H: torch.Tensor, y: torch.Tensor, g
         return block._patterns(block._rows(U, S_values, n))
 
     H_var, y_var = H.clone().requires_grad_(True), y.clone().requires_grad_(True)
-    grad_H, grad_y, grad_beta = torch.autograd.grad(value(H_var, y_var), [H_var, y_var, block.log_beta])
+    base = value(H_var, y_var)
+    grad_H, grad_y, grad_beta = torch.autograd.grad(base, [H_var, y_var, block.log_beta])
+    center = base.detach()  # every move's value at step 0
     with torch.no_grad():
         jumps = not all(torch.equal(patterns(H + sign * 1e-6 * along_H), patterns(H)) for sign in (1, -1))
         moves = [] if jumps else [(grad_H * along_H, lambda h: value(H + h * along_H, y))]
@@ -138,7 +140,6 @@ def gradient_difference(block: ConvexBNReLU, H: torch.Tensor, y: torch.Tensor, g
         for terms, moved in moves:
             analytic = terms.sum()
             at = {h: moved(h) for h in (1e-4, 1e-5, 1e-6, 1e-7, -1e-4, -1e-5, -1e-6, -1e-7)}
-            center = moved(0.0)
             numeric = [(at[h] - at[-h]) / (2 * h) for h in (1e-6, 1e-7)]
             for side in (1, -1):  # one-sided D(h) = g + c h + O(h^2): g = (10 D(h / 10) - D(h)) / 9
                 one_sided = {h: (at[side * h] - center) / (side * h) for h in (1e-4, 1e-5)}
