@@ -171,12 +171,19 @@ def test_block_solve_inverts_the_dense_group_blocks() -> None:
 
 def test_newton_blocks_regularized_only_within_rounding() -> None:
     """A block singular to rounding gets a tiny diagonal shift; an indefinite one raises
-    Breakdown, which stops the interior-point method instead of returning a wrong step."""
+    Breakdown naming its program, which stops there instead of returning a wrong step."""
     singular = torch.tensor([[[1.0, 1.0], [1.0, 1.0]]], dtype=f64)
     L = cholesky(singular)
     assert torch.allclose(L @ L.transpose(1, 2), singular, atol=1e-6)
     with pytest.raises(Breakdown):
         cholesky(torch.tensor([[[1.0, 0.0], [0.0, -1.0]]], dtype=f64))
+    blocks = torch.eye(2, dtype=f64).repeat(3, 4, 1, 1)  # (programs, groups, 2, 2)
+    blocks[1, 2, 1, 1] = -1.0
+    with pytest.raises(Breakdown) as failure:
+        cholesky(blocks)
+    assert failure.value.programs.tolist() == [False, True, False]  # the program, whichever of its blocks
+    chosen = torch.tensor([True, False, True, False, True])  # those three were programs 0, 2 and 4 of a batch
+    assert failure.value.within(chosen).programs.tolist() == [False, False, True, False, False]
 
 
 def test_newton_system_chooses_its_route_per_program(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -103,6 +103,36 @@ def test_stopped_programs_leave_the_batch(monkeypatch: pytest.MonkeyPatch) -> No
     assert bool(together.converged.all())
 
 
+def test_a_program_that_breaks_down_stops_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where one program's Newton matrix loses definiteness (here its group blocks made indefinite from
+    its fifth factorization on), that program stops at its best iterate, unconverged, and the others run
+    on to the answers they get alone (before, the whole batch stopped with it)."""
+    import convexnorm.solvers.newton as newton
+
+    items = [program(seed, 30, 3, 12, "squared") for seed in (0, 5, 6)]
+    poisoned = float(items[1][2][0])
+    factorizations = []
+    original = newton._Woodbury.__init__
+
+    def failing(self, problem, scaling, rows_part, curvature):
+        hit = problem.y[:, 0] == poisoned
+        factorizations.append(bool(hit.any()))
+        if sum(factorizations) >= 5:
+            rows_part[hit] -= 1e30 * torch.eye(rows_part.shape[-1], dtype=rows_part.dtype)
+        original(self, problem, scaling, rows_part, curvature)
+
+    monkeypatch.setattr(newton._Woodbury, "__init__", failing)
+    together = interior_point(ConvexBNProblem.from_arrays(items, 0.2, "squared"))
+    monkeypatch.undo()
+    assert together.converged.tolist() == [True, False, True]
+    assert int(together.iterations[1]) == 3  # factorized for its initial point and three steps, then broke down
+    for index in (0, 2):
+        alone = interior_point(ConvexBNProblem.from_arrays([items[index]], 0.2, "squared"))
+        assert int(together.iterations[index]) == int(alone.iterations[0])
+        assert abs(float(together.criteria.objective[index] - alone.criteria.objective[0])) \
+            <= 1e-12 * float(alone.criteria.objective[0])
+
+
 def episodes(B: int = 3, n: int = 12, d: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     H = torch.randn(B, n, d, generator=generator, dtype=torch.float64)

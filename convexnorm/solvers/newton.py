@@ -47,17 +47,31 @@ REFINEMENT_STEPS = 1
 
 
 class Breakdown(ArithmeticError):
-    """The Newton matrix lost definiteness beyond regularization (float64's limit)."""
+    """The Newton matrix lost definiteness beyond regularization (float64's limit) in the programs
+    ``programs`` (a boolean mask over the leading, program dimension of the matrices factorized)."""
+
+    def __init__(self, programs: torch.Tensor) -> None:
+        super().__init__(f"the Newton system is not positive definite in program(s) "
+                         f"{torch.nonzero(programs).flatten().tolist()[:10]}")
+        self.programs = programs
+
+    def within(self, chosen: torch.Tensor) -> "Breakdown":
+        """The same breakdown numbered in a batch of which the failing matrices were the programs
+        ``chosen`` (a boolean mask over that batch)."""
+        programs = torch.zeros_like(chosen)
+        programs[chosen] = self.programs
+        return Breakdown(programs)
 
 
 def cholesky(H: torch.Tensor) -> torch.Tensor:
     """Batched Cholesky factor; matrices that lost definiteness to rounding get a diagonal
-    shift of up to 1e-8 of their largest diagonal entry, else Breakdown."""
+    shift of up to 1e-8 of their largest diagonal entry, else Breakdown (naming the programs, the
+    leading dimension, that hold such a matrix)."""
     L, info = torch.linalg.cholesky_ex(H)
     jitter = 1e-14
     while bool((info > 0).any()):
         if jitter > 1e-8:
-            raise Breakdown("the Newton system is not positive definite")
+            raise Breakdown((info > 0).reshape(info.shape[0], -1).any(1))
         bad = info > 0
         H = H.clone()
         H[bad] += (jitter * H[bad].diagonal(dim1=-2, dim2=-1).amax(-1))[..., None, None] * torch.eye(
@@ -195,7 +209,8 @@ class NewtonSystem:
     def __init__(self, problem: ConvexBNProblem, x: Primal, s: Conic, z: Conic,
                  scaling: NTScaling | None = None, dense_curvature: float | None = None) -> None:
         """``scaling``: V of the cones (default: the Nesterov-Todd scaling of s.cones, z.cones);
-        the orthant parts are scaled by z / s. ``dense_curvature``: default DENSE_CURVATURE."""
+        the orthant parts are scaled by z / s. ``dense_curvature``: default DENSE_CURVATURE. Breakdown
+        names the programs of this batch whose matrix lost definiteness."""
         self.problem = problem
         A, masks = problem.A, problem.masks
         batch, n, k = A.shape
@@ -217,13 +232,19 @@ class NewtonSystem:
         if bool(self.dense.any()):
             H = self.scaling.inverse_square()[self.dense]
             H[..., 1:, 1:] += rows_part[self.dense]
-            self.dense_factor = _dense_factor(problem.select(self.dense), H, self.curvature[self.dense])
+            try:
+                self.dense_factor = _dense_factor(problem.select(self.dense), H, self.curvature[self.dense])
+            except Breakdown as failure:
+                raise failure.within(self.dense) from None
         if not bool(self.dense.all()):
             if bool(self.dense.any()):
                 sparse = ~self.dense
-                self.woodbury = _Woodbury(problem.select(sparse), NTScaling(self.scaling.eta[sparse],
-                                                                            self.scaling.w[sparse]),
-                                          rows_part[sparse], self.curvature[sparse])
+                try:
+                    self.woodbury = _Woodbury(problem.select(sparse), NTScaling(self.scaling.eta[sparse],
+                                                                                self.scaling.w[sparse]),
+                                              rows_part[sparse], self.curvature[sparse])
+                except Breakdown as failure:
+                    raise failure.within(sparse) from None
             else:
                 self.woodbury = _Woodbury(problem, self.scaling, rows_part, self.curvature)
 
