@@ -3,6 +3,8 @@ against one-by-one, and the block on it (episodes, gradients, bad input)."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -40,6 +42,38 @@ def test_interior_point_matches_clarabel(loss: str, seed: int, n: int, d: int, P
     objective = float(result.criteria.objective[0])
     assert abs(objective - reference.objective) <= 1e-6 * reference.objective
     assert float(result.criteria.lower_bound[0]) <= reference.objective * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("loss", ["squared", "logistic", "hinge"])
+def test_a_zero_optimum_is_certified_where_the_initial_point_does_not_certify_it(loss: str) -> None:
+    """beta above every group's dual norm at the optimum, but not at the initial point's multipliers:
+    the iterates converge to W = 0 with a violation relative to their own size that does not vanish
+    (before: 100 iterations, W ~ 1e-124, gap 0, violation ~1e-3, not converged); the zero network is
+    taken once the iterate's lower bound certifies it."""
+    U_prime, patterns, y = program(0, 30, 3, 12, loss)
+    result = interior_point(ConvexBNProblem.from_arrays([(U_prime, patterns, y)], 3.0, loss))
+    assert bool(result.converged.all()) and 0 < int(result.iterations[0]) < 20
+    assert float(result.W.abs().max()) == 0 and float(result.criteria.violation[0]) == 0
+    reference = solve_convex_program(U_prime, patterns.astype(bool), y, 3.0, loss, "clarabel", "test",
+                                     tight_first=True)
+    assert abs(float(result.criteria.objective[0]) - reference.objective) <= 1e-6 * reference.objective
+
+
+@pytest.mark.parametrize("estimator, beta", [("ConvexBNRegressor", 10.0), ("ConvexBNClassifier", 3.0)])
+def test_estimators_fit_the_zero_network_where_beta_is_large(estimator: str, beta: float) -> None:
+    """The estimators on that path: W = 0 is the optimum (Clarabel agrees), and solver="torch" fits it
+    (before: SolverError after 100 iterations, relative gap 0)."""
+    from sklearn.datasets import load_diabetes
+
+    X, y = load_diabetes(return_X_y=True)
+    X, y = X[:120], (y[:120] - y[:120].mean()) / y[:120].std()
+    settings = dict(beta=beta, patterns=30, random_state=0)
+    if estimator == "ConvexBNClassifier":
+        y, settings["loss"] = np.where(y > 0, 1, -1), "logistic"
+    native = getattr(cn, estimator)(**settings, solver="torch").fit(X, y)
+    reference = getattr(cn, estimator)(**settings).fit(X, y)
+    assert native.n_neurons_ == reference.n_neurons_ == 0
+    assert abs(native.objective_ - reference.objective_) <= 1e-6 * reference.objective_
 
 
 @pytest.mark.parametrize("loss", ["squared", "logistic", "hinge"])
@@ -216,7 +250,6 @@ def test_block_episode_workers_name_the_episodes(monkeypatch: pytest.MonkeyPatch
                                                  caplog: pytest.LogCaptureFixture) -> None:
     """With the episodes split over workers, errors and warnings number them in the whole batch,
     and a bad number of workers is a ValueError naming the block."""
-    import logging
 
     import convexnorm.solvers.implicit as implicit
 
@@ -293,6 +326,38 @@ def test_block_gradients_agree_with_cvxpylayers(loss: str) -> None:
         assert torch.linalg.norm(native - reference) <= 1e-5 * torch.linalg.norm(reference)
 
 
+@pytest.mark.parametrize("loss", ["squared", "logistic", "hinge"])
+@pytest.mark.parametrize("beta", [3.0, 10.0])
+def test_block_zero_network_where_beta_is_large(loss: str, beta: float, caplog: pytest.LogCaptureFixture) -> None:
+    """beta past every group's dual norm: the optimum is W = 0 (certified at the initial point for beta = 10,
+    after a few iterations for beta = 3). The native block returns it with no polish to refuse (before: a
+    warning, and for the logistic loss at beta = 2 on a 64x8x64 batch a SolverError), predictions and their
+    gradients exactly zero; the cvxpylayers block, whose solution is zero only to its solver's accuracy, no
+    longer fails its feasibility check relative to that solution's own size, and agrees."""
+    H, y = episodes(B=1)
+    H, y = H[0], y[0]
+    if loss != "squared":
+        y = torch.where(y > 0, 1.0, -1.0).double()
+    H_query = torch.randn(5, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    results = {}
+    for solver, args in (("cvxpylayers", {"eps_abs": 1e-12, "eps_rel": 1e-12, "max_iters": 1_000_000}),
+                         ("torch", {})):
+        block = ConvexBNReLU(3, beta=beta, n_patterns=10, learnable_beta=True, loss=loss, solver=solver,
+                             solver_options=args)
+        H_var, y_var = H.clone().requires_grad_(True), y.clone().requires_grad_(True)
+        with caplog.at_level(logging.WARNING, logger="convexnorm"):
+            predictions, objective = block(H_var, y_var, H_query=H_query, return_objective=True)
+        value = predictions.sum() + 0.3 * objective
+        results[solver] = (predictions.detach(), objective.detach(),
+                           *torch.autograd.grad(value, [H_var, y_var, block.log_beta]))
+    assert "polish was refused" not in caplog.text
+    predictions, objective, grad_H, grad_y, grad_log_beta = results["torch"]
+    assert float(predictions.abs().max()) == 0 and float(grad_H.abs().max()) == 0 and float(grad_log_beta) == 0
+    assert torch.allclose(grad_y, 0.3 * y if loss == "squared" else torch.zeros_like(y), rtol=1e-12, atol=0)
+    for reference, native in zip(results["cvxpylayers"], results["torch"]):  # zero, or a loss's value at zero
+        assert torch.linalg.norm(native - reference) <= 1e-6 * max(float(torch.linalg.norm(reference)), 1.0)
+
+
 @pytest.mark.parametrize("loss, seed, size", [("squared", 0, "32x6x32"), ("logistic", 0, "32x6x32"),
                                              ("hinge", 0, "32x6x32"), ("squared", 1000, "32x6x32"),
                                              ("hinge", 2016, "96x12x48"), ("squared", 6139, "48x4x96")])
@@ -312,7 +377,6 @@ def test_block_gradients_match_central_differences(loss: str, seed: int, size: s
     refused, with a warning, and the gradients were 72% off (measured). Seed 6139 at 48 x 4 x 96: a group
     shrinking to zero at 7.5e-5 of the largest beside an active one at 7.6e-4, which no guess with the
     thresholds SMALL_GROUP_RTOLS alone separated (refused, with a warning, also after resuming)."""
-    import logging
 
     n, d, P = (int(v) for v in size.split("x"))
     H, y = episodes(B=1, n=n, d=d, seed=seed)
@@ -562,7 +626,6 @@ def test_block_logs_the_episodes_whose_polish_was_refused(monkeypatch: pytest.Mo
     """Where the polish is refused (also after the interior-point method resumed) the block still
     returns the interior-point solution, and says so: a warning naming the block and the episodes
     (their gradients rest on unpolished active sets)."""
-    import logging
 
     import convexnorm.solvers.implicit as implicit
 
@@ -589,7 +652,6 @@ def test_refused_polish_resumes_the_interior_point_method(monkeypatch: pytest.Mo
     warning; without the resumption the block warns. (The batches this test used before, 128 x 16 x 128
     of seed 110 and a logistic 48 x 4 x 96 of seed 3017, now polish at the first solve: ``_least_held``
     and the group thresholds between SMALL_GROUP_RTOLS.)"""
-    import logging
 
     import convexnorm.solvers.implicit as implicit
 
@@ -615,7 +677,6 @@ def test_refused_polish_keeps_the_tightest_iterate(monkeypatch: pytest.MonkeyPat
     the resumed iterate (certified to 1e-2 of the tolerance), not the first solve's: at tol 1e-4
     its objective is within 1e-6 of the polished optimum (measured 4.9e-9; the first solve's
     9.8e-6)."""
-    import logging
 
     import convexnorm.solvers.implicit as implicit
 

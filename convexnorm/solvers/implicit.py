@@ -453,8 +453,11 @@ def polish_episode(problem: ConvexBNProblem, result: InteriorPointResult, groups
     first (each distinct set once; a group shrinking to zero at 9.6e-5 of the largest beside an active
     one at 8.6e-4, measured at 80x10x80), and where all are refused, with the
     parallel groups of each set merged (``_merged_parallel_groups``: one neuron split between two
-    patterns, where the active-set system is singular)."""
+    patterns, where the active-set system is singular). The zero network (W = 0 certified by the
+    interior-point method: no active group, nothing to polish) is returned as it is."""
     b = episode
+    if not bool(result.W[b].any()):
+        return _iterate_solution(result, rows, b)
     A_norm = float(problem.spectral_norms[b])
     norms = torch.linalg.norm(result.W[b], dim=-1)
     margins = margins_of(result, b)

@@ -267,7 +267,15 @@ def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = I
                                  [part.select(stopped) for part in (best.x, best.s, best.z, best.criteria)])
 
     for iteration in range(settings.max_iterations):
-        done = done | measured.met(settings.tol, settings.violation_tol) | (best.stalled >= settings.patience)
+        met = measured.met(settings.tol, settings.violation_tol)
+        # iterates converging to W = 0 keep a violation relative to their own size however small W gets
+        # (measured: 5e-4 at ||W|| = 1e-124 after 100 iterations, gap 0): W = 0 stops a program where
+        # the iterate's lower bound certifies it and the iterate itself does not meet the test
+        at_zero = Criteria.of(at_zero.objective, measured.lower_bound, at_zero.violation)
+        zero_met = ~(done | met) & at_zero.met(settings.tol, settings.violation_tol)
+        if bool(zero_met.any()):
+            best.take(zero_met, zero, at_zero)
+        done = done | met | zero_met | (best.stalled >= settings.patience)
         if logger.isEnabledFor(logging.DEBUG):  # its arguments synchronize with the device
             logger.debug("interior point: iteration %d, %d of %d stopped, largest gap %.2e", iteration,
                          batch - len(running) + int(done.sum()), batch, float(measured.relative_gap.max()))
@@ -277,7 +285,8 @@ def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = I
                 settle(done)
                 keep = ~done
                 running, problem, best, done = running[keep], problem.select(keep), best.select(keep), done[keep]
-                x, s, z, measured, r_x, r_z = (part.select(keep) for part in (x, s, z, measured, r_x, r_z))
+                x, s, z, measured, r_x, r_z, zero, at_zero = (part.select(keep) for part in
+                                                              (x, s, z, measured, r_x, r_z, zero, at_zero))
             try:
                 system = NewtonSystem(problem, x, s, z, dense_curvature=settings.dense_curvature)
                 break
@@ -379,6 +388,10 @@ class _Best:
     def score(self, measured: Criteria) -> torch.Tensor:
         return torch.where(measured.violation <= self.violation_tol, measured.relative_gap,
                            torch.full_like(measured.relative_gap, float("inf")))
+
+    def take(self, chosen: torch.Tensor, x: Primal, measured: Criteria) -> None:
+        """The point x with its criteria as the best of the programs ``chosen`` (their s and z kept)."""
+        self.x, self.criteria = x.where(chosen, self.x), measured.where(chosen, self.criteria)
 
     def update(self, x: Primal, s: Conic, z: Conic, measured: Criteria) -> None:
         old, new = self.score(self.criteria), self.score(measured)

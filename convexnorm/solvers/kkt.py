@@ -232,6 +232,11 @@ class Criteria(_Vector):
     relative_gap: torch.Tensor
     violation: torch.Tensor
 
+    @classmethod
+    def of(cls, objective: torch.Tensor, lower_bound: torch.Tensor, violation: torch.Tensor) -> "Criteria":
+        """The criteria of a point with this objective and violation against this lower bound."""
+        return cls(objective, lower_bound, (objective - lower_bound) / objective.abs().clamp_min(1e-12), violation)
+
     def met(self, tol: float, violation_tol: float) -> torch.Tensor:
         """Which programs are solved: certified gap <= tol and violation <= violation_tol."""
         return (self.relative_gap <= tol) & (self.violation <= violation_tol)
@@ -258,6 +263,4 @@ def bounded_criteria(problem: ConvexBNProblem, W: torch.Tensor, lower_bound: tor
     """The criteria of neurons W against a given lower bound on the optimum (one per program;
     ``rows``: A W_j of every group if already at hand)."""
     rows = problem.rows(W) if rows is None else rows
-    objective = problem.objective(W, rows)
-    gap = (objective - lower_bound) / objective.abs().clamp_min(1e-12)
-    return Criteria(objective, lower_bound, gap, problem.violation(W, rows))
+    return Criteria.of(problem.objective(W, rows), lower_bound, problem.violation(W, rows))
