@@ -358,6 +358,40 @@ def test_block_zero_network_where_beta_is_large(loss: str, beta: float, caplog: 
         assert torch.linalg.norm(native - reference) <= 1e-6 * max(float(torch.linalg.norm(reference)), 1.0)
 
 
+@pytest.mark.parametrize("loss", ["squared", "logistic", "hinge"])
+def test_block_gradients_of_duplicate_samples(loss: str) -> None:
+    """A batch of 12 samples, each twice: moving one copy off the other is a kink (one-sided derivatives
+    -0.37 and 1.46 along the direction below, squared loss), and the two copies' gradients are determined
+    only in sum. The native block shares them evenly, as the cvxpylayers path does, so its derivative along a
+    direction that separates the copies lies between the one-sided ones (squared loss: 0.546, their mean);
+    before, the multipliers sat on one copy and relu's derivative on the neurons' hyperplanes followed the
+    rounding (-0.48, outside them)."""
+    generator = torch.Generator().manual_seed(0)
+    H = torch.randn(24, 3, generator=generator, dtype=torch.float64)
+    y = torch.sin(2 * H[:, 0]) + H[:, 1] * H[:, 2]
+    H, y = torch.cat([H[:12], H[:12]]), torch.cat([y[:12], y[:12]])
+    if loss != "squared":
+        y = torch.where(y > 0, 1.0, -1.0).double()
+    direction = torch.randn(24, 3, generator=generator, dtype=torch.float64)
+    gradients = {}
+    for solver, args in (("cvxpylayers", {"eps_abs": 1e-12, "eps_rel": 1e-12, "max_iters": 1_000_000}),
+                         ("torch", {})):
+        torch.manual_seed(0)
+        block = ConvexBNReLU(3, beta=0.05, n_patterns=8, loss=loss, solver=solver, solver_options=args)
+        H_var = H.clone().requires_grad_(True)
+        block(H_var, y).sum().backward()
+        gradients[solver] = H_var.grad
+    native, reference = gradients["torch"], gradients["cvxpylayers"]
+    assert torch.allclose(native[:12], native[12:], rtol=1e-9, atol=1e-9 * float(native.abs().max()))
+    assert torch.linalg.norm(native - reference) <= 1e-5 * torch.linalg.norm(reference)
+    with torch.no_grad():  # the one-sided derivatives along the direction, which a gradient at a kink lies between
+        value = [float(block(H + step * direction, y).sum()) for step in (-1e-6, 0.0, 1e-6)]
+    sides = sorted([(value[2] - value[1]) / 1e-6, (value[1] - value[0]) / 1e-6])
+    slack = 1e-5 * max(abs(sides[0]), abs(sides[1]), 1.0)
+    assert sides[1] - sides[0] > 0.1  # a kink indeed
+    assert sides[0] - slack <= float((native * direction).sum()) <= sides[1] + slack
+
+
 @pytest.mark.parametrize("loss, seed, size", [("squared", 0, "32x6x32"), ("logistic", 0, "32x6x32"),
                                              ("hinge", 0, "32x6x32"), ("squared", 1000, "32x6x32"),
                                              ("hinge", 2016, "96x12x48"), ("squared", 6139, "48x4x96")])
@@ -749,6 +783,26 @@ def test_parallel_groups_of_one_sign_merge_into_the_larger() -> None:
     assert torch.allclose(merged[1], W[0] + W[1]) and torch.equal(merged[0], torch.zeros(3).double())
     assert torch.equal(merged[2:], W[2:] * chosen[2:, None])
     assert _merged_parallel_groups(W, torch.tensor([True, False, True, True, False, False])) is None
+
+
+def test_duplicate_rows_share_their_multipliers() -> None:
+    """``_duplicates_shared``: rows of A equal to rounding form a set whose A rows, multipliers and (for equal
+    y) margin alphas become the set's means; distinct rows, however the distances round, are left alone."""
+    from convexnorm.solvers.implicit import _duplicates_shared, _Margins
+
+    generator = torch.Generator().manual_seed(0)
+    A = torch.randn(40, 7, generator=generator, dtype=torch.float64)
+    G, y = torch.rand(40, 6, generator=generator, dtype=torch.float64), torch.ones(40, dtype=torch.float64)
+    margins = _Margins(torch.rand(40, generator=generator, dtype=torch.float64), torch.ones(40, dtype=torch.bool))
+    same = _duplicates_shared(A, y, G, margins)
+    assert same[0] is A and same[1] is G and same[2] is margins
+    A[5], A[9] = A[30], A[30] + 1e-16  # rows 5, 9 and 30: one sample three times
+    y[9] = -1.0  # row 9 another label: its margin alpha apart
+    A_shared, G_shared, shared = _duplicates_shared(A, y, G, margins)
+    assert torch.allclose(G_shared[[5, 9, 30]], G[[5, 9, 30]].mean(0).expand(3, 6), rtol=1e-15)
+    assert torch.equal(G_shared[:5], G[:5]) and torch.equal(A_shared[:5], A[:5])
+    assert float(shared.alpha[5]) == float(shared.alpha[30]) == float(margins.alpha[[5, 30]].mean())
+    assert float(shared.alpha[9]) == float(margins.alpha[9])
 
 
 def test_a_correction_drops_the_least_held_negative_row_of_each_group() -> None:

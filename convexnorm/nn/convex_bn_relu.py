@@ -189,18 +189,17 @@ class ConvexBNReLU(nn.Module):
             defaults = {"tol": HINGE_BLOCK_TOL, "dense_curvature": HINGE_DENSE_CURVATURE}
         return (*native_settings(options, "ConvexBNReLU", (WORKERS,), **defaults), workers)
 
-    def _solve_episodes(self, U_prime: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """S and T (B, k, P) of the episodes' programs, by the batched interior-point method."""
-        masks = self._patterns(U_prime)
+    def _solve_episodes(self, U_prime: Tensor, y: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+        """S and T (B, k, P) of the episodes' programs (patterns ``masks``), by the batched interior-point
+        method."""
         settings, threads, workers = self._native_settings()
         beta = self.beta.to(U_prime).expand(U_prime.shape[0])
         W = InteriorPointSolve.apply(U_prime, y, beta, masks, self.loss, settings, "ConvexBNReLU", threads, workers)
         P = self.n_patterns
         return W[:, :P].transpose(-1, -2), W[:, P:].transpose(-1, -2)
 
-    def _solve(self, U_prime: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def _solve(self, U_prime: Tensor, y: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
         n, r_prime = U_prime.shape
-        masks = self._patterns(U_prime)
         rows = y[:, None] * U_prime if self.loss in MARGIN_LOSSES else U_prime
         DU = [masks[:, i : i + 1] * rows for i in range(self.n_patterns)]
         SU = [(2 * masks[:, i : i + 1] - 1) * U_prime for i in range(self.n_patterns)]
@@ -246,17 +245,26 @@ class ConvexBNReLU(nn.Module):
         n = H.shape[1]
         whitened = [self._whiten(H64[b], None if single else b) for b in range(H.shape[0])]
         U_prime = torch.stack([self._rows(U, S_values, n) for _, U, S_values, _ in whitened])
+        masks = self._patterns(U_prime)
         if self.solver == "torch":
-            S, T = self._solve_episodes(U_prime, y64)
+            S, T = self._solve_episodes(U_prime, y64, masks)
         else:
-            S, T = self._solve(U_prime[0], y64[0])
+            S, T = self._solve(U_prime[0], y64[0], masks[0])
             S, T = S[None], T[None]
 
         def network(rows: Tensor) -> Tensor:
             return torch.relu(rows @ S).sum(-1) - torch.relu(rows @ T).sum(-1)
 
+        def fitted_network(rows: Tensor) -> Tensor:
+            """``network`` on the batch's own rows, differentiated through their patterns: (u'_i s_j)_+ has the
+            derivative M_ij, the sign the program's constraints give it. The same as relu's at every row off
+            a neuron's hyperplane; on it (an active constraint, u'_i s_j = 0 to rounding) relu's derivative
+            was 0 or 1 by the sign of the rounding, which split the gradient of duplicate samples unevenly."""
+            linear = (masks * (rows @ S - rows @ T)).sum(-1)
+            return network(rows).detach() + (linear - linear.detach())
+
         if H_query is None:
-            predictions = network(U_prime)
+            predictions = fitted_network(U_prime)
         else:
             query = H_query.to(solve_on, torch.float64)
             predictions = network(torch.stack([
@@ -264,7 +272,7 @@ class ConvexBNReLU(nn.Module):
                 for b, (mean, _, S_values, V) in enumerate(whitened)]))
         if not return_objective:
             return predictions, None
-        fitted = predictions if H_query is None else network(U_prime)
+        fitted = predictions if H_query is None else fitted_network(U_prime)
         penalty = torch.linalg.norm(S, dim=-2).sum(-1) + torch.linalg.norm(T, dim=-2).sum(-1)
         return predictions, loss_terms(self.loss, fitted, y64).sum(-1) + self.beta.to(solve_on) * penalty
 

@@ -75,6 +75,9 @@ SMALL_GROUP_RTOLS = (1e-5, 1e-3)
 #: system singular there. The polish's further guesses merge such groups into the larger one (measured at
 #: 32x6x32: two groups at cosine 1 - 3.6e-7, the reduced system's smallest eigenvalue 3.4e-9 of 5.8).
 PARALLEL_GROUP_COSINE = 1 - 1e-5
+#: Rows of A closer than this fraction of its largest row's norm are duplicates (``_duplicates_shared``):
+#: duplicate samples differ after whitening by rounding (1.5e-16 measured).
+DUPLICATE_RTOL = 1e-10
 #: The smooth losses' reduced active-set systems are solved by Cholesky up to this diagonal spread of
 #: its factor (``_reduced_solve``). On the sweep's 12 smooth-loss programs (block sizes, two seeds) every
 #: such system factored, with spreads of at most 3.1e3 and condition numbers of at most 6.7e4; at
@@ -399,6 +402,7 @@ def _episode_vjp(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: to
     """(dL/dA, dL/dy, dL/dbeta) of one episode: W (k, 2P), G (n, 2P), grad_W (k, 2P). The adjoint v
     solves J_u^T v = (grad_W, 0), i.e. K v_W + C^T v_R = grad_W, C v_W = 0; the gradient is
     -v^T dF/dtheta (one vector-Jacobian product of the residual). ``A_norm``: ||A||_2 if at hand."""
+    A, G, margins = _duplicates_shared(A, y, G, margins)
     system, active = _active_system(A, y, beta, masks, W, G, G > 0, loss, margins, A_norm)
     if system is None:
         return torch.zeros_like(A), torch.zeros_like(y), torch.zeros_like(beta)
@@ -410,6 +414,39 @@ def _episode_vjp(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: to
     with torch.enable_grad():  # one vector-Jacobian product of the residual (torch.func.vjp: 0.9 ms, this 0.55)
         return torch.autograd.grad(system.residual(system.W, system.G, *data, on_margin), data, -v,
                                    allow_unused=True, materialize_grads=True)
+
+
+def _duplicates_shared(A: torch.Tensor, y: torch.Tensor, G: torch.Tensor, margins: _Margins | None
+                       ) -> tuple[torch.Tensor, torch.Tensor, _Margins | None]:
+    """A (n, k), G (n, 2P) and the hinge loss's margins with each set of duplicate rows of A (within
+    DUPLICATE_RTOL of the largest row's norm: duplicate samples, equal after whitening only to rounding)
+    replaced by its mean, in A and in the multipliers G, and each such set of equal y in the margins'
+    alpha: such rows are one constraint in every group (and, with equal y, one margin equation), so only the
+    sum of their multipliers is determined, and the mean is the minimum-norm split. A duplicate pair is a
+    kink of the solution in A (moving one copy off the other activates one side). Where the active rows held
+    only one copy (at most k - 1 rows per group, ``active_sets``), the backward's derivative along a direction
+    that separates them was outside the two one-sided ones (-0.48 against -0.37 and 1.46, measured on a
+    24x3x8 batch of 12 duplicated samples); with the means it is their average, as the cvxpylayers path
+    gives (the hinge loss: its copies' alpha 1.6e-6 apart, their gradients 1.9e-4)."""
+    # the differences themselves (the product form of the distances is off by ~1e-8 even on the diagonal)
+    distances = torch.cdist(A, A, compute_mode="donot_use_mm_for_euclid_dist")
+    close = distances <= DUPLICATE_RTOL * float(torch.linalg.norm(A, dim=1).max())
+    if int(close.sum()) == len(A):  # each row close to itself alone
+        return A, G, margins
+    A, G = (_set_means(close, values) for values in (A, G))
+    if margins is not None:
+        alpha = _set_means(close & (y[:, None] == y[None, :]), margins.alpha[:, None])[:, 0]
+        margins = _Margins(alpha, margins.margin)
+    return A, G, margins
+
+
+def _set_means(close: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``values`` (n, m) with each row replaced by the mean over its set, the rows ``close`` (n, n) to the
+    first row close to it."""
+    first = close.to(torch.int8).argmax(1)
+    counts = torch.zeros(len(values), dtype=values.dtype, device=values.device).index_add_(
+        0, first, torch.ones_like(values[:, 0]))
+    return (torch.zeros_like(values).index_add_(0, first, values) / counts.clamp_min(1)[:, None])[first]
 
 
 def active_sets(result: InteriorPointResult) -> tuple[torch.Tensor, torch.Tensor]:
