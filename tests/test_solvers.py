@@ -76,6 +76,22 @@ def test_estimators_fit_the_zero_network_where_beta_is_large(estimator: str, bet
     assert abs(native.objective_ - reference.objective_) <= 1e-6 * reference.objective_
 
 
+def test_clarabel_fits_targets_far_from_unit_size() -> None:
+    """y of size 1e5 at beta = 0.1: Clarabel reported the program infeasible (its tolerances are absolute);
+    solved in units of y's root mean square it fits, with 1e10 times the objective of the same program in
+    y's units (beta / 1e5), as the native method does."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 4))
+    y = np.sin(2 * X[:, 0]) + X[:, 1] * X[:, 2]
+    settings = dict(patterns=20, random_state=0)
+    large = cn.ConvexBNRegressor(beta=0.1, **settings).fit(X, 1e5 * y)
+    unit = cn.ConvexBNRegressor(beta=1e-6, **settings).fit(X, y)
+    native = cn.ConvexBNRegressor(beta=0.1, solver="torch", **settings).fit(X, 1e5 * y)
+    assert abs(large.objective_ - 1e10 * unit.objective_) <= 1e-6 * large.objective_
+    assert abs(large.objective_ - native.objective_) <= 1e-6 * large.objective_
+    assert np.allclose(large.predict(X), 1e5 * unit.predict(X), rtol=0, atol=1e-4 * 1e5 * np.abs(y).max())
+
+
 @pytest.mark.parametrize("loss", ["squared", "logistic", "hinge"])
 def test_batched_solves_equal_one_by_one(loss: str) -> None:
     items = [program(seed, 30, 3, 12, loss) for seed in range(3)]
