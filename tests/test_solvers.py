@@ -374,6 +374,26 @@ def test_block_zero_network_where_beta_is_large(loss: str, beta: float, caplog: 
         assert torch.linalg.norm(native - reference) <= 1e-6 * max(float(torch.linalg.norm(reference)), 1.0)
 
 
+def test_block_polishes_at_small_beta(caplog: pytest.LogCaptureFixture) -> None:
+    """beta = 1e-5 on a 32 x 6 x 32 batch: the polish's Newton iterations settle at the rounding of the terms
+    f - y (1.6e-15 on another batch), above POLISH_RTOL beta = 1e-15, and the polish was refused here, with a
+    warning; its tolerance is now floored at POLISH_ROUNDING of those numbers. The derivative in y along a
+    direction agrees with central differences."""
+    H, y = episodes(B=1, n=32, d=6, seed=1)
+    H, y = H[0], y[0]
+    block = ConvexBNReLU(6, beta=1e-5, n_patterns=32, solver="torch")
+    direction = torch.randn(32, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    y_var = y.clone().requires_grad_(True)
+    with caplog.at_level(logging.WARNING, logger="convexnorm"):
+        predictions, objective = block(H, y_var, return_objective=True)
+        (grad_y,) = torch.autograd.grad(objective, [y_var])
+    assert not caplog.records
+    with torch.no_grad():
+        central = (block(H, y + 1e-6 * direction, return_objective=True)[1]
+                   - block(H, y - 1e-6 * direction, return_objective=True)[1]) / 2e-6
+    assert abs(float((grad_y * direction).sum() - central)) <= 1e-5 * abs(float(central))
+
+
 @pytest.mark.parametrize("loss", ["squared", "logistic", "hinge"])
 def test_block_gradients_of_duplicate_samples(loss: str) -> None:
     """A batch of 12 samples, each twice: moving one copy off the other is a kink (one-sided derivatives
