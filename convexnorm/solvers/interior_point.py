@@ -250,12 +250,12 @@ def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = I
     batch = problem.batch
     iterations = torch.zeros(batch, dtype=torch.long, device=problem.A.device)
     degree = s.degree()
-    # W = 0 where it is certified at once (y = 0, or beta above every group's dual norm at lam = -loss'(0))
+    # the zero network W = 0 and its criteria, against the best lower bound so far: its own multipliers'
+    # (lam = -loss'(0): y = 0, or beta above every group's dual norm there) to begin with
     zero = _zero_network(problem, x)
     # the criteria and the KKT residual (the next Newton step's right-hand side) of each iterate, together
     (measured, r_x, r_z), at_zero = evaluate(problem, x, s, z), criteria(problem, zero, z)
-    done = at_zero.met(settings.tol, settings.violation_tol)
-    x, measured = zero.where(done, x), at_zero.where(done, measured)
+    done = torch.zeros(batch, dtype=torch.bool, device=problem.A.device)
     best = _Best(x, s, z, measured, settings.violation_tol)
     # the batch shrinks to the programs still running (indices ``running``); the stopped ones' best
     # iterates are written into the full-size ``final`` (x, s, z, criteria)
@@ -270,8 +270,10 @@ def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = I
         met = measured.met(settings.tol, settings.violation_tol)
         # iterates converging to W = 0 keep a violation relative to their own size however small W gets
         # (measured: 5e-4 at ||W|| = 1e-124 after 100 iterations, gap 0): W = 0 stops a program where
-        # the iterate's lower bound certifies it and the iterate itself does not meet the test
-        at_zero = Criteria.of(at_zero.objective, measured.lower_bound, at_zero.violation)
+        # a lower bound certifies it (before the first step where its own multipliers do) and the
+        # iterate itself does not meet the test
+        at_zero = Criteria.of(at_zero.objective, torch.maximum(at_zero.lower_bound, measured.lower_bound),
+                              at_zero.violation)
         zero_met = ~(done | met) & at_zero.met(settings.tol, settings.violation_tol)
         if bool(zero_met.any()):
             best.take(zero_met, zero, at_zero)
