@@ -252,19 +252,21 @@ class ConvexBNReLU(nn.Module):
             S, T = self._solve(U_prime[0], y64[0], masks[0])
             S, T = S[None], T[None]
 
-        def network(rows: Tensor) -> Tensor:
-            return torch.relu(rows @ S).sum(-1) - torch.relu(rows @ T).sum(-1)
-
-        def fitted_network(rows: Tensor) -> Tensor:
-            """``network`` on the batch's own rows, differentiated through their patterns: (u'_i s_j)_+ has the
-            derivative M_ij, the sign the program's constraints give it. The same as relu's at every row off
-            a neuron's hyperplane; on it (an active constraint, u'_i s_j = 0 to rounding) relu's derivative
-            was 0 or 1 by the sign of the rounding, which split the gradient of duplicate samples unevenly."""
-            linear = (masks * (rows @ S - rows @ T)).sum(-1)
-            return network(rows).detach() + (linear - linear.detach())
+        def network(rows: Tensor, patterns: Tensor | None = None) -> Tensor:
+            """sum_j (u' s_j)_+ - (u' t_j)_+ per row; with ``patterns`` (the batch's own rows) differentiated
+            through them: (u'_i s_j)_+ has the derivative M_ij, the sign the program's constraints give it. The
+            same as relu's at every row off a neuron's hyperplane; on it (an active constraint, u'_i s_j = 0
+            to rounding) relu's derivative was 0 or 1 by the sign of the rounding, which split the gradient of
+            duplicate samples unevenly."""
+            Z_S, Z_T = rows @ S, rows @ T
+            value = torch.relu(Z_S).sum(-1) - torch.relu(Z_T).sum(-1)
+            if patterns is None:
+                return value
+            linear = (patterns * (Z_S - Z_T)).sum(-1)
+            return value.detach() + (linear - linear.detach())
 
         if H_query is None:
-            predictions = fitted_network(U_prime)
+            predictions = network(U_prime, masks)
         else:
             query = H_query.to(solve_on, torch.float64)
             predictions = network(torch.stack([
@@ -272,7 +274,7 @@ class ConvexBNReLU(nn.Module):
                 for b, (mean, _, S_values, V) in enumerate(whitened)]))
         if not return_objective:
             return predictions, None
-        fitted = predictions if H_query is None else fitted_network(U_prime)
+        fitted = predictions if H_query is None else network(U_prime, masks)
         penalty = torch.linalg.norm(S, dim=-2).sum(-1) + torch.linalg.norm(T, dim=-2).sum(-1)
         return predictions, loss_terms(self.loss, fitted, y64).sum(-1) + self.beta.to(solve_on) * penalty
 
