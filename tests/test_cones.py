@@ -234,14 +234,18 @@ def test_box_corrections_clip_the_eigenvalues() -> None:
 
 @pytest.mark.parametrize(("n", "width", "blocks"), [(7, 40, 1), (40, 4000, 2), (300, 100, 4)])
 def test_lower_gram_is_the_capacitance_below_its_diagonal_blocks(n: int, width: int, blocks: int) -> None:
-    """newton._lower_gram (1, 2 and 4 row blocks at these sizes) == diag(d) + F F^T on and below the
-    diagonal (torch's product as the reference), and its Cholesky factor == that of the full matrix."""
+    """newton._lower_gram (1, 2 and 4 row blocks at these sizes) of F = E blockdiag(W_i) (W_i = R_i R_i^T, 4 x 4)
+    and E == diag(d) + (E R)(E R)^T on and below the diagonal (torch's product as the reference), and its
+    Cholesky factor == that of the full matrix."""
     assert newton.gram_row_blocks(2, n, width) == blocks
     generator = torch.Generator().manual_seed(n)
-    F = torch.randn(2, n, width, generator=generator, dtype=f64)
+    E = torch.randn(2, n, width, generator=generator, dtype=f64)
+    R = torch.randn(width // 4, 4, 4, generator=generator, dtype=f64)
     d = torch.rand(2, n, generator=generator, dtype=f64) + 0.5
-    full = torch.diag_embed(d) + F @ F.transpose(-1, -2)
-    lower = newton._lower_gram(F, d)
+    factor = (E.view(2, n, width // 4, 1, 4) @ R).flatten(2)
+    full = torch.diag_embed(d) + factor @ factor.transpose(-1, -2)
+    F = (E.view(2, n, width // 4, 1, 4) @ (R @ R.transpose(-1, -2))).flatten(2)
+    lower = newton._lower_gram(F, E, d)
     assert torch.allclose(lower.tril(), full.tril(), rtol=1e-13, atol=1e-12)
     assert torch.allclose(cholesky(lower), torch.linalg.cholesky(full), rtol=1e-12, atol=1e-12)
 

@@ -88,7 +88,7 @@ def _dense_factor(problem: ConvexBNProblem, H: torch.Tensor, curvature: torch.Te
     N = [M_1 * A, ..., M_P * A] (n x Pk): n (Pk)^2 flops instead of n (2P m)^2."""
     batch, groups, m, _ = H.shape
     P = groups // 2
-    N = (problem.masks[..., None] * problem.A[:, :, None, :]).flatten(2)
+    N = problem.masked_rows
     K = (N.transpose(-1, -2) @ (curvature[..., None] * N)).view(batch, P, m - 1, P, m - 1)
     full = H.new_zeros(batch, 2, P, m, 2, P, m)
     for a in range(2):
@@ -131,19 +131,20 @@ def gram_row_blocks(batch: int, n: int, width: int) -> int:
     return max(1, min(GRAM_BLOCKS, n // GRAM_BLOCK_ROWS))
 
 
-def _lower_gram(F: torch.Tensor, diagonal: torch.Tensor) -> torch.Tensor:
-    """diag(diagonal) + F F^T on and below the diagonal blocks (zero above; the Cholesky factorization
-    reads the lower triangle only): with b row blocks (``gram_row_blocks``), b (b + 1) / 2 of the b^2
-    block products (3/4 of the flops for b = 2, 5/8 for b = 4)."""
+def _lower_gram(F: torch.Tensor, E: torch.Tensor, diagonal: torch.Tensor) -> torch.Tensor:
+    """diag(diagonal) + F E^T (symmetric: F = E blockdiag(W), W symmetric) on and below the diagonal blocks
+    (zero above; the Cholesky factorization reads the lower triangle only): with b row blocks
+    (``gram_row_blocks``), b (b + 1) / 2 of the b^2 block products (3/4 of the flops for b = 2, 5/8 for
+    b = 4)."""
     batch, n, width = F.shape
     blocks = gram_row_blocks(batch, n, width)
     out = torch.diag_embed(diagonal)
     if blocks == 1:
-        return out.baddbmm_(F, F.transpose(-1, -2))
+        return out.baddbmm_(F, E.transpose(-1, -2))
     edges = [n * i // blocks for i in range(blocks + 1)]
     for i in range(blocks):
         rows = slice(edges[i], edges[i + 1])
-        out[:, rows, : edges[i + 1]].baddbmm_(F[:, rows], F[:, : edges[i + 1]].transpose(-1, -2))
+        out[:, rows, : edges[i + 1]].baddbmm_(F[:, rows], E[:, : edges[i + 1]].transpose(-1, -2))
     return out
 
 
@@ -166,29 +167,31 @@ class _Woodbury:
         eta_2 = scaling.eta ** -2
         w0, w1 = scaling.w[..., 0], scaling.w[..., 1:]
         spread = 2 * w0 * w0 - 1
-        S = rows_part.sub_((2 * eta_2 / spread)[..., None, None] * w1[..., :, None] * w1[..., None, :])
+        S = rows_part.addcmul_(((2 * eta_2 / spread)[..., None] * w1)[..., :, None], w1[..., None, :], value=-1)
         S.diagonal(dim1=-2, dim2=-1).add_(eta_2[..., None])
-        L = cholesky(S)
-        # L^-1 of the Schur complements (batched LAPACK solves of tiny systems are slow; the explicit
-        # inverse L^-T L^-1 was not accurate enough near the solution: the block's solves stalled at
-        # certified gaps of 1e-6)
-        S_root = torch.linalg.solve_triangular(L, torch.eye(k, dtype=A.dtype, device=A.device).expand_as(L),
-                                               upper=False)
-        # H_j = N_j^-1 N_j^-T with N_j^-1 = [[sqrt(h), 0], [g / sqrt(h), L]], so N_j = [[1 / sqrt(h), 0],
-        # [-L^-1 r, L^-1]] (r = g / h = -2 w0 w1 / (2 w0^2 - 1)) and H_j^-1 = N_j^T N_j
-        coupling = (2 * w0 / spread)[..., None] * w1
-        column = (S_root * coupling[..., None, :]).sum(-1)  # -L^-1 r, by broadcasting: as batched products
-        # of (k, k) by (k, 1) matrices 4x slower at 32 programs of 64x8x64
-        head = (eta_2 * spread).rsqrt()[..., None, None]
+        # H_j = N_j^-1 N_j^-T with the lower triangular N_j^-1 = [[sqrt(h), 0], [g / sqrt(h), L]] (L L^T = S_j);
+        # its inverse N_j = [[1 / sqrt(h), 0], [-L^-1 r, L^-1]] (r = g / h) by one batched triangular solve
+        # (batched LAPACK solves of tiny systems are slow, so block solves multiply by N_j; the explicit
+        # inverse L^-T L^-1 was not accurate enough near the solution: the block's solves stalled at certified
+        # gaps of 1e-6), and H_j^-1 = N_j^T N_j
+        root_inverse = S.new_zeros(batch, 2 * P, k + 1, k + 1)
+        root_inverse[..., 1:, 1:] = cholesky(S)
+        head = (eta_2 * spread).sqrt()
+        root_inverse[..., 0, 0] = head
+        root_inverse[..., 1:, 0] = (-2 * eta_2 * w0 / head)[..., None] * w1
         #: N_j of every group (batch, 2P, k + 1, k + 1) and its transpose: block solves as two products
-        self.root = torch.cat([torch.nn.functional.pad(head, (0, k)), torch.cat([column[..., None], S_root], -1)], -2)
-        self.root_T = torch.cat([torch.cat([head, column[..., None, :]], -1),
-                                 torch.nn.functional.pad(S_root.transpose(-1, -2), (1, 0))], -2)
+        root = torch.linalg.solve_triangular(root_inverse, torch.eye(k + 1, dtype=A.dtype, device=A.device)
+                                             .expand_as(root_inverse), upper=False)
+        # LAPACK's answer is column-major: its transpose is contiguous as it is, N_j is copied (a batched product
+        # with a transposed operand took twice as long)
+        self.root, self.root_T = root.contiguous(), root.transpose(-1, -2).contiguous()
+        S_root = self.root[..., 1:, 1:]  # L^-1
         Q = S_root.transpose(-1, -2) @ S_root  # the W blocks of H_j^-1: S_j^-1
-        R = cholesky(Q[:, :P] + Q[:, P:])  # (batch, P, k, k)
-        F = A @ R.permute(0, 2, 1, 3).reshape(batch, k, P * k)
+        # B H^-1 B^T = sum_i (M_i * A) W_i (M_i * A)^T with W_i = Q_i + Q_{i+P}: F = [M_i * (A W_i)] against the
+        # masked rows E = [M_i * A], without a Cholesky factor of W_i
+        F = A @ (Q[:, :P] + Q[:, P:]).permute(0, 2, 1, 3).reshape(batch, k, P * k)
         F.view(batch, n, P, k).mul_(masks[..., None])
-        self.capacitance = cholesky(_lower_gram(F, 1 / curvature))
+        self.capacitance = cholesky(_lower_gram(F, problem.masked_rows, 1 / curvature))
 
     def block_solve(self, X: torch.Tensor) -> torch.Tensor:
         """H^-1 X block by block: N_j^T (N_j X_j), two batched products of (k + 1)-square matrices; N_j X_j =

@@ -98,6 +98,11 @@ class ConvexBNProblem:
         """a_i a_i^T of the rows of A, flattened: (batch, n, k * k)."""
         return (self.A[..., :, None] * self.A[..., None, :]).flatten(-2)
 
+    @functools.cached_property
+    def masked_rows(self) -> torch.Tensor:
+        """[M_1 * A, ..., M_P * A] (batch, n, P k): the predictions' map on the S groups."""
+        return (self.masks[..., None] * self.A[:, :, None, :]).flatten(2)
+
     def rows(self, W: torch.Tensor) -> torch.Tensor:
         """A W_j for every group: (batch, n, 2P)."""
         return self.A @ W.transpose(-1, -2)
