@@ -39,7 +39,7 @@ from convexnorm.solvers.problem import ConvexBNProblem
 
 def flops_per_iteration(B: int, n: int, k: int, P: int) -> float:
     groups = 2 * P
-    blocks = groups * (k + 1) ** 3 + P * k**3  # Cholesky, triangular inverse, products: about 3 x (size^3 / 3)
+    blocks = groups * (k + 1) ** 3  # Cholesky, triangular inverse, products: about 3 x (size^3 / 3)
     row_blocks = gram_row_blocks(B, n, P * k)  # the capacitance's lower block triangle
     capacitance = 2 * n * n * P * k * (row_blocks + 1) / (2 * row_blocks)
     return B * (2 * groups * n * k * k + blocks + 2 * n * P * k * k + capacitance + n**3 / 3)

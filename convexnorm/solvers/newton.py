@@ -11,10 +11,10 @@ for the hinge loss the slacks xi are eliminated, which leaves d = w_s w_m / (w_s
 orthant weights z / s of the slack and margin parts). So the matrix is H + B^T D B with H
 block diagonal, and Woodbury gives its inverse through the n x n capacitance (d > 0 inside K)
 
-    C = D^-1 + B H^-1 B^T,   B H^-1 B^T = sum_i F_i F_i^T,  F_i = M_i * (A R_i),
+    C = D^-1 + B H^-1 B^T,   B H^-1 B^T = sum_i F_i E_i^T,  F_i = M_i * (A W_i),  E_i = M_i * A,
 
-R_i R_i^T = Q_i + Q_{i+P}, Q_j the W block of H_j^-1 (the S and T groups of a pattern share
-its mask). Cost per iterate: 2P Cholesky factors of size k + 1, P of size k, F (n P k^2),
+W_i = Q_i + Q_{i+P}, Q_j the W block of H_j^-1 (the S and T groups of a pattern share
+its mask). Cost per iterate: 2P Cholesky factors and triangular inverses of size k + 1, F (n P k^2),
 C (n^2 P k, of which its lower block triangle is formed: ``_lower_gram``) and its Cholesky factor
 (n^3 / 3). Everything is batched over programs. Where d
 grows without bound (the hinge loss's samples on the margin) the Woodbury difference
