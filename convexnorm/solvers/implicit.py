@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 
@@ -40,7 +41,7 @@ from convexnorm.solvers.interior_point import (InteriorPointResult, InteriorPoin
 from convexnorm.solvers.kkt import Conic, Primal, criteria
 from convexnorm.losses import loss_curvature, loss_gradient
 from convexnorm.solvers.problem import ConvexBNProblem
-from convexnorm.solvers.threads import intra_op_threads, over_chunks
+from convexnorm.solvers.threads import intra_op_threads, over_chunks, solver_threads
 
 logger = logging.getLogger("convexnorm")
 
@@ -617,14 +618,14 @@ class _Unsolved:
 
 
 def _solve_chunk(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.Tensor, loss: str,
-                 settings: InteriorPointSettings, owner: str, first: int
+                 settings: InteriorPointSettings, owner: str, first: int, on_iteration: Callable[[], None] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, list[_Margins | None], list[float]] | _Unsolved:
     """The polished solutions W (batch, 2P, k), multipliers G (batch, n, 2P), margins and ||A||_2 of
     a batch of episodes numbered from ``first``, in inference mode like interior_point; _Unsolved
-    where an episode missed the tolerances."""
+    where an episode missed the tolerances. ``on_iteration``: interior_point's."""
     with torch.inference_mode():
         problem = ConvexBNProblem(A, masks, y, beta, loss)
-        result = interior_point(problem, settings)
+        result = interior_point(problem, settings, on_iteration=on_iteration)
         result = finished_with_dense_route(problem, result, settings)
         failed = torch.nonzero(~result.converged).flatten().tolist()
         if failed:
@@ -652,16 +653,18 @@ def _solve_chunk(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: to
 class InteriorPointSolve(torch.autograd.Function):
     """W*(A, y, beta) (batch, 2P, k) for fixed masks, by the batched interior-point method; forward
     and backward on ``threads`` intra-op threads (solvers/threads.py: the backward runs when the
-    autograd engine calls it, outside the caller's thread setting), the episodes in ``workers``
-    chunks on as many threads (``over_chunks``)."""
+    autograd engine calls it, outside the caller's thread setting; "auto": the forward's iterations
+    choose theirs where ``workers`` is 1, one thread otherwise), the episodes in ``workers`` chunks on
+    as many threads (``over_chunks``)."""
 
     @staticmethod
     def forward(ctx, A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.Tensor, loss: str,
-                settings: InteriorPointSettings, owner: str, threads: int | None, workers: int = 1) -> torch.Tensor:
+                settings: InteriorPointSettings, owner: str, threads: int | str | None, workers: int = 1
+                ) -> torch.Tensor:
         ctx.threads, ctx.workers, ctx.loss = threads, workers, loss
-        with intra_op_threads(threads):
+        with solver_threads(threads, A.device) if workers == 1 else intra_op_threads(threads) as pace:
             parts = over_chunks(lambda chunk: _solve_chunk(A[chunk], y[chunk], beta[chunk], masks[chunk], loss,
-                                                           settings, owner, chunk.start), A.shape[0], workers)
+                                                           settings, owner, chunk.start, pace), A.shape[0], workers)
         unsolved = [part for part in parts if isinstance(part, _Unsolved)]
         if unsolved:
             failed = [b for part in unsolved for b in part.episodes]

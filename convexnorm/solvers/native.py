@@ -23,7 +23,7 @@ from convexnorm.solvers.interior_point import InteriorPointSettings, finished_wi
 from convexnorm.solvers.implicit import active_sets, polish_episode
 from convexnorm.solvers.kkt import Conic, Criteria, Primal, bounded_criteria, multipliers
 from convexnorm.solvers.problem import ConvexBNProblem
-from convexnorm.solvers.threads import intra_op_threads
+from convexnorm.solvers.threads import AUTO, solver_threads
 
 #: Groups below these fractions of the largest norm are tried as exact zeros, largest first;
 #: the first whose certified gap stays within tol (and violation within violation_tol) is kept.
@@ -49,9 +49,10 @@ def option_names() -> tuple[str, ...]:
 
 
 def native_settings(options: Mapping[str, Any] | None, owner: str, also: tuple[str, ...] = (), **defaults: Any
-                    ) -> tuple[InteriorPointSettings, int | None]:
-    """(settings, threads) from ``options`` over ``defaults``; threads defaults to 1 (on a loaded
-    2-core machine torch's default threads collapsed the method 125x: docs/benchmarks.md).
+                    ) -> tuple[InteriorPointSettings, int | str | None]:
+    """(settings, threads) from ``options`` over ``defaults``; threads (an integer, None: torch's
+    setting, or "auto": solvers/threads.py, ``AdaptiveThreads``) defaults to 1 (on a loaded 2-core
+    machine torch's default threads collapsed the method 125x: docs/benchmarks.md).
     ValueError, naming ``owner``, for an unknown option or a bad value; ``also``: the caller's
     own option names (already removed from ``options``), listed in that message."""
     merged = {**defaults, **(options or {})}
@@ -60,8 +61,12 @@ def native_settings(options: Mapping[str, Any] | None, owner: str, also: tuple[s
     if unknown:
         raise ValueError(f"{owner}: solver='torch' does not take option(s) {unknown}; it takes "
                          f"{[*option_names(), *also]}")
-    if threads is not None:
-        check_count(threads, owner, "solver_options['threads']")
+    if threads is not None and threads != AUTO:
+        try:
+            check_count(threads, owner, "solver_options['threads']")
+        except ValueError:
+            raise ValueError(f"{owner}: solver_options['threads'] must be an integer >= 1, None or {AUTO!r}, "
+                             f"got {threads!r}") from None
     try:
         settings = InteriorPointSettings(**merged)
     except (TypeError, ValueError) as error:
@@ -82,15 +87,16 @@ class NativeSolution:
 
 
 def solve_native(problem: ConvexBNProblem, settings: InteriorPointSettings = InteriorPointSettings(),
-                 threads: int | None = 1) -> NativeSolution:
+                 threads: int | str | None = 1) -> NativeSolution:
     """Solve every program of ``problem`` by the interior-point method (``threads``: torch's
-    intra-op threads meanwhile). A program (smooth loss) that stops short of its tolerances,
-    typically at float64's limit a little above ``tol``, is finished by Newton's method on its
-    active-set system (solvers/implicit.py, ``polish_episode``), kept where it is certified (by
+    intra-op threads meanwhile; "auto": chosen per iteration, solvers/threads.py). A program
+    (smooth loss) that stops short of its tolerances, typically at float64's limit a little above
+    ``tol``, is finished by Newton's method on its active-set system (solvers/implicit.py, ``polish_episode``), kept where it is certified (by
     the dual bound at its own multipliers or the interior-point method's). Then the residue of
     inactive groups is removed where certified."""
-    with intra_op_threads(threads), torch.inference_mode():
-        result = finished_with_dense_route(problem, interior_point(problem, settings), settings)
+    with solver_threads(threads, problem.A.device) as pace, torch.inference_mode():
+        result = interior_point(problem, settings, on_iteration=pace)
+        result = finished_with_dense_route(problem, result, settings)
         W, z = result.W.clone(), result.z
         if problem.loss != "hinge" and not bool(result.converged.all()):
             z = Conic(z.rows.clone(), z.cones, z.slack, z.margin)
@@ -136,7 +142,8 @@ def solve_native_program(U_prime: np.ndarray, patterns: np.ndarray, y: np.ndarra
     device = check_device(options.pop("device", "cpu"), owner)
     accept = bool(options.pop(ACCEPT_INACCURATE, False))
     hinge = {"dense_curvature": HINGE_DENSE_CURVATURE} if loss == "hinge" else {}
-    settings, threads = native_settings(options, owner, ("device", ACCEPT_INACCURATE), tol=ESTIMATOR_TOL, **hinge)
+    settings, threads = native_settings(options, owner, ("device", ACCEPT_INACCURATE), tol=ESTIMATOR_TOL,
+                                        threads=AUTO, **hinge)
     problem = ConvexBNProblem.from_arrays([(U_prime, patterns, y)], beta, loss, device)
     result = solve_native(problem, settings, threads)
     measured = {name: float(getattr(result.criteria, name)[0])

@@ -1,21 +1,31 @@
-"""torch's intra-op threads during a native solve, and episodes solved in worker threads."""
+"""torch's intra-op threads during a native solve, chosen per iteration where asked, and episodes
+solved in worker threads."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
+from pathlib import Path
+from time import perf_counter
 from typing import Callable, Iterator, TypeVar
 
 import torch
 
 T = TypeVar("T")
 
+#: solver_options["threads"] value: one thread or torch's setting, chosen per iteration (``AdaptiveThreads``).
+AUTO = "auto"
+
 
 @contextlib.contextmanager
-def intra_op_threads(threads: int | None) -> Iterator[None]:
-    """torch.set_num_threads(threads) inside the block, restored afterwards (nothing for None).
-    One thread is the native solvers' default: on a loaded 2-core machine torch's default
-    threads collapsed the interior-point method 125x (docs/benchmarks.md, bench_threads.py)."""
+def intra_op_threads(threads: int | str | None) -> Iterator[None]:
+    """torch.set_num_threads(threads) inside the block, restored afterwards (nothing for None; AUTO:
+    one thread, for work that is not chosen per iteration). One thread is the native solvers'
+    fixed choice: on a loaded 2-core machine torch's default threads collapsed the interior-point
+    method 125x (docs/benchmarks.md, bench_threads.py)."""
+    if threads == AUTO:
+        threads = 1
     if threads is None or threads == torch.get_num_threads():
         yield
         return
@@ -60,3 +70,96 @@ def over_chunks(work: Callable[[slice], T], batch: int, workers: int) -> list[T]
         if error is not None:
             raise error
     return results
+
+
+@contextlib.contextmanager
+def solver_threads(threads: int | str | None, device: torch.device) -> Iterator[Callable[[], None] | None]:
+    """``intra_op_threads(threads)`` inside the block, or for AUTO on the CPU an ``AdaptiveThreads``;
+    yields the per-iteration call for ``interior_point`` (None where nothing is chosen per iteration)."""
+    if threads == AUTO and device.type == "cpu":
+        with AdaptiveThreads() as pace:
+            yield pace
+    else:
+        with intra_op_threads(threads):
+            yield None
+
+
+def others_running() -> int | None:
+    """Runnable tasks of other processes at this moment: /proc/loadavg's count of running tasks
+    less this process's running threads (Linux); None where /proc cannot tell."""
+    try:
+        running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+        own = 0
+        for task in os.scandir("/proc/self/task"):
+            stat = Path(task.path, "stat").read_text()
+            own += stat[stat.rindex(")") + 2] == "R"
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(running - own, 0)
+
+
+class AdaptiveThreads:
+    """torch's intra-op threads per interior-point iteration, one or ``most`` (default: torch's setting on
+    entry, at most the cores this process may use), by the measured seconds of the latest iteration at
+    each: on an idle 2-core machine two threads solved n = 1000, r = 10, 1000 patterns 1.75x faster than
+    one, but with one busy process 1.4x slower and with two 3x (at n = 200, 100 patterns: 70x;
+    docs/benchmarks.md, session 24). So ``most`` runs only while no other process is running
+    (``others_running``), and the slower of the two is tried again every ``probe_every`` iterations (the
+    interval doubling each time it stays slower); one thread where the load cannot be read. A context
+    manager (torch's setting restored on exit); call it at the start of every iteration."""
+
+    def __init__(self, most: int | None = None, probe_every: int = 4) -> None:
+        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self.most = min(torch.get_num_threads() if most is None else most, self.cores)
+        self.seconds: dict[int, float] = {}
+        self.interval = self.countdown = probe_every
+        self.current, self.probing, self.started = 1, False, None
+        self.previous = torch.get_num_threads()
+
+    def __enter__(self) -> "AdaptiveThreads":
+        self.previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        self.current, self.started = 1, None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        torch.set_num_threads(self.previous)
+
+    def _record(self, seconds: float) -> None:
+        """The latest iteration's seconds at the current count; a probe that lost doubles the interval."""
+        other = 1 if self.current == self.most else self.most
+        if self.probing and other in self.seconds and seconds >= self.seconds[other]:
+            self.interval *= 2
+            self.countdown = self.interval
+        self.seconds[self.current] = seconds
+
+    def _choice(self) -> int:
+        """The count for the next iteration; the load is read only before running ``most`` (0.4 ms)."""
+        self.probing = False
+        if self.most == 1 or 1 not in self.seconds:
+            return 1
+        if self.most not in self.seconds:
+            self.probing = True
+            choice = self.most
+        else:
+            faster = min(self.seconds, key=self.seconds.__getitem__)
+            self.countdown -= 1
+            choice = faster
+            if self.countdown <= 0:
+                self.countdown, self.probing = self.interval, True
+                choice = self.most if faster == 1 else 1
+        if choice == self.most:
+            others = others_running()
+            if others is None or others > self.cores - self.most:
+                self.probing = False
+                return 1
+        return choice
+
+    def __call__(self) -> None:
+        if self.started is not None:
+            self._record(perf_counter() - self.started)
+        choice = self._choice()
+        if choice != self.current:
+            torch.set_num_threads(choice)
+            self.current = choice
+        self.started = perf_counter()
