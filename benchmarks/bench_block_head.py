@@ -4,7 +4,8 @@ For each n x d x P: the block (batched interior-point forward, active-set implic
 on a new batch, against Sequential(Linear(d, P), BatchNorm1d(P), ReLU, Linear(P, 1)) forward +
 backward on the same batch, timed in the same run; then B episodes of one size in one call
 against one episode. Medians of --repeats runs. ``--head-threads 1`` times the ordinary head on
-one thread, like the block's solver (under load torch's default threads collapse and the ratio
+one thread, like the block's solver at its small sizes (its default threads "auto" chooses one or all
+cores per iteration; under load torch's default threads collapse and the ratio
 then measures that). ``--workers 1 2``: the episodes row once per number of episode workers
 (solver_options["workers"]: the episodes split over that many threads). ``--loss logistic|hinge``:
 both on the labels sign(y), the head with the same loss. ``--device cuda``: block and head on a GPU
@@ -63,7 +64,7 @@ def main() -> None:
     head_threads = args.head_threads or torch.get_num_threads()
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
     print(f"torch {torch.__version__}, {where}, head on {head_threads} thread(s) "
-          f"(the block's solver: 1 thread), {args.loss} loss")
+          f"(the block's solver: threads 'auto', one or all cores per iteration), {args.loss} loss")
     print(f"{'n x d x P':<11} {'block s':>8} {'head ms':>8} {'block/head':>11}")
     for size in args.sizes:
         n, d, P = (int(v) for v in size.split("x"))

@@ -45,7 +45,7 @@ BLOCK_TOL = 1e-7
 HINGE_BLOCK_TOL = 1e-5
 #: solver="torch": solver_options key of the number of threads the episodes are split over, forward
 #: and backward (solvers/threads.py, ``over_chunks``; default 1). Each runs on ``threads`` intra-op
-#: threads: 32 episodes of 64x8x64 took 0.69 instead of 0.99-1.08 s on 2 workers of a 2-core machine,
+#: threads ("auto": one): 32 episodes of 64x8x64 took 0.69 instead of 0.99-1.08 s on 2 workers of a 2-core machine,
 #: and 1.01 instead of 1.08 s with another process busy on it (docs/benchmarks.md, session 18).
 WORKERS = "workers"
 
@@ -179,7 +179,7 @@ class ConvexBNReLU(nn.Module):
         gates = torch.cat([self.gates[:r], self.gates[-1:]]).to(U_prime)
         return (U_prime.detach() @ gates >= 0).to(U_prime.dtype)
 
-    def _native_settings(self) -> tuple[InteriorPointSettings, int | None, int]:
+    def _native_settings(self) -> tuple[InteriorPointSettings, int | str | None, int]:
         """solver="torch": the interior-point settings, intra-op threads and episode workers of
         solver_options (WORKERS, the block's own option)."""
         options = dict(self.solver_options)
@@ -226,7 +226,7 @@ class ConvexBNReLU(nn.Module):
             H, y = H[None], y[None]
             H_query = None if H_query is None else H_query[None]
         device, dtype = H.device, H.dtype
-        if self.solver == "torch":  # the block's own work on the solver's threads (solvers/threads.py)
+        if self.solver == "torch":  # the block's own work on the solver's threads ("auto": one; solvers/threads.py)
             with intra_op_threads(self._native_settings()[1]):
                 predictions, objective = self._predict(H, y, H_query, single, device, return_objective)
         else:

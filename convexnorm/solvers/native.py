@@ -51,12 +51,13 @@ def option_names() -> tuple[str, ...]:
 def native_settings(options: Mapping[str, Any] | None, owner: str, also: tuple[str, ...] = (), **defaults: Any
                     ) -> tuple[InteriorPointSettings, int | str | None]:
     """(settings, threads) from ``options`` over ``defaults``; threads (an integer, None: torch's
-    setting, or "auto": solvers/threads.py, ``AdaptiveThreads``) defaults to 1 (on a loaded 2-core
-    machine torch's default threads collapsed the method 125x: docs/benchmarks.md).
+    setting, or "auto": solvers/threads.py, ``AdaptiveThreads``) defaults to "auto": one thread except
+    where more measurably run the iterations faster on an idle machine (on a loaded 2-core machine
+    torch's default threads collapsed the method 125x: docs/benchmarks.md).
     ValueError, naming ``owner``, for an unknown option or a bad value; ``also``: the caller's
     own option names (already removed from ``options``), listed in that message."""
     merged = {**defaults, **(options or {})}
-    threads = merged.pop(THREADS, 1)
+    threads = merged.pop(THREADS, AUTO)
     unknown = sorted(set(merged) - set(option_names()))
     if unknown:
         raise ValueError(f"{owner}: solver='torch' does not take option(s) {unknown}; it takes "
@@ -87,13 +88,13 @@ class NativeSolution:
 
 
 def solve_native(problem: ConvexBNProblem, settings: InteriorPointSettings = InteriorPointSettings(),
-                 threads: int | str | None = 1) -> NativeSolution:
+                 threads: int | str | None = AUTO) -> NativeSolution:
     """Solve every program of ``problem`` by the interior-point method (``threads``: torch's
     intra-op threads meanwhile; "auto": chosen per iteration, solvers/threads.py). A program
     (smooth loss) that stops short of its tolerances, typically at float64's limit a little above
-    ``tol``, is finished by Newton's method on its active-set system (solvers/implicit.py, ``polish_episode``), kept where it is certified (by
-    the dual bound at its own multipliers or the interior-point method's). Then the residue of
-    inactive groups is removed where certified."""
+    ``tol``, is finished by Newton's method on its active-set system (solvers/implicit.py,
+    ``polish_episode``), kept where it is certified (by the dual bound at its own multipliers or the
+    interior-point method's). Then the residue of inactive groups is removed where certified."""
     with solver_threads(threads, problem.A.device) as pace, torch.inference_mode():
         result = interior_point(problem, settings, on_iteration=pace)
         result = finished_with_dense_route(problem, result, settings)
@@ -142,8 +143,7 @@ def solve_native_program(U_prime: np.ndarray, patterns: np.ndarray, y: np.ndarra
     device = check_device(options.pop("device", "cpu"), owner)
     accept = bool(options.pop(ACCEPT_INACCURATE, False))
     hinge = {"dense_curvature": HINGE_DENSE_CURVATURE} if loss == "hinge" else {}
-    settings, threads = native_settings(options, owner, ("device", ACCEPT_INACCURATE), tol=ESTIMATOR_TOL,
-                                        threads=AUTO, **hinge)
+    settings, threads = native_settings(options, owner, ("device", ACCEPT_INACCURATE), tol=ESTIMATOR_TOL, **hinge)
     problem = ConvexBNProblem.from_arrays([(U_prime, patterns, y)], beta, loss, device)
     result = solve_native(problem, settings, threads)
     measured = {name: float(getattr(result.criteria, name)[0])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from pathlib import Path
 from time import perf_counter
 from typing import Callable, Iterator, TypeVar
 
@@ -14,7 +13,7 @@ import torch
 
 T = TypeVar("T")
 
-#: solver_options["threads"] value: one thread or torch's setting, chosen per iteration (``AdaptiveThreads``).
+#: solver_options["threads"] value: one thread or all cores, chosen per iteration (``AdaptiveThreads``).
 AUTO = "auto"
 
 
@@ -84,23 +83,34 @@ def solver_threads(threads: int | str | None, device: torch.device) -> Iterator[
             yield None
 
 
+def _read(path: str) -> bytes:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(descriptor, 4096)
+    finally:
+        os.close(descriptor)
+
+
 def others_running() -> int | None:
     """Runnable tasks of other processes at this moment: /proc/loadavg's count of running tasks
     less this process's running threads (Linux); None where /proc cannot tell."""
     try:
-        running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+        running = int(_read("/proc/loadavg").split()[3].split(b"/")[0])
+        if running <= 1:  # this thread, which is reading
+            return 0
         own = 0
-        for task in os.scandir("/proc/self/task"):
-            stat = Path(task.path, "stat").read_text()
-            own += stat[stat.rindex(")") + 2] == "R"
+        for task in os.listdir("/proc/self/task"):
+            stat = _read(f"/proc/self/task/{task}/stat")
+            own += stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] == b"R"
     except (OSError, ValueError, IndexError):
         return None
     return max(running - own, 0)
 
 
 class AdaptiveThreads:
-    """torch's intra-op threads per interior-point iteration, one or ``most`` (default: torch's setting on
-    entry, at most the cores this process may use), by the measured seconds of the latest iteration at
+    """torch's intra-op threads per interior-point iteration, one or ``most`` (default and at most: the cores
+    this process may use, whatever torch's setting: the block pins its own work to one thread around
+    the solve), by the measured seconds of the latest iteration at
     each: on an idle 2-core machine two threads solved n = 1000, r = 10, 1000 patterns 1.75x faster than
     one, but with one busy process 1.4x slower and with two 3x (at n = 200, 100 patterns: 70x;
     docs/benchmarks.md, session 24). So ``most`` runs only while no other process is running
@@ -110,7 +120,7 @@ class AdaptiveThreads:
 
     def __init__(self, most: int | None = None, probe_every: int = 4) -> None:
         self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        self.most = min(torch.get_num_threads() if most is None else most, self.cores)
+        self.most = self.cores if most is None else min(most, self.cores)
         self.seconds: dict[int, float] = {}
         self.interval = self.countdown = probe_every
         self.current, self.probing, self.started = 1, False, None
