@@ -4,13 +4,14 @@ For each n x d x P: the block (batched interior-point forward, active-set implic
 on a new batch, against Sequential(Linear(d, P), BatchNorm1d(P), ReLU, Linear(P, 1)) forward +
 backward on the same batch, timed in the same run; then B episodes of one size in one call
 against one episode. Medians of --repeats runs. ``--head-threads 1`` times the ordinary head on
-one thread, like the block's solver at its small sizes (its default threads "auto" chooses one or all
-cores per iteration; under load torch's default threads collapse and the ratio
-then measures that). ``--workers 1 2``: the episodes row once per number of episode workers
+one thread, like the block's solver by default (``--threads auto``: the solver's threads chosen per
+iteration, one or all cores; under load torch's default threads collapse and the ratio then measures
+that). ``--workers 1 2``: the episodes row once per number of episode workers
 (solver_options["workers"]: the episodes split over that many threads). ``--loss logistic|hinge``:
 both on the labels sign(y), the head with the same loss. ``--device cuda``: block and head on a GPU
 (each step synchronized before its time is read).
-Run: python benchmarks/bench_block_head.py [--head-threads 1] [--workers 1 2] [--loss squared] [--device cpu]
+Run: python benchmarks/bench_block_head.py [--head-threads 1] [--workers 1 2] [--threads auto] [--loss squared]
+[--device cpu]
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def main() -> None:
     parser.add_argument("--loss", choices=["squared", "logistic", "hinge"], default="squared")
     parser.add_argument("--workers", type=int, nargs="+", default=[1], help="episode workers of the episodes row")
     parser.add_argument("--device", type=torch.device, default=torch.device("cpu"), help="cpu or cuda")
+    parser.add_argument("--threads", default=None,
+                        help="the block's solver_options['threads'], an integer or auto (default: the block's, 1)")
     args = parser.parse_args()
     device = args.device
     margin = args.loss != "squared"
@@ -62,15 +65,17 @@ def main() -> None:
         return ((f - y) ** 2).sum()
 
     head_threads = args.head_threads or torch.get_num_threads()
+    options = {} if args.threads is None else {"threads": args.threads if args.threads == "auto" else int(args.threads)}
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
     print(f"torch {torch.__version__}, {where}, head on {head_threads} thread(s) "
-          f"(the block's solver: threads 'auto', one or all cores per iteration), {args.loss} loss")
+          f"(the block's solver: threads {args.threads or 'default, 1'}), {args.loss} loss")
     print(f"{'n x d x P':<11} {'block s':>8} {'head ms':>8} {'block/head':>11}")
     for size in args.sizes:
         n, d, P = (int(v) for v in size.split("x"))
         H, y = (part.to(device) for part in data(1, n, d))
         y = targets(y)
-        block = ConvexBNReLU(d, beta=0.05, n_patterns=P, loss=args.loss, solver="torch").to(device)
+        block = ConvexBNReLU(d, beta=0.05, n_patterns=P, loss=args.loss, solver="torch", solver_options=options
+                             ).to(device)
         head = nn.Sequential(nn.Linear(d, P), nn.BatchNorm1d(P), nn.ReLU(), nn.Linear(P, 1)).double().to(device)
 
         def head_step() -> None:
@@ -86,11 +91,11 @@ def main() -> None:
     n, d, P = (int(v) for v in args.episode_size.split("x"))
     H, y = (part.to(device) for part in data(args.episodes, n, d))
     y = targets(y)
-    block = ConvexBNReLU(d, beta=0.05, n_patterns=P, loss=args.loss, solver="torch").to(device)
+    block = ConvexBNReLU(d, beta=0.05, n_patterns=P, loss=args.loss, solver="torch", solver_options=options).to(device)
     one = median_seconds(lambda: block_step(block, H[:1], y[:1]), args.repeats)
     for workers in args.workers:
         block = ConvexBNReLU(d, beta=0.05, n_patterns=P, loss=args.loss, solver="torch",
-                             solver_options={"workers": workers}).to(device)
+                             solver_options={**options, "workers": workers}).to(device)
         many = median_seconds(lambda: block_step(block, H, y), args.repeats)
         print(f"{args.episodes} episodes of {args.episode_size} in one call, {workers} worker(s): {many:.3f} s, "
               f"one episode {one:.3f} s, ratio {many / one:.1f}x", flush=True)

@@ -145,3 +145,14 @@ def test_block_takes_auto(workers: int, restored_threads) -> None:
     assert torch.get_num_threads() == restored_threads
     for first, second in zip(*outputs):
         assert torch.allclose(first, second, rtol=1e-8, atol=1e-10)
+
+
+def test_block_defaults_to_one_thread_and_repeats_exactly() -> None:
+    """The block keeps one thread unless asked ("auto" picks its count by timing, so two forwards of one
+    batch could round differently): two forwards of the same batch give the same bits."""
+    generator = torch.Generator().manual_seed(1)
+    H = torch.randn(40, 4, dtype=torch.float64, generator=generator)
+    y = torch.sign(torch.randn(40, dtype=torch.float64, generator=generator))
+    block = ConvexBNReLU(4, beta=0.05, n_patterns=16, loss="hinge", solver="torch")
+    assert block._native_settings()[1] == 1
+    assert torch.equal(block(H, y), block(H, y))

@@ -26,7 +26,7 @@ from convexnorm.solvers.cvxpylayers_backend import call_program
 from convexnorm.programs import ConvexBNProgram, convex_bn_program
 from convexnorm.solvers.implicit import InteriorPointSolve
 from convexnorm.solvers.interior_point import InteriorPointSettings
-from convexnorm.solvers.native import HINGE_DENSE_CURVATURE, native_settings
+from convexnorm.solvers.native import HINGE_DENSE_CURVATURE, THREADS, native_settings
 from convexnorm.solvers.threads import intra_op_threads
 
 #: Cone constraints (2D - I) U' s >= 0 may be violated by this fraction of the larger of max ||s|| and
@@ -43,6 +43,13 @@ BLOCK_TOL = 1e-7
 #: the same solution to ~1e-15 on 18 of 18 random batches from 64x8x64 to 128x16x128, and an episode
 #: that stops short is finished with the dense factorization.
 HINGE_BLOCK_TOL = 1e-5
+#: solver="torch": the block's default intra-op threads. One, not the estimators' "auto": "auto" picks its
+#: count by timing, so two forwards of the same batch could round differently (measured: a central
+#: difference of two equal hinge-loss forwards gave 5e-9 instead of 0), while repeated passes are meant to
+#: agree exactly; one thread was as fast at the block's sizes (32x6x24: 60.1 against 62.1 ms, median of
+#: 40), "auto" faster on 32 episodes of 64x8x64 (1.18-1.29 against 1.40-1.92 s; docs/benchmarks.md,
+#: session 24).
+BLOCK_THREADS = 1
 #: solver="torch": solver_options key of the number of threads the episodes are split over, forward
 #: and backward (solvers/threads.py, ``over_chunks``; default 1). Each runs on ``threads`` intra-op
 #: threads ("auto": one): 32 episodes of 64x8x64 took 0.69 instead of 0.99-1.08 s on 2 workers of a 2-core machine,
@@ -184,9 +191,9 @@ class ConvexBNReLU(nn.Module):
         solver_options (WORKERS, the block's own option)."""
         options = dict(self.solver_options)
         workers = check_count(options.pop(WORKERS, 1), "ConvexBNReLU", f"solver_options[{WORKERS!r}]")
-        defaults = {"tol": BLOCK_TOL}
+        defaults = {"tol": BLOCK_TOL, THREADS: BLOCK_THREADS}
         if self.loss == "hinge":
-            defaults = {"tol": HINGE_BLOCK_TOL, "dense_curvature": HINGE_DENSE_CURVATURE}
+            defaults.update(tol=HINGE_BLOCK_TOL, dense_curvature=HINGE_DENSE_CURVATURE)
         return (*native_settings(options, "ConvexBNReLU", (WORKERS,), **defaults), workers)
 
     def _solve_episodes(self, U_prime: Tensor, y: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
