@@ -109,13 +109,13 @@ def others_running() -> int | None:
 
 class AdaptiveThreads:
     """torch's intra-op threads per interior-point iteration, one or ``most`` (default and at most: the cores
-    this process may use, whatever torch's setting: the block pins its own work to one thread around
-    the solve), by the measured seconds of the latest iteration at
-    each: on an idle 2-core machine two threads solved n = 1000, r = 10, 1000 patterns 1.75x faster than
-    one, but with one busy process 1.4x slower and with two 3x (at n = 200, 100 patterns: 70x;
-    docs/benchmarks.md, session 24). So ``most`` runs only while no other process is running
-    (``others_running``), and the slower of the two is tried again every ``probe_every`` iterations (the
-    interval doubling each time it stays slower); one thread where the load cannot be read. A context
+    this process may use, whatever torch's setting: the block pins its own work to one thread around the
+    solve), by the measured seconds of the latest iteration at each: on an idle 2-core machine two threads
+    solved n = 1000, r = 10, 1000 patterns 1.75x faster than one, but with one busy process 1.4x slower and
+    with two 3x (at n = 200, 100 patterns: 70x; docs/benchmarks.md, session 24). So ``most`` runs only
+    while no other process is running (``others_running``): from the start where the machine is idle, the
+    other count at the second iteration, then the slower of the two again every ``probe_every`` iterations
+    (the interval doubling each time it stays slower); one thread where the load cannot be read. A context
     manager (torch's setting restored on exit); call it at the start of every iteration."""
 
     def __init__(self, most: int | None = None, probe_every: int = 4) -> None:
@@ -127,9 +127,10 @@ class AdaptiveThreads:
         self.previous = torch.get_num_threads()
 
     def __enter__(self) -> "AdaptiveThreads":
+        """``most`` threads from the start (the initial point, the first iteration) where the machine is idle."""
         self.previous = torch.get_num_threads()
-        torch.set_num_threads(1)
-        self.current, self.started = 1, None
+        self.current, self.started = (self.most if self._idle() else 1), None
+        torch.set_num_threads(self.current)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -143,14 +144,22 @@ class AdaptiveThreads:
             self.countdown = self.interval
         self.seconds[self.current] = seconds
 
+    def _idle(self) -> bool:
+        """Whether ``most`` threads may run: no more other running tasks than the cores left to them."""
+        if self.most == 1:
+            return False
+        others = others_running()
+        return others is not None and others <= self.cores - self.most
+
     def _choice(self) -> int:
-        """The count for the next iteration; the load is read only before running ``most`` (0.4 ms)."""
+        """The count for the next iteration; the load is read only before running ``most`` (8 us where
+        nothing else runs, 0.15 ms otherwise)."""
         self.probing = False
-        if self.most == 1 or 1 not in self.seconds:
-            return 1
-        if self.most not in self.seconds:
+        if self.current not in self.seconds:  # the first iteration
+            choice = self.current
+        elif len(self.seconds) == 1:
             self.probing = True
-            choice = self.most
+            choice = self.most if self.current == 1 else 1
         else:
             faster = min(self.seconds, key=self.seconds.__getitem__)
             self.countdown -= 1
@@ -158,11 +167,9 @@ class AdaptiveThreads:
             if self.countdown <= 0:
                 self.countdown, self.probing = self.interval, True
                 choice = self.most if faster == 1 else 1
-        if choice == self.most:
-            others = others_running()
-            if others is None or others > self.cores - self.most:
-                self.probing = False
-                return 1
+        if choice == self.most and not self._idle():
+            self.probing = False
+            return 1
         return choice
 
     def __call__(self) -> None:
