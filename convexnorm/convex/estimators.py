@@ -144,7 +144,8 @@ class _ConvexBNBase(BaseEstimator):
     Parameters: ``beta`` (weight decay, > 0), ``patterns`` ("auto", "exhaustive" or a number
     of sampled gates), ``solver`` ("clarabel", "scs", "torch"), ``loss``, ``random_state``
     (the sampled gates and probes), ``solver_options`` (passed to the solver; for "torch" the
-    interior-point settings, "threads", "device" and "accept_inaccurate"), ``whitening_rank`` and ``whitening``
+    interior-point settings, "threads" (default "auto": one or all cores per iteration,
+    convexnorm/solvers/threads.py), "device" and "accept_inaccurate"), ``whitening_rank`` and ``whitening``
     (docs/math.md section 7), ``grow`` (column generation) with ``max_rounds``,
     ``n_probes`` and ``max_new_patterns``, ``progress`` (a tqdm bar for the grow rounds;
     each round is also logged at INFO level on the "convexnorm" logger).

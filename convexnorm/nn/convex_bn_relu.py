@@ -76,8 +76,9 @@ class ConvexBNReLU(nn.Module):
     ``H_query`` under the test-time map. ``solver="torch"`` solves with the batched
     interior-point method of ``convexnorm.solvers`` (gradients from the KKT system of the
     solution's active set; ``solver_options``: those of the estimators' solver="torch", see
-    ``convexnorm.solvers.native.native_settings``, and ``workers``: the episodes split over that
-    many threads, default 1) and accepts episodes: H (B, n, d), y (B, n), H_query (B, m, d), one
+    ``convexnorm.solvers.native.native_settings``, with "threads" 1 by default so that repeated passes
+    agree exactly ("auto" may be asked), and ``workers``: the episodes split over that many threads,
+    default 1) and accepts episodes: H (B, n, d), y (B, n), H_query (B, m, d), one
     program per episode in one batched solve. ``solver="cvxpylayers"`` solves through cvxpylayers
     (``solver_options`` go to diffcp), one episode at a time. ``return_objective=True`` also
     returns the optimal objective (one per episode) as a differentiable tensor. Each batch must
