@@ -101,7 +101,7 @@ def others_running() -> int | None:
         own = 0
         for task in os.listdir("/proc/self/task"):
             stat = _read(f"/proc/self/task/{task}/stat")
-            own += stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] == b"R"
+            own += stat[stat.rindex(b")") + 2] == ord("R")  # the state follows the command's ") "
     except (OSError, ValueError, IndexError):
         return None
     return max(running - own, 0)
@@ -124,7 +124,6 @@ class AdaptiveThreads:
         self.seconds: dict[int, float] = {}
         self.interval = self.countdown = probe_every
         self.current, self.probing, self.started = 1, False, None
-        self.previous = torch.get_num_threads()
 
     def __enter__(self) -> "AdaptiveThreads":
         """``most`` threads from the start (the initial point, the first iteration) where the machine is idle."""
