@@ -4,7 +4,7 @@ Variables x = (X, xi): X (batch, 2P, m) holds (tau_j, W_j) per group, m = k + 1;
 are the hinge loss's slacks (None otherwise). With s in the cone K the constraints are
 G x + s = h, in four parts (``Conic``):
 
-    rows    s = E * (A W)                 (orthant, batch x n x 2P)
+    rows    s = E * (A W)                 (orthant, batch x n x 2P; batch x c x 2P on candidate rows)
     cones   s = (tau_j, W_j)              (second-order cones, batch x 2P x m)
     slack   s = xi                        (hinge: xi >= 0)
     margin  s = xi + y * f - 1            (hinge: xi >= 1 - y f)
@@ -141,11 +141,11 @@ def constraint_slack(problem: ConvexBNProblem, x: Primal, offset: Conic | None =
 def _offset_map(problem: ConvexBNProblem, x: Primal, offset: Conic | None, sign: float,
                 predictions: torch.Tensor | None, rows: torch.Tensor | None) -> Conic:
     """offset + sign G x, G x = (-E * (A W_j), -X, -xi, -(xi + y f)) (offset None: zero)."""
-    rows = problem.rows(x.W) if rows is None else rows
+    rows = problem.constraint_rows(x.W) if rows is None else rows
     if offset is None:
-        signed_rows = (problem.negative_signs if sign > 0 else problem.signs) * rows
+        signed_rows = (problem.negative_constraint_signs if sign > 0 else problem.constraint_signs) * rows
     else:
-        signed_rows = torch.addcmul(offset.rows, problem.signs, rows, value=-sign)
+        signed_rows = torch.addcmul(offset.rows, problem.constraint_signs, rows, value=-sign)
 
     def part(value: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
         """base - sign * value (G x's parts are minus the variables')."""
@@ -166,7 +166,7 @@ def constraint_adjoint(problem: ConvexBNProblem, v: Conic, signed_rows: bool = F
     """G^T v (``signed_rows``: v.rows already multiplied by E; ``rows_adjoint``: A^T (E_j v_j) of the
     rows part if already at hand)."""
     if rows_adjoint is None:
-        rows_adjoint = problem.rows_adjoint(v.rows if signed_rows else problem.signs * v.rows)
+        rows_adjoint = problem.constraint_rows_adjoint(v.rows if signed_rows else problem.constraint_signs * v.rows)
     W = -rows_adjoint - v.cones[..., 1:]
     if v.margin is not None:
         W = W - problem.predictions_adjoint(problem.y * v.margin)
@@ -177,7 +177,7 @@ def constraint_adjoint(problem: ConvexBNProblem, v: Conic, signed_rows: bool = F
 def constraint_offset(problem: ConvexBNProblem) -> Conic:
     """h: zero except -1 in the hinge loss's margin part."""
     A = problem.A
-    zero_rows = A.new_zeros(problem.batch, problem.samples, 2 * problem.patterns)
+    zero_rows = A.new_zeros(problem.batch, problem.constraint_count, 2 * problem.patterns)
     zero_cones = A.new_zeros(problem.batch, 2 * problem.patterns, problem.width + 1)
     if problem.loss != "hinge":
         return Conic(zero_rows, zero_cones)
@@ -251,8 +251,8 @@ def evaluate(problem: ConvexBNProblem, x: Primal, s: Conic, z: Conic) -> tuple[C
     """The stopping criteria of an interior iterate (``criteria``) and its KKT residual (r_x, r_z)
     (``kkt_residual``), which share A W_j, f = B W and A^T (E_j z_j), each formed once (z is interior:
     its rows part is the dual bound's G as it is)."""
-    rows, predictions = problem.rows(x.W), problem.predictions(x.W)
-    rows_adjoint = problem.rows_adjoint(problem.signs * z.rows)
+    rows, predictions = problem.constraint_rows(x.W), problem.predictions(x.W)
+    rows_adjoint = problem.constraint_rows_adjoint(problem.constraint_signs * z.rows)
     r_x, r_z = kkt_residual(problem, x, s, z, rows, predictions, rows_adjoint)
     lower_bound = problem.dual_bound(multipliers(problem, x, z, predictions), z.rows, rows_adjoint)
     return bounded_criteria(problem, x.W, lower_bound, rows), r_x, r_z
@@ -261,6 +261,6 @@ def evaluate(problem: ConvexBNProblem, x: Primal, s: Conic, z: Conic) -> tuple[C
 def bounded_criteria(problem: ConvexBNProblem, W: torch.Tensor, lower_bound: torch.Tensor,
                      rows: torch.Tensor | None = None) -> Criteria:
     """The criteria of neurons W against a given lower bound on the optimum (one per program;
-    ``rows``: A W_j of every group if already at hand)."""
-    rows = problem.rows(W) if rows is None else rows
+    ``rows``: A W_j on every group's constraint rows if already at hand)."""
+    rows = problem.constraint_rows(W) if rows is None else rows
     return Criteria.of(problem.objective(W, rows), lower_bound, problem.violation(W, rows))

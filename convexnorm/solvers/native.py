@@ -19,7 +19,8 @@ import torch
 from convexnorm._validation import check_count, check_device
 from convexnorm.errors import SolverError
 from convexnorm.solvers.backends import ProgramSolution
-from convexnorm.solvers.interior_point import InteriorPointSettings, finished_with_dense_route, interior_point
+from convexnorm.solvers.candidate_rows import solve_relaxed
+from convexnorm.solvers.interior_point import InteriorPointSettings
 from convexnorm.solvers.implicit import active_sets, polish_episode
 from convexnorm.solvers.kkt import Conic, Criteria, Primal, bounded_criteria, multipliers
 from convexnorm.solvers.problem import ConvexBNProblem
@@ -96,8 +97,7 @@ def solve_native(problem: ConvexBNProblem, settings: InteriorPointSettings = Int
     ``polish_episode``), kept where it is certified (by the dual bound at its own multipliers or the
     interior-point method's). Then the residue of inactive groups is removed where certified."""
     with solver_threads(threads, problem.A.device) as pace, torch.inference_mode():
-        result = interior_point(problem, settings, on_iteration=pace)
-        result = finished_with_dense_route(problem, result, settings)
+        result = solve_relaxed(problem, settings, on_iteration=pace)
         W, z = result.W.clone(), result.z
         if problem.loss != "hinge" and not bool(result.converged.all()):
             z = Conic(z.rows.clone(), z.cones, z.slack, z.margin)

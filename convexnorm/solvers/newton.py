@@ -215,13 +215,10 @@ class NewtonSystem:
         the orthant parts are scaled by z / s. ``dense_curvature``: default DENSE_CURVATURE. Breakdown
         names the programs of this batch whose matrix lost definiteness."""
         self.problem = problem
-        A, masks = problem.A, problem.masks
-        batch, n, k = A.shape
-        P = problem.patterns
         self.scaling = NTScaling.of(s.cones, z.cones) if scaling is None else scaling
         self.weights = Conic(z.rows / s.rows, None, *(None if a is None else a / b
                                                       for a, b in ((z.slack, s.slack), (z.margin, s.margin))))
-        rows_part = (self.weights.rows.transpose(-1, -2) @ problem.outer).reshape(batch, 2 * P, k, k)
+        rows_part = problem.constraint_gram(self.weights.rows)
         if problem.loss == "hinge":
             slack, margin = self.weights.slack, self.weights.margin
             self.xi_diagonal = slack + margin

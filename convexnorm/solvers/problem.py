@@ -7,6 +7,9 @@ o_j = +1 then -1) and neurons W_j (k):
     min  loss(f) + beta sum_j ||W_j||   s.t.  E_j * (A W_j) >= 0,   f = sum_j o_j M_j * (A W_j),
 
 E_j = 2 M_j - 1 (docs/math.md, section 3). Group variables are stored as (batch, 2P, k).
+A program may keep only some of its orthant rows (``candidates``: the same rows for the S and T groups
+of a pattern), a relaxation that is the same program where the rows left out are implied by the
+others (solvers/candidate_rows.py); the constraint maps then act on those rows alone.
 The losses (convexnorm/losses.py) enter only through f: their value, gradient and curvature
 (diagonal Hessian) in prediction space and the conjugate that gives the dual bound.
 """
@@ -26,13 +29,17 @@ from convexnorm.losses import LOSSES, dual_value, loss_terms
 @dataclass
 class ConvexBNProblem:
     """A batch of programs: A (batch, n, k), masks (batch, n, P) 0/1, y (batch, n), beta
-    (batch,), all float64 on one device; loss one of LOSSES."""
+    (batch,), all float64 on one device; loss one of LOSSES. ``candidates`` (batch, P, c), long, or
+    None (all n rows): the orthant rows kept per pattern; the constraint rows are then (batch, c, 2P),
+    row a of group j the candidate a of its pattern. With candidates the program is a relaxation:
+    ``objective`` is the convex objective and ``violation`` that of the kept rows."""
 
     A: torch.Tensor
     masks: torch.Tensor
     y: torch.Tensor
     beta: torch.Tensor
     loss: str
+    candidates: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -52,7 +59,12 @@ class ConvexBNProblem:
 
     def select(self, keep: torch.Tensor) -> "ConvexBNProblem":
         """The programs where ``keep`` (batch,) holds."""
-        return ConvexBNProblem(self.A[keep], self.masks[keep], self.y[keep], self.beta[keep], self.loss)
+        return ConvexBNProblem(self.A[keep], self.masks[keep], self.y[keep], self.beta[keep], self.loss,
+                               None if self.candidates is None else self.candidates[keep])
+
+    def relaxed(self, candidates: torch.Tensor | None) -> "ConvexBNProblem":
+        """The same programs with only the orthant rows ``candidates`` (batch, P, c) kept (None: all)."""
+        return ConvexBNProblem(self.A, self.masks, self.y, self.beta, self.loss, candidates)
 
     @property
     def batch(self) -> int:
@@ -81,6 +93,63 @@ class ConvexBNProblem:
     def negative_signs(self) -> torch.Tensor:
         """-E (batch, n, 2P)."""
         return -self.signs
+
+    @property
+    def constraint_count(self) -> int:
+        """The orthant rows per group: n, or the candidates per pattern."""
+        return self.samples if self.candidates is None else self.candidates.shape[-1]
+
+    @functools.cached_property
+    def _candidate_rows(self) -> torch.Tensor:
+        """The candidate rows of A per pattern (batch, P, c, k)."""
+        return self.A[torch.arange(self.batch, device=self.A.device)[:, None, None], self.candidates]
+
+    @functools.cached_property
+    def _candidate_rows_T(self) -> torch.Tensor:
+        return self._candidate_rows.transpose(-1, -2).contiguous()
+
+    @functools.cached_property
+    def constraint_signs(self) -> torch.Tensor:
+        """E on the constraint rows (batch, c, 2P): ``signs`` or, with candidates, theirs."""
+        if self.candidates is None:
+            return self.signs
+        half = (2 * self.masks - 1).gather(1, self.candidates.transpose(-1, -2))
+        return torch.cat([half, half], -1)
+
+    @functools.cached_property
+    def negative_constraint_signs(self) -> torch.Tensor:
+        return -self.constraint_signs
+
+    def constraint_rows(self, W: torch.Tensor) -> torch.Tensor:
+        """A W_j on every group's constraint rows (batch, c, 2P): ``rows`` or, with candidates, theirs."""
+        if self.candidates is None:
+            return self.rows(W)
+        batch, P = self.batch, self.patterns
+        pairs = W.view(batch, 2, P, -1).transpose(1, 2).contiguous()  # (batch, P, 2, k): S_i, T_i
+        return (pairs @ self._candidate_rows_T).permute(0, 3, 2, 1).reshape(batch, -1, 2 * P)
+
+    def constraint_rows_adjoint(self, V: torch.Tensor) -> torch.Tensor:
+        """The adjoint of ``constraint_rows``: group j gets A_j^T V_j on its constraint rows, (batch, 2P, k)."""
+        if self.candidates is None:
+            return self.rows_adjoint(V)
+        batch, P = self.batch, self.patterns
+        pairs = V.view(batch, -1, 2, P).permute(0, 3, 2, 1).contiguous()  # (batch, P, 2, c)
+        return (pairs @ self._candidate_rows).transpose(1, 2).reshape(batch, 2 * P, -1)
+
+    def constraint_gram(self, weights: torch.Tensor) -> torch.Tensor:
+        """sum_a weights_ja a_a a_a^T over every group's constraint rows: (batch, 2P, k, k)."""
+        batch, P, k = self.batch, self.patterns, self.width
+        if self.candidates is None:
+            return (weights.transpose(-1, -2) @ self.outer).reshape(batch, 2 * P, k, k)
+        pairs = weights.view(batch, -1, 2, P).permute(0, 3, 2, 1)  # (batch, P, 2, c)
+        # the S and T groups of a pattern stacked: (2k x c) @ (c x k) per pattern
+        scaled = (self._candidate_rows_T[:, :, None] * pairs.contiguous()[..., None, :]).reshape(batch, P, 2 * k, -1)
+        return (scaled @ self._candidate_rows).view(batch, P, 2, k, k).transpose(1, 2).reshape(batch, 2 * P, k, k)
+
+    @functools.cached_property
+    def gram(self) -> torch.Tensor:
+        """A^T A (batch, k, k): ||A W_j|| without the rows."""
+        return self.A_T @ self.A
 
     @functools.cached_property
     def A_T(self) -> torch.Tensor:
@@ -130,23 +199,31 @@ class ConvexBNProblem:
 
     def objective(self, W: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """loss(f) + beta sum_j ||W_j|| with ReLU predictions f = sum_j o_j (A W_j)_+ (the value
-        of the recovered network), per program (``rows``: A W_j if already at hand)."""
-        P = self.patterns
-        Z = torch.relu(self.rows(W) if rows is None else rows)
-        f = Z[..., :P].sum(-1) - Z[..., P:].sum(-1)
+        of the recovered network), per program (``rows``: A W_j if already at hand). With candidates,
+        the convex objective, f = ``predictions`` (the same where W is feasible)."""
+        if self.candidates is not None:
+            f = self.predictions(W)
+        else:
+            P = self.patterns
+            Z = torch.relu(self.rows(W) if rows is None else rows)
+            f = Z[..., :P].sum(-1) - Z[..., P:].sum(-1)
         return loss_terms(self.loss, f, self.y).sum(-1) + self.beta * torch.linalg.norm(W, dim=-1).sum(-1)
 
     def violation(self, W: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Largest violation of E_j * (A W_j) >= 0 relative to the largest ||A W_j||, per program
-        (``rows``: A W_j if already at hand)."""
-        Z = self.rows(W) if rows is None else rows
-        scale = torch.linalg.norm(Z, dim=-2).amax(-1)
-        worst = (self.negative_signs * Z).flatten(1).amax(-1).clamp_min(0)
+        """Largest violation of E_j * (A W_j) >= 0 on the constraint rows relative to the largest
+        ||A W_j||, per program (``rows``: ``constraint_rows(W)`` if already at hand)."""
+        Z = self.constraint_rows(W) if rows is None else rows
+        if self.candidates is None:
+            scale = torch.linalg.norm(Z, dim=-2).amax(-1)
+        else:
+            scale = ((W @ self.gram) * W).sum(-1).clamp_min(0).amax(-1).sqrt()
+        worst = (self.negative_constraint_signs * Z).flatten(1).amax(-1).clamp_min(0)
         return torch.where(scale > 0, worst / scale.clamp_min(torch.finfo(Z.dtype).tiny), torch.zeros_like(worst))
 
     def dual_bound(self, lam: torch.Tensor, G: torch.Tensor, rows_adjoint: torch.Tensor | None = None
                    ) -> torch.Tensor:
-        """A lower bound on the optimum from any lam (batch, n) and G >= 0 (batch, n, 2P): the
+        """A lower bound on the optimum from any lam (batch, n) and G >= 0 (batch, c, 2P, on the constraint
+        rows; with candidates a bound on the whole program too, G zero on the other rows): the
         dual objective -loss*(-s lam) at the scale s = min(1, beta / max_j ||A^T (o_j M_j lam +
         E_j G_j)||) that makes (s lam, s G) dual feasible (docs/math.md, section 4). For the
         margin losses u = y lam is first clipped to [0, 1], the domain of loss*. ``rows_adjoint``:
@@ -154,7 +231,7 @@ class ConvexBNProblem:
         if self.loss != "squared":
             lam = self.y * (self.y * lam).clamp(0, 1)
         if rows_adjoint is None:
-            rows_adjoint = self.rows_adjoint(self.signs * G.clamp_min(0))
+            rows_adjoint = self.constraint_rows_adjoint(self.constraint_signs * G.clamp_min(0))
         norms = torch.linalg.norm(self.predictions_adjoint(lam) + rows_adjoint, dim=-1).amax(-1)
         scale = torch.clamp(self.beta / norms.clamp_min(1e-300), max=1.0)
         return dual_value(self.loss, scale[:, None] * lam, self.y)

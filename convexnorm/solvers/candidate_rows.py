@@ -1,0 +1,119 @@
+"""The orthant rows a pattern's constraints need: its cell's facets, found among the rows nearest a point inside.
+
+Pattern i's constraints E_i * (A w) >= 0 cut out a polyhedral cone (the cell of the arrangement of
+the rows' hyperplanes). Only its facets matter, and in an arrangement of n hyperplanes in R^k a cell
+has about 2 (k - 1) of them on average (each facet bounds two cells), whatever n is: measured on the
+benchmarks' data, 49-65 of 1000 rows at k = 11 and 29-61 of 200 (docs/benchmarks.md, session 25). The
+facets lie among the hyperplanes nearest a point deep inside the cell: in those measurements all of
+them were among the 90 rows of 1000 nearest the cell's own gate. So each pattern keeps the
+``ROWS_PER_WIDTH`` k rows nearest to such a point, found by ascent on the soft minimum of the rows'
+normalized margins at a falling temperature.
+
+The program on those rows is a relaxation of the whole one, the same program where it holds all
+the facets. That is checked, not assumed: ``solve_relaxed`` solves the relaxation, measures the
+answer on every row, and solves the whole program instead for a program whose answer violates a
+row left out.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+
+from convexnorm.solvers.interior_point import (InteriorPointResult, InteriorPointSettings, finished_with_dense_route,
+                                               interior_point)
+from convexnorm.solvers.kkt import Conic, bounded_criteria
+from convexnorm.solvers.problem import ConvexBNProblem
+
+logger = logging.getLogger("convexnorm")
+
+#: Candidate rows per pattern, per column of A (k); the relaxation is used where that is at most
+#: half of the n rows.
+ROWS_PER_WIDTH = 12
+#: Steps of ascent on the soft minimum of the margins, its temperature (on margins of unit rows) from
+#: the first to the last step, geometrically, and the step (times the temperature's fraction of its start).
+ASCENT_STEPS = 30
+ASCENT_TEMPERATURES = (0.05, 1e-3)
+ASCENT_RATE = 0.5
+
+
+def inner_points(A: torch.Tensor, masks: torch.Tensor, steps: int = ASCENT_STEPS) -> torch.Tensor:
+    """A unit point c_i deep inside each pattern's cell {w : E_i * (A w) >= 0}, (batch, P, k): from the
+    mean signed unit row, ``steps`` of ascent on the soft minimum of the margins E_ia (a_a . c) / ||a_a||
+    at a falling temperature (ASCENT_TEMPERATURES). Not certified inside; it only ranks the rows."""
+    unit = A / torch.linalg.norm(A, dim=-1, keepdim=True).clamp_min(torch.finfo(A.dtype).tiny)
+    signs = 2 * masks - 1
+    c = torch.nn.functional.normalize(signs.transpose(-1, -2) @ unit, dim=-1)
+    first, last = ASCENT_TEMPERATURES
+    for step in range(steps):
+        temperature = first * (last / first) ** (step / max(steps - 1, 1))
+        margins = signs * (unit @ c.transpose(-1, -2))
+        weights = torch.softmax(margins / -temperature, dim=1)
+        rate = ASCENT_RATE * temperature / first
+        c = torch.nn.functional.normalize(c + rate * ((signs * weights).transpose(-1, -2) @ unit), dim=-1)
+    return c
+
+
+def candidate_rows(problem: ConvexBNProblem, count: int) -> torch.Tensor:
+    """The ``count`` rows of each pattern nearest its inner point (``inner_points``) by the angle to their
+    hyperplanes, (batch, P, count), ascending (zero rows of A, whose constraints hold for every w, last)."""
+    A = problem.A
+    norms = torch.linalg.norm(A, dim=-1, keepdim=True)
+    distance = (A @ inner_points(A, problem.masks).transpose(-1, -2)).abs() / norms.clamp_min(torch.finfo(A.dtype).tiny)
+    distance = torch.where(norms > 0, distance, torch.inf)
+    return distance.topk(count, dim=1, largest=False).indices.sort(dim=1).values.transpose(-1, -2).contiguous()
+
+
+def relaxation(problem: ConvexBNProblem) -> ConvexBNProblem | None:
+    """``problem`` on ROWS_PER_WIDTH k candidate rows per pattern, or None where that is more than half
+    of its n rows."""
+    count = ROWS_PER_WIDTH * problem.width
+    if 2 * count > problem.samples:
+        return None
+    return problem.relaxed(candidate_rows(problem, count))
+
+
+def full_rows(relaxed: ConvexBNProblem, values: torch.Tensor, fill: float) -> torch.Tensor:
+    """Constraint-row values of ``relaxed`` (batch, c, 2P) on all n rows (batch, n, 2P), ``fill`` on the others."""
+    batch, P = relaxed.batch, relaxed.patterns
+    index = relaxed.candidates.transpose(-1, -2).repeat(1, 1, 2)
+    out = values.new_full((batch, relaxed.samples, 2 * P), fill)
+    return out.scatter_(1, index, values)
+
+
+def _widened(problem: ConvexBNProblem, relaxed: ConvexBNProblem, result: InteriorPointResult,
+             settings: InteriorPointSettings) -> InteriorPointResult:
+    """An interior-point result of ``relaxed`` on the whole ``problem``: the multipliers z zero on the rows
+    left out and their slacks s one (read by the active sets and the dual bound, which are exact with G
+    zero there), criteria measured on every row against the relaxation's lower bound (a bound on the
+    whole program's optimum too), converged where they are met."""
+    s, z = result.s, result.z
+    s = Conic(full_rows(relaxed, s.rows, 1.0), s.cones, s.slack, s.margin)
+    z = Conic(full_rows(relaxed, z.rows, 0.0), z.cones, z.slack, z.margin)
+    measured = bounded_criteria(problem, result.W, result.criteria.lower_bound)
+    return InteriorPointResult(result.x, s, z, measured, measured.met(settings.tol, settings.violation_tol),
+                               result.iterations)
+
+
+def solve_relaxed(problem: ConvexBNProblem, settings: InteriorPointSettings,
+                  on_iteration: Callable[[], None] | None = None) -> InteriorPointResult:
+    """``interior_point`` (then ``finished_with_dense_route``) on the candidate rows (``relaxation``) where
+    that is smaller, its answer measured on every row; a program whose answer violates a row left out
+    (beyond violation_tol) is solved again whole. The result is the whole program's (rows (batch, n, 2P))."""
+    relaxed = relaxation(problem)
+    if relaxed is None:
+        return finished_with_dense_route(problem, interior_point(problem, settings, on_iteration=on_iteration),
+                                         settings)
+    result = finished_with_dense_route(relaxed, interior_point(relaxed, settings, on_iteration=on_iteration),
+                                       settings)
+    result = _widened(problem, relaxed, result, settings)
+    missed = result.criteria.violation > settings.violation_tol
+    if bool(missed.any()):
+        logger.info("candidate rows: %d of %d program(s) violate a row left out (%.1e); solved whole",
+                    int(missed.sum()), problem.batch, float(result.criteria.violation.max()))
+        whole = problem.select(missed)
+        again = finished_with_dense_route(whole, interior_point(whole, settings, on_iteration=on_iteration), settings)
+        result = result.replaced(missed, again)
+    return result
