@@ -51,7 +51,8 @@ def main() -> None:
             counts.append(len(found))
             ranks.append(int(rank[found].max()))
         k = U.shape[1]
-        print(f"{size:>8} {k:3d} {min(n, ROWS_PER_WIDTH * k):5d} {min(counts):6d} {np.mean(counts):6.1f} {max(counts):6d} "
+        kept = min(n, ROWS_PER_WIDTH * k)
+        print(f"{size:>8} {k:3d} {kept:5d} {min(counts):6d} {np.mean(counts):6.1f} {max(counts):6d} "
               f"{max(ranks):19d} {time.perf_counter() - start:6.1f}", flush=True)
 
 
