@@ -45,15 +45,18 @@ def inner_points(A: torch.Tensor, masks: torch.Tensor, steps: int = ASCENT_STEPS
     mean signed unit row, ``steps`` of ascent on the soft minimum of the margins E_ia (a_a . c) / ||a_a||
     at a falling temperature (ASCENT_TEMPERATURES). Not certified inside; it only ranks the rows."""
     unit = A / torch.linalg.norm(A, dim=-1, keepdim=True).clamp_min(torch.finfo(A.dtype).tiny)
-    signs = 2 * masks - 1
-    c = torch.nn.functional.normalize(signs.transpose(-1, -2) @ unit, dim=-1)
+    # patterns by samples (batch, P, n): the soft minimum reduces along contiguous rows (0.16-0.26 s against
+    # 0.48-0.72 s over the samples' dimension at n = P = 1000)
+    signs = (2 * masks - 1).transpose(-1, -2).contiguous()
+    unit_T = unit.transpose(-1, -2).contiguous()
+    c = torch.nn.functional.normalize(signs @ unit, dim=-1)
     first, last = ASCENT_TEMPERATURES
     for step in range(steps):
         temperature = first * (last / first) ** (step / max(steps - 1, 1))
-        margins = signs * (unit @ c.transpose(-1, -2))
-        weights = torch.softmax(margins / -temperature, dim=1)
-        rate = ASCENT_RATE * temperature / first
-        c = torch.nn.functional.normalize(c + rate * ((signs * weights).transpose(-1, -2) @ unit), dim=-1)
+        margins = (c @ unit_T).mul_(signs)
+        weights = torch.softmax(margins.mul_(-1 / temperature), dim=-1).mul_(signs)
+        c = torch.nn.functional.normalize(torch.baddbmm(c, weights, unit, alpha=ASCENT_RATE * temperature / first),
+                                          dim=-1)
     return c
 
 
