@@ -149,3 +149,52 @@ def test_estimator_on_candidate_rows_matches_clarabel() -> None:
     assert abs(native.objective_ - reference.objective_) <= 1e-6 * reference.objective_
     module_objective = cn.nonconvex_objective(native.to_module(), X, y, 0.1).item()
     assert abs(module_objective - native.objective_) <= 1e-9 * native.objective_
+
+
+@pytest.mark.parametrize("loss", ["squared", "logistic", "hinge"])
+def test_block_on_candidate_rows_matches_the_whole_program(loss: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ConvexBNReLU(solver="torch") on two episodes of 128 x 3 (candidate rows used: 48 of 128): predictions,
+    objectives and gradients in H, y and log beta those of the whole program's solve, 1e-8 relative."""
+    from convexnorm.nn import ConvexBNReLU
+
+    generator = torch.Generator().manual_seed(4)
+    H = torch.randn(2, 128, 3, generator=generator, dtype=f64)
+    y = torch.sin(2 * H[..., 0]) + H[..., 1] * H[..., 2]
+    if loss != "squared":
+        y = torch.where(y > 0, 1.0, -1.0).double()
+    weights = torch.randn(2, 128, generator=generator, dtype=f64)
+    used = []
+    relaxation_of = candidate_rows.relaxation
+    monkeypatch.setattr(candidate_rows, "relaxation", lambda problem: used.append(relaxation_of(problem)) or used[-1])
+
+    def run() -> list[torch.Tensor]:
+        block = ConvexBNReLU(3, beta=0.05, n_patterns=24, loss=loss, learnable_beta=True, solver="torch")
+        H_var, y_var = H.clone().requires_grad_(True), y.clone().requires_grad_(True)
+        predictions, objective = block(H_var, y_var, return_objective=True)
+        ((predictions * weights).sum() + objective.sum()).backward()
+        return [predictions.detach(), objective.detach(), H_var.grad, y_var.grad, block.log_beta.grad]
+
+    relaxed = run()
+    assert used and all(problem is not None for problem in used)
+    with monkeypatch.context() as patch:
+        patch.setattr(candidate_rows, "ROWS_PER_WIDTH", 10**6)
+        whole = run()
+    assert used[-1] is None
+    for got, expected in zip(relaxed, whole):
+        assert torch.allclose(got, expected, rtol=0, atol=1e-8 * float(expected.abs().max()))
+
+
+def test_a_widened_result_resumes_afresh() -> None:
+    """A result on candidate rows, widened to all rows (z = 0 on the rows left out: no interior iterate),
+    resumes as a fresh solve of the whole program, to the whole solve's answer."""
+    from convexnorm.solvers.interior_point import InteriorPointSettings, interior_point, resumed_on
+
+    problem = program()
+    settings = InteriorPointSettings(tol=1e-7)
+    widened = candidate_rows.solve_relaxed(problem, settings)
+    assert not widened.interior and bool((widened.z.rows == 0).any())
+    keep = torch.ones(1, dtype=torch.bool)
+    _, resumed = resumed_on(problem, widened, keep, InteriorPointSettings(tol=1e-8))
+    whole = interior_point(problem, InteriorPointSettings(tol=1e-8))
+    assert resumed.interior and bool(resumed.converged[0])
+    assert torch.equal(resumed.W, whole.W)

@@ -91,14 +91,15 @@ def _widened(problem: ConvexBNProblem, relaxed: ConvexBNProblem, result: Interio
              settings: InteriorPointSettings) -> InteriorPointResult:
     """An interior-point result of ``relaxed`` on the whole ``problem``: the multipliers z zero on the rows
     left out and their slacks s one (read by the active sets and the dual bound, which are exact with G
-    zero there), criteria measured on every row against the relaxation's lower bound (a bound on the
-    whole program's optimum too), converged where they are met."""
+    zero there; not an interior iterate, so a resumption starts afresh), criteria measured on every row
+    against the relaxation's lower bound (a bound on the whole program's optimum too), converged where
+    they are met."""
     s, z = result.s, result.z
     s = Conic(full_rows(relaxed, s.rows, 1.0), s.cones, s.slack, s.margin)
     z = Conic(full_rows(relaxed, z.rows, 0.0), z.cones, z.slack, z.margin)
     measured = bounded_criteria(problem, result.W, result.criteria.lower_bound)
     return InteriorPointResult(result.x, s, z, measured, measured.met(settings.tol, settings.violation_tol),
-                               result.iterations)
+                               result.iterations, interior=False)
 
 
 def solve_relaxed(problem: ConvexBNProblem, settings: InteriorPointSettings,

@@ -36,8 +36,8 @@ from typing import Callable
 import torch
 
 from convexnorm.errors import SolverError
-from convexnorm.solvers.interior_point import (InteriorPointResult, InteriorPointSettings, finished_with_dense_route,
-                                              interior_point, resumed_on, with_dense_route)
+from convexnorm.solvers.candidate_rows import solve_relaxed
+from convexnorm.solvers.interior_point import InteriorPointResult, InteriorPointSettings, resumed_on, with_dense_route
 from convexnorm.solvers.kkt import Conic, Primal, criteria
 from convexnorm.losses import loss_curvature, loss_gradient
 from convexnorm.solvers.problem import ConvexBNProblem
@@ -625,8 +625,7 @@ def _solve_chunk(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: to
     where an episode missed the tolerances. ``on_iteration``: interior_point's."""
     with torch.inference_mode():
         problem = ConvexBNProblem(A, masks, y, beta, loss)
-        result = interior_point(problem, settings, on_iteration=on_iteration)
-        result = finished_with_dense_route(problem, result, settings)
+        result = solve_relaxed(problem, settings, on_iteration)
         failed = torch.nonzero(~result.converged).flatten().tolist()
         if failed:
             return _Unsolved([first + b for b in failed], float(result.criteria.relative_gap[failed[0]]),

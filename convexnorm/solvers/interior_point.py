@@ -93,7 +93,9 @@ class InteriorPointSettings:
 @dataclass
 class InteriorPointResult:
     """The last iterate (x, s, z) of every program, its criteria, which programs converged and
-    the iterations run (per program, until it stopped)."""
+    the iterations run (per program, until it stopped). ``interior``: whether (x, s, z) is an interior
+    iterate to resume from (False for a solve on candidate rows widened to all rows, whose rows left out
+    hold z = 0: solvers/candidate_rows.py)."""
 
     x: Primal
     s: Conic
@@ -101,6 +103,7 @@ class InteriorPointResult:
     criteria: Criteria
     converged: torch.Tensor
     iterations: torch.Tensor
+    interior: bool = True
 
     @property
     def W(self) -> torch.Tensor:
@@ -114,7 +117,8 @@ class InteriorPointResult:
         parts = _index_copied((self.x, self.s, self.z, self.criteria), index, (other.x, other.s, other.z,
                                                                                other.criteria))
         return InteriorPointResult(*parts, self.converged.index_copy(0, index, other.converged),
-                                   self.iterations.index_add(0, index, other.iterations))
+                                   self.iterations.index_add(0, index, other.iterations),
+                                   self.interior and other.interior)
 
 
 def _index_copied(wholes, index: torch.Tensor, parts) -> list:
@@ -353,8 +357,11 @@ def interior_point(problem: ConvexBNProblem, settings: InteriorPointSettings = I
 
 def resumed_on(problem: ConvexBNProblem, result: InteriorPointResult, keep: torch.Tensor,
                settings: InteriorPointSettings) -> tuple[ConvexBNProblem, InteriorPointResult]:
-    """The method resumed from ``result`` on the programs where ``keep`` holds: their problem and result."""
+    """The method resumed from ``result`` on the programs where ``keep`` holds: their problem and result
+    (started afresh where ``result`` holds no interior iterate)."""
     subset = problem.select(keep)
+    if not result.interior:
+        return subset, interior_point(subset, settings)
     return subset, interior_point(subset, settings, start=(result.x.select(keep), result.s.select(keep),
                                                            result.z.select(keep)))
 
