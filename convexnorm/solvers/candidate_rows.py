@@ -2,18 +2,19 @@
 
 Pattern i's constraints E_i * (A w) >= 0 cut out a polyhedral cone (the cell of the arrangement of
 the rows' hyperplanes). Only its facets matter, and in an arrangement of n hyperplanes in R^k a cell
-has about 2 (k - 1) of them on average over all cells (each facet bounds two cells; docs/math.md, section 3),
-whatever n is; sampled gates land in large cells more often, which have more. Measured on the benchmarks' data (``python benchmarks/bench_facets.py``, 20 patterns per size), 33-66
-of 1000 rows and 31-64 of 200 at k = 11, 12-30 of 300 at k = 6. The facets lie among the hyperplanes
-nearest a point deep inside the cell: there every one of them was among the 91, 89 and 39 rows nearest
-the point that ``inner_points`` finds (ascent on the soft minimum of the rows' normalized margins at a
+has about 2 (k - 1) of them on average over all cells (each facet bounds two cells; docs/math.md,
+section 3), whatever n is; sampled gates land in large cells more often, which have more. Measured on
+the benchmarks' data (``python benchmarks/bench_facets.py``, 20 patterns per size): 33-66 of 1000 rows
+and 31-64 of 200 at k = 11, 12-30 of 300 at k = 6. The facets lie among the hyperplanes nearest a
+point deep inside the cell: there every one of them was among the 91, 89 and 39 rows nearest the
+point that ``inner_points`` finds (ascent on the soft minimum of the rows' normalized margins at a
 falling temperature). So each pattern keeps the ``ROWS_PER_WIDTH`` k rows nearest that point (132 at
 k = 11, 72 at k = 6).
 
 The program on those rows is a relaxation of the whole one, the same program where it holds all
 the facets. That is checked, not assumed: ``solve_relaxed`` solves the relaxation, measures the
 answer on every row, and solves the whole program instead for a program whose answer violates a
-row left out.
+row left out. The estimators (``solve_native``) and the block (``InteriorPointSolve``) solve through it.
 """
 
 from __future__ import annotations
