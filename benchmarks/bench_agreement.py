@@ -27,7 +27,7 @@ import numpy as np
 from convexnorm.convex.patterns import sample_patterns
 from convexnorm.convex.solve import solve_convex_program
 from convexnorm.convex.whitening import whiten
-from convexnorm.solvers.candidate_rows import relaxation, solve_relaxed
+from convexnorm.solvers.candidate_rows import candidate_count, solve_relaxed
 from convexnorm.solvers.interior_point import InteriorPointSettings, interior_point
 from convexnorm.solvers.problem import ConvexBNProblem
 from convexnorm.solvers.threads import intra_op_threads
@@ -68,7 +68,7 @@ def main() -> None:
             if args.candidate_rows:
                 missed.clear()
                 result = solve_relaxed(problem, InteriorPointSettings())
-                relaxed += relaxation(problem) is not None
+                relaxed += candidate_count(problem) is not None
                 solved_whole += bool(missed)
             else:
                 result = interior_point(problem)

@@ -67,9 +67,9 @@ def main() -> None:
         problem = ConvexBNProblem.from_arrays([(U, arrangement_patterns(U, gates, seed=0), y)], 0.1, "squared")
         found = alternate(lambda: solve_native(problem, settings, 1), args.repeats)
         (fast, ours), (slow, theirs) = found[candidate_rows.ROWS_PER_WIDTH], found[WHOLE]
-        kept = candidate_rows.ROWS_PER_WIDTH * problem.width
+        kept = candidate_rows.candidate_count(problem) or n
         apart = float((ours.criteria.objective - theirs.criteria.objective).abs() / theirs.criteria.objective.abs())
-        print(f"{'fit ' + size:<18} {kept if 2 * kept <= n else n:5d} {fast:13.3f} {slow:8.3f} {slow / fast:6.2f} "
+        print(f"{'fit ' + size:<18} {kept:5d} {fast:13.3f} {slow:8.3f} {slow / fast:6.2f} "
               f"{int(ours.iterations[0]):5d}/{int(theirs.iterations[0]):<5d} {apart:8.1e}", flush=True)
     for size in args.blocks:
         B, n, d, P = (int(v) for v in size.split("x"))

@@ -16,7 +16,7 @@ import convexnorm as cn
 from convexnorm.convex.patterns import arrangement_patterns
 from convexnorm.convex.whitening import whiten
 from convexnorm.solvers import candidate_rows
-from convexnorm.solvers.candidate_rows import candidate_rows as nearest_rows, relaxation
+from convexnorm.solvers.candidate_rows import candidate_rows as nearest_rows
 from convexnorm.solvers.native import native_settings, solve_native
 from convexnorm.solvers.problem import ConvexBNProblem
 
@@ -115,7 +115,8 @@ def test_relaxed_solve_is_the_whole_program(loss: str, monkeypatch: pytest.Monke
     """On candidate rows (a quarter of them here) the solve certifies the whole program: objectives
     within 1e-7 of the whole solve's, violation measured on every row, a lower bound below both."""
     problem = program(loss=loss)
-    assert relaxation(problem) is not None and relaxation(problem).constraint_count * 4 <= problem.samples
+    count = candidate_rows.candidate_count(problem)
+    assert count is not None and 4 * count <= problem.samples  # the relaxation is used
     whole, relaxed = whole_and_relaxed(problem, monkeypatch)
     assert bool(whole.converged[0]) and bool(relaxed.converged[0])
     assert float(relaxed.criteria.violation[0]) <= 1e-7

@@ -71,13 +71,17 @@ def candidate_rows(problem: ConvexBNProblem, count: int) -> torch.Tensor:
     return distance.topk(count, dim=1, largest=False).indices.sort(dim=1).values.transpose(-1, -2).contiguous()
 
 
-def relaxation(problem: ConvexBNProblem) -> ConvexBNProblem | None:
-    """``problem`` on ROWS_PER_WIDTH k candidate rows per pattern, or None where that is more than half
-    of its n rows."""
+def candidate_count(problem: ConvexBNProblem) -> int | None:
+    """The candidate rows per pattern, ROWS_PER_WIDTH k, or None where that is more than half of the n rows
+    (the whole program is solved)."""
     count = ROWS_PER_WIDTH * problem.width
-    if 2 * count > problem.samples:
-        return None
-    return problem.relaxed(candidate_rows(problem, count))
+    return None if 2 * count > problem.samples else count
+
+
+def relaxation(problem: ConvexBNProblem) -> ConvexBNProblem | None:
+    """``problem`` on its ``candidate_count`` rows per pattern, or None where it keeps all of them."""
+    count = candidate_count(problem)
+    return None if count is None else problem.relaxed(candidate_rows(problem, count))
 
 
 def full_rows(relaxed: ConvexBNProblem, values: torch.Tensor, fill: float) -> torch.Tensor:
@@ -108,18 +112,17 @@ def solve_relaxed(problem: ConvexBNProblem, settings: InteriorPointSettings,
     """``interior_point`` (then ``finished_with_dense_route``) on the candidate rows (``relaxation``) where
     that is smaller, its answer measured on every row; a program whose answer violates a row left out
     (beyond violation_tol) is solved again whole. The result is the whole program's (rows (batch, n, 2P))."""
+    def solved(program: ConvexBNProblem) -> InteriorPointResult:
+        return finished_with_dense_route(program, interior_point(program, settings, on_iteration=on_iteration),
+                                         settings)
+
     relaxed = relaxation(problem)
     if relaxed is None:
-        return finished_with_dense_route(problem, interior_point(problem, settings, on_iteration=on_iteration),
-                                         settings)
-    result = finished_with_dense_route(relaxed, interior_point(relaxed, settings, on_iteration=on_iteration),
-                                       settings)
-    result = _widened(problem, relaxed, result, settings)
+        return solved(problem)
+    result = _widened(problem, relaxed, solved(relaxed), settings)
     missed = result.criteria.violation > settings.violation_tol
     if bool(missed.any()):
         logger.info("candidate rows: %d of %d program(s) violate a row left out (%.1e); solved whole",
                     int(missed.sum()), problem.batch, float(result.criteria.violation.max()))
-        whole = problem.select(missed)
-        again = finished_with_dense_route(whole, interior_point(whole, settings, on_iteration=on_iteration), settings)
-        result = result.replaced(missed, again)
+        result = result.replaced(missed, solved(problem.select(missed)))
     return result

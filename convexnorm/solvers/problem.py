@@ -89,11 +89,6 @@ class ConvexBNProblem:
         half = 2 * self.masks - 1
         return torch.cat([half, half], -1)
 
-    @functools.cached_property
-    def negative_signs(self) -> torch.Tensor:
-        """-E (batch, n, 2P)."""
-        return -self.signs
-
     @property
     def constraint_count(self) -> int:
         """The orthant rows per group: n, or the candidates per pattern."""
