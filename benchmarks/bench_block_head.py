@@ -6,11 +6,12 @@ backward on the same batch, timed in the same run; then B episodes of one size i
 against one episode. Medians of --repeats runs. ``--head-threads 1`` times the ordinary head on
 one thread, like the block's solver by default (``--threads auto``: the solver's threads chosen per
 iteration, one or all cores; under load torch's default threads collapse and the ratio then measures
-that). ``--workers 1 2``: the episodes row once per number of episode workers
-(solver_options["workers"]: the episodes split over that many threads). ``--loss logistic|hinge``:
+that). ``--workers 1 2 auto``: the episodes row once per number of episode workers
+(solver_options["workers"]: the episodes split over that many threads; default auto, the block's own
+default, one per core). ``--loss logistic|hinge``:
 both on the labels sign(y), the head with the same loss. ``--device cuda``: block and head on a GPU
 (each step synchronized before its time is read).
-Run: python benchmarks/bench_block_head.py [--head-threads 1] [--workers 1 2] [--threads auto] [--loss squared]
+Run: python benchmarks/bench_block_head.py [--head-threads 1] [--workers 1 auto] [--threads auto] [--loss squared]
 [--device cpu]
 """
 
@@ -23,7 +24,7 @@ from torch import nn
 
 from _timing import median_seconds, synchronized  # benchmarks/ is on the path when run as a script
 from convexnorm.nn import ConvexBNReLU
-from convexnorm.solvers.threads import intra_op_threads
+from convexnorm.solvers.threads import chunk_workers, intra_op_threads
 
 
 def data(B: int, n: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,7 +47,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--head-threads", type=int, default=None, help="torch threads of the ordinary head")
     parser.add_argument("--loss", choices=["squared", "logistic", "hinge"], default="squared")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1], help="episode workers of the episodes row")
+    parser.add_argument("--workers", type=lambda v: v if v == "auto" else int(v), nargs="+", default=["auto"],
+                        help="episode workers of the episodes row, integers or auto (the block's default)")
     parser.add_argument("--device", type=torch.device, default=torch.device("cpu"), help="cpu or cuda")
     parser.add_argument("--threads", default=None,
                         help="the block's solver_options['threads'], an integer or auto (default: the block's, 1)")
@@ -97,7 +99,9 @@ def main() -> None:
         block = ConvexBNReLU(d, beta=0.05, n_patterns=P, loss=args.loss, solver="torch",
                              solver_options={**options, "workers": workers}).to(device)
         many = median_seconds(lambda: block_step(block, H, y), args.repeats)
-        print(f"{args.episodes} episodes of {args.episode_size} in one call, {workers} worker(s): {many:.3f} s, "
+        count = chunk_workers(workers, args.episodes, device)
+        label = f"{count} worker(s)" + (" (auto)" if workers == "auto" else "")
+        print(f"{args.episodes} episodes of {args.episode_size} in one call, {label}: {many:.3f} s, "
               f"one episode {one:.3f} s, ratio {many / one:.1f}x", flush=True)
 
 

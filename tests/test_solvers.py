@@ -708,7 +708,8 @@ def test_block_logs_the_episodes_whose_polish_was_refused(monkeypatch: pytest.Mo
     monkeypatch.setattr(implicit, "_resumed_polish", lambda problem, result, episodes, settings: [
         (None, implicit._iterate_solution(result, implicit.active_sets(result)[1], b)) for b in episodes])
     H, y = episodes()
-    block = ConvexBNReLU(3, beta=0.2, n_patterns=10, solver="torch")
+    # one worker: the patched polish numbers episodes within a chunk
+    block = ConvexBNReLU(3, beta=0.2, n_patterns=10, solver="torch", solver_options={"workers": 1})
     with caplog.at_level(logging.WARNING, logger="convexnorm"):
         block(H, y)
     assert [record.getMessage().startswith("ConvexBNReLU: the polish was refused in episode(s) [1];")

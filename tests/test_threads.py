@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from pathlib import Path
 
@@ -156,3 +157,39 @@ def test_block_defaults_to_one_thread_and_repeats_exactly() -> None:
     block = ConvexBNReLU(4, beta=0.05, n_patterns=16, loss="hinge", solver="torch")
     assert block._native_settings()[1] == 1
     assert torch.equal(block(H, y), block(H, y))
+
+
+def test_chunk_workers_auto_takes_one_per_core_on_the_cpu(monkeypatch) -> None:
+    """workers="auto" (the block's default): one worker per core this process may use on the CPU, one on
+    other devices, at most one per program; an integer is kept, at most one per program."""
+    assert 1 <= threads.available_cores() <= (os.cpu_count() or 1)
+    monkeypatch.setattr(threads, "available_cores", lambda: 3)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [threads.chunk_workers("auto", batch, cpu) for batch in (1, 2, 3, 32)] == [1, 2, 3, 3]
+    assert threads.chunk_workers("auto", 32, cuda) == 1
+    assert [threads.chunk_workers(2, batch, device) for batch in (1, 5) for device in (cpu, cuda)] == [1, 1, 2, 2]
+
+
+def test_block_episodes_split_over_the_cores_by_default_and_repeat_exactly(monkeypatch) -> None:
+    """Episodes run in one worker per core by default (each on one intra-op thread), and two forwards of
+    the same batch give the same bits."""
+    import threading
+
+    import convexnorm.solvers.implicit as implicit
+
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    seen = set()
+    solve_relaxed = implicit.solve_relaxed
+
+    def recorded(*args, **kwargs):
+        seen.add((threading.get_ident(), torch.get_num_threads()))
+        return solve_relaxed(*args, **kwargs)
+
+    monkeypatch.setattr(implicit, "solve_relaxed", recorded)
+    generator = torch.Generator().manual_seed(2)
+    H = torch.randn(3, 30, 3, dtype=torch.float64, generator=generator)
+    y = torch.randn(3, 30, dtype=torch.float64, generator=generator)
+    block = ConvexBNReLU(3, beta=0.1, n_patterns=8, solver="torch")
+    first = block(H, y)
+    assert len({ident for ident, _ in seen}) == 2 and {count for _, count in seen} == {1}
+    assert torch.equal(first, block(H, y))

@@ -27,7 +27,7 @@ from convexnorm.programs import ConvexBNProgram, convex_bn_program
 from convexnorm.solvers.implicit import InteriorPointSolve
 from convexnorm.solvers.interior_point import InteriorPointSettings
 from convexnorm.solvers.native import HINGE_DENSE_CURVATURE, THREADS, native_settings
-from convexnorm.solvers.threads import intra_op_threads
+from convexnorm.solvers.threads import AUTO, chunk_workers, intra_op_threads
 
 #: Cone constraints (2D - I) U' s >= 0 may be violated by this fraction of the larger of max ||s|| and
 #: ||y|| / ||U'||_2 (the size of a neuron that fits y; a solution near zero, beta above every group's dual
@@ -51,9 +51,11 @@ HINGE_BLOCK_TOL = 1e-5
 #: session 24).
 BLOCK_THREADS = 1
 #: solver="torch": solver_options key of the number of threads the episodes are split over, forward
-#: and backward (solvers/threads.py, ``over_chunks``; default 1). Each runs on ``threads`` intra-op
-#: threads ("auto": one): 32 episodes of 64x8x64 took 0.69 instead of 0.99-1.08 s on 2 workers of a 2-core machine,
-#: and 1.01 instead of 1.08 s with another process busy on it (docs/benchmarks.md, session 18).
+#: and backward (solvers/threads.py, ``over_chunks``), an integer or "auto" (the default: one per core
+#: this process may use, on the CPU; ``chunk_workers``). Each runs on ``threads`` intra-op threads ("auto":
+#: one): 32 episodes of 64x8x64 took 0.69 instead of 0.99-1.08 s on 2 workers of a 2-core machine, and
+#: 1.01 instead of 1.08 s with another process busy on it (docs/benchmarks.md, session 18); 0.87-1.21
+#: instead of 1.81-2.18 s in session 26, when "auto" became the default.
 WORKERS = "workers"
 
 
@@ -78,7 +80,7 @@ class ConvexBNReLU(nn.Module):
     solution's active set; ``solver_options``: those of the estimators' solver="torch", see
     ``convexnorm.solvers.native.native_settings``, with "threads" 1 by default so that repeated passes
     agree exactly ("auto" may be asked), and ``workers``: the episodes split over that many threads,
-    default 1) and accepts episodes: H (B, n, d), y (B, n), H_query (B, m, d), one
+    default "auto", one per core on the CPU) and accepts episodes: H (B, n, d), y (B, n), H_query (B, m, d), one
     program per episode in one batched solve. ``solver="cvxpylayers"`` solves through cvxpylayers
     (``solver_options`` go to diffcp), one episode at a time. ``return_objective=True`` also
     returns the optimal objective (one per episode) as a differentiable tensor. Each batch must
@@ -187,11 +189,17 @@ class ConvexBNReLU(nn.Module):
         gates = torch.cat([self.gates[:r], self.gates[-1:]]).to(U_prime)
         return (U_prime.detach() @ gates >= 0).to(U_prime.dtype)
 
-    def _native_settings(self) -> tuple[InteriorPointSettings, int | str | None, int]:
+    def _native_settings(self) -> tuple[InteriorPointSettings, int | str | None, int | str]:
         """solver="torch": the interior-point settings, intra-op threads and episode workers of
         solver_options (WORKERS, the block's own option)."""
         options = dict(self.solver_options)
-        workers = check_count(options.pop(WORKERS, 1), "ConvexBNReLU", f"solver_options[{WORKERS!r}]")
+        workers = options.pop(WORKERS, AUTO)
+        if workers != AUTO:
+            try:
+                check_count(workers, "ConvexBNReLU", f"solver_options[{WORKERS!r}]")
+            except ValueError:
+                raise ValueError(f"ConvexBNReLU: solver_options[{WORKERS!r}] must be an integer >= 1 or {AUTO!r}, "
+                                 f"got {workers!r}") from None
         defaults = {"tol": BLOCK_TOL, THREADS: BLOCK_THREADS}
         if self.loss == "hinge":
             defaults.update(tol=HINGE_BLOCK_TOL, dense_curvature=HINGE_DENSE_CURVATURE)
@@ -202,6 +210,7 @@ class ConvexBNReLU(nn.Module):
         method."""
         settings, threads, workers = self._native_settings()
         beta = self.beta.to(U_prime).expand(U_prime.shape[0])
+        workers = chunk_workers(workers, U_prime.shape[0], U_prime.device)
         W = InteriorPointSolve.apply(U_prime, y, beta, masks, self.loss, settings, "ConvexBNReLU", threads, workers)
         P = self.n_patterns
         return W[:, :P].transpose(-1, -2), W[:, P:].transpose(-1, -2)

@@ -36,6 +36,20 @@ def intra_op_threads(threads: int | str | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def available_cores() -> int:
+    """The cores this process may use (its CPU affinity where the platform tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def chunk_workers(workers: int | str, batch: int, device: torch.device) -> int:
+    """The worker threads ``over_chunks`` splits ``batch`` programs over: ``workers`` (an integer), or for
+    AUTO one per core this process may use on the CPU (one on other devices, whose operations queue on one
+    stream), at most one per program."""
+    if workers == AUTO:
+        workers = available_cores() if device.type == "cpu" else 1
+    return max(1, min(workers, batch))
+
+
 def over_chunks(work: Callable[[slice], T], batch: int, workers: int) -> list[T]:
     """``work(chunk)`` for ``workers`` contiguous chunks of range(batch) (as equal as possible, at
     most one per program), each in its own thread (the first in the caller's), in order; the first
@@ -119,7 +133,7 @@ class AdaptiveThreads:
     manager (torch's setting restored on exit); call it at the start of every iteration."""
 
     def __init__(self, most: int | None = None, probe_every: int = 4) -> None:
-        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self.cores = available_cores()
         self.most = self.cores if most is None else min(most, self.cores)
         self.seconds: dict[int, float] = {}
         self.interval = self.countdown = probe_every
