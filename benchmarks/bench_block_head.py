@@ -3,7 +3,9 @@
 For each n x d x P: the block (batched interior-point forward, active-set implicit backward)
 on a new batch, against Sequential(Linear(d, P), BatchNorm1d(P), ReLU, Linear(P, 1)) forward +
 backward on the same batch, timed in the same run; then B episodes of one size in one call
-against one episode. Medians of --repeats runs. ``--head-threads 1`` times the ordinary head on
+against one episode. Medians of --repeats rounds, the two sides of each ratio alternating within a
+round (``alternating_medians``: the block once, the head's median of 50 steps; the batch once, one
+episode once). ``--head-threads 1`` times the ordinary head on
 one thread, like the block's solver by default (``--threads auto``: the solver's threads chosen per
 iteration, one or all cores; under load torch's default threads collapse and the ratio then measures
 that). ``--workers 1 2 auto``: the episodes row once per number of episode workers
@@ -22,7 +24,7 @@ import platform
 import torch
 from torch import nn
 
-from _timing import median_seconds, synchronized  # benchmarks/ is on the path when run as a script
+from _timing import alternating_medians, synchronized  # benchmarks/ is on the path when run as a script
 from convexnorm.nn import ConvexBNReLU
 from convexnorm.solvers.threads import chunk_workers, intra_op_threads
 
@@ -85,20 +87,23 @@ def main() -> None:
             head_loss(head(H[0]).squeeze(1), y[0]).backward()
             synchronized(device)
 
-        with intra_op_threads(args.head_threads):
-            head_step()
-            base = median_seconds(head_step, 50 * args.repeats)
-        seconds = median_seconds(lambda: block_step(block, H[0], y[0]), args.repeats)
+        def timed_head() -> None:
+            with intra_op_threads(args.head_threads):
+                head_step()
+
+        timed_head()
+        seconds, base = alternating_medians([(lambda: block_step(block, H[0], y[0]), 1), (timed_head, 50)],
+                                            args.repeats)
         print(f"{size:<11} {seconds:8.3f} {base * 1e3:8.3f} {seconds / base:11.0f}", flush=True)
     n, d, P = (int(v) for v in args.episode_size.split("x"))
     H, y = (part.to(device) for part in data(args.episodes, n, d))
     y = targets(y)
     block = ConvexBNReLU(d, beta=0.05, n_patterns=P, loss=args.loss, solver="torch", solver_options=options).to(device)
-    one = median_seconds(lambda: block_step(block, H[:1], y[:1]), args.repeats)
     for workers in args.workers:
-        block = ConvexBNReLU(d, beta=0.05, n_patterns=P, loss=args.loss, solver="torch",
-                             solver_options={**options, "workers": workers}).to(device)
-        many = median_seconds(lambda: block_step(block, H, y), args.repeats)
+        many_block = ConvexBNReLU(d, beta=0.05, n_patterns=P, loss=args.loss, solver="torch",
+                                  solver_options={**options, "workers": workers}).to(device)
+        many, one = alternating_medians([(lambda: block_step(many_block, H, y), 1),
+                                         (lambda: block_step(block, H[:1], y[:1]), 1)], args.repeats)
         count = chunk_workers(workers, args.episodes, device)
         label = f"{count} worker(s)" + (" (auto)" if workers == "auto" else "")
         print(f"{args.episodes} episodes of {args.episode_size} in one call, {label}: {many:.3f} s, "
