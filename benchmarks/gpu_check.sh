@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Issue 13's GPU checks in one call on a lent GPU machine, from the repository root: the CUDA tests
 # (pytest -m cuda), then the GPU columns of the block's benchmark (block and ordinary head on the GPU,
-# and on the CPU of the same machine) and of the estimator's (solver="torch" on the GPU against
-# Clarabel and the CPU). Prepare the wheels first (bash benchmarks/gpu_wheels.sh), then, with the
-# device tool: run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=540).
+# and on the CPU of the same machine, with 1-8 episode workers on its 16 cores: threads.AUTO_WORKERS)
+# and of the estimator's (solver="torch" on the GPU against Clarabel and the CPU). Prepare the wheels
+# first (bash benchmarks/gpu_wheels.sh), then, with the device tool:
+# run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=540).
 # The log is also written to $OUT/gpu_check.log (or /tmp). DEVICE=cpu PYTHON=... runs the same steps
 # on a CPU machine (the CUDA tests then skip): a dry run of the wheels and the commands.
 set -uo pipefail
@@ -31,6 +32,7 @@ step() {
 step "$python" -m pytest -q -m cuda tests
 cd benchmarks
 step "$python" bench_block_head.py --device "$device" --workers 1 2
-[ "$device" = cpu ] || step "$python" bench_block_head.py --device cpu --head-threads 1 --sizes 64x8x64
+[ "$device" = cpu ] || step "$python" bench_block_head.py --device cpu --head-threads 1 --sizes 64x8x64 \
+    --workers 1 2 4 8
 step "$python" bench_solvers.py --sizes 128 --ranks 16 --gates 128 --solvers clarabel torch --device "$device"
 exit "$failed"

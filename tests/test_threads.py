@@ -160,12 +160,15 @@ def test_block_defaults_to_one_thread_and_repeats_exactly() -> None:
 
 
 def test_chunk_workers_auto_takes_one_per_core_on_the_cpu(monkeypatch) -> None:
-    """workers="auto" (the block's default): one worker per core this process may use on the CPU, one on
-    other devices, at most one per program; an integer is kept, at most one per program."""
+    """workers="auto" (the block's default): one worker per core this process may use on the CPU, at most
+    AUTO_WORKERS, one on other devices, at most one per program; an integer is kept, at most one per program."""
     assert 1 <= threads.available_cores() <= (os.cpu_count() or 1)
-    monkeypatch.setattr(threads, "available_cores", lambda: 3)
+    monkeypatch.setattr(threads, "AUTO_WORKERS", 3)
+    monkeypatch.setattr(threads, "available_cores", lambda: 4)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert [threads.chunk_workers("auto", batch, cpu) for batch in (1, 2, 3, 32)] == [1, 2, 3, 3]
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    assert threads.chunk_workers("auto", 32, cpu) == 2
     assert threads.chunk_workers("auto", 32, cuda) == 1
     assert [threads.chunk_workers(2, batch, device) for batch in (1, 5) for device in (cpu, cuda)] == [1, 1, 2, 2]
 

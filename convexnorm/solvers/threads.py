@@ -41,12 +41,19 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+#: AUTO's most worker threads. The workers share Python's GIL, which each holds between its torch operations,
+#: so more of them than cores, or than the GIL's share of the work allows, wait on each other: 32 episodes of
+#: 64x8x64 on a 2-core machine took 1.70 / 1.27 / 1.41 / 1.71 / 2.99 s on 1 / 2 / 3 / 4 / 8 workers
+#: (docs/benchmarks.md, session 26). Two is what was measured to help; more cores are untried.
+AUTO_WORKERS = 2
+
+
 def chunk_workers(workers: int | str, batch: int, device: torch.device) -> int:
     """The worker threads ``over_chunks`` splits ``batch`` programs over: ``workers`` (an integer), or for
-    AUTO one per core this process may use on the CPU (one on other devices, whose operations queue on one
-    stream), at most one per program."""
+    AUTO one per core this process may use on the CPU, at most AUTO_WORKERS (one on other devices, whose
+    operations queue on one stream), at most one per program."""
     if workers == AUTO:
-        workers = available_cores() if device.type == "cpu" else 1
+        workers = min(available_cores(), AUTO_WORKERS) if device.type == "cpu" else 1
     return max(1, min(workers, batch))
 
 
