@@ -655,6 +655,55 @@ def test_polish_rejects_a_wrong_active_set() -> None:
     assert float(measured.lower_bound[0]) <= reference <= float(measured.objective[0]) * (1 + 1e-8)
 
 
+@pytest.mark.parametrize("loss, size, seed", [("squared", "64x8x64", 111), ("hinge", "128x16x128", 108)])
+def test_polish_joins_a_group_it_left_out(loss: str, size: str, seed: int) -> None:
+    """Batches where the polish's guess left out an active group: that point lay within the interior-point
+    method's certified gap of the optimum (64x8x64, seed 111: 2.4e-9 above it, without a group at 3e-6 of the
+    largest; 128x16x128 hinge, seed 108: 1.3e-11 above it) and its gradient was far off (the derivative below
+    by 4.0e-2 and 1.65 of it), consistently, so that central differences of the forward agreed with it. A
+    zero group whose least dual norm exceeds beta (ZERO_GROUP_DUAL_RTOL) now refuses the point and joins the
+    next guess along its steepest descent direction (``_joined``): the objective is a tighter solve's to 1e-13
+    (to 1e-8; hinge: to 1e-7 with the dense route), and the derivative along a random direction matches
+    central differences (of forwards solved to 1e-8; hinge: of the block's own) to 1e-6 (measured 2.6e-9 and
+    7e-10)."""
+    from convexnorm.solvers import implicit
+
+    n, d, P = (int(v) for v in size.split("x"))
+    generator = torch.Generator().manual_seed(seed)
+    H = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    y = torch.sin(2 * H[:, 0]) + H[:, 1] * H[:, 2]
+    if loss == "hinge":
+        y = torch.where(y > 0, 1.0, -1.0).double()
+    direction = torch.randn(n, d, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    H_var = H.clone().requires_grad_(True)
+    block = ConvexBNReLU(d, beta=0.05, n_patterns=P, loss=loss, solver="torch")
+    joined = []
+    join = implicit._joined
+
+    def recorded(*args):
+        joined.append(sorted(args[-1]))
+        return join(*args)
+
+    implicit._joined = recorded
+    try:
+        predictions, objective = block(H_var, y, return_objective=True)
+        predictions.sum().backward()
+    finally:
+        implicit._joined = join
+    assert len(joined) == 1
+    tighter = {"tol": 1e-8} if loss == "squared" else {"tol": 1e-7, "dense_curvature": 1e5}
+    tight = ConvexBNReLU(d, beta=0.05, n_patterns=P, loss=loss, solver="torch", solver_options=tighter)
+    with torch.no_grad():
+        reference = float(tight(H, y, return_objective=True)[1])
+    assert abs(float(objective.detach()) - reference) <= 1e-13 * reference
+    differenced = tight if loss == "squared" else block
+    step = 1e-6
+    with torch.no_grad():
+        numeric = (differenced(H + step * direction, y).sum() - differenced(H - step * direction, y).sum()) / (2 * step)
+    analytic = (H_var.grad * direction).sum()
+    assert abs(float(analytic - numeric)) <= 1e-6 * abs(float(numeric))
+
+
 def batch_of_128(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
     """A 128 x 16 batch (H, y) as bench_block_head.py draws them (seed 0: its own), and the tests'
     query rows, weights and directions in H and y."""

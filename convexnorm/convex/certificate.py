@@ -23,10 +23,10 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import nnls
 from sklearn.utils import check_random_state
 
 from convexnorm.convex.patterns import MAX_EXHAUSTIVE_CANDIDATES, arrangement_patterns, exhaustive_candidates
+from convexnorm.solvers.cones import cone_projection
 
 logger = logging.getLogger("convexnorm")
 
@@ -105,8 +105,7 @@ def _cone_solve(U_prime: np.ndarray, mask: np.ndarray, lam: np.ndarray) -> tuple
     """``cone_dual_value`` and the multipliers mu >= 0 of the rows' constraints (n,)."""
     signed = np.where(mask, 1.0, -1.0)[:, None] * U_prime
     c = U_prime.T @ (mask * lam)
-    multipliers, _ = nnls(signed.T, -c, maxiter=50 * max(len(mask), 10))
-    projection = c + signed.T @ multipliers
+    projection, multipliers = cone_projection(c, signed)
     size = np.linalg.norm(projection)
     if size <= 1e-10 * np.linalg.norm(c) or size <= 1e-300:  # rounding residue: the cone is {0} or c is in its polar
         return 0.0, np.zeros_like(c), multipliers

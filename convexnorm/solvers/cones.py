@@ -15,7 +15,9 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from scipy.optimize import nnls
 
 
 @functools.lru_cache(maxsize=64)
@@ -161,3 +163,11 @@ def soc_box_correction(u: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -
     plus = box_correction(u[..., 0] + radius, low, high)
     minus = box_correction(u[..., 0] - radius, low, high)
     return torch.cat([((plus + minus) / 2)[..., None], ((plus - minus) / 2)[..., None] * unit], -1)
+
+
+def cone_projection(c: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The projection of c (k,) onto the polyhedral cone {u : rows u >= 0} (rows (m, k)) and the multipliers
+    mu >= 0 (m,) of its rows: c + rows^T mu with mu minimizing ||c + rows^T mu|| (Moreau's decomposition: the
+    rest, -rows^T mu, is c's projection onto the polar cone), by nonnegative least squares (Lawson-Hanson)."""
+    multipliers, _ = nnls(rows.T, -c, maxiter=50 * max(rows.shape[0], 10))
+    return c + rows.T @ multipliers, multipliers

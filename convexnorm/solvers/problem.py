@@ -223,10 +223,20 @@ class ConvexBNProblem:
         E_j G_j)||) that makes (s lam, s G) dual feasible (docs/math.md, section 4). For the
         margin losses u = y lam is first clipped to [0, 1], the domain of loss*. ``rows_adjoint``:
         A^T (E_j G_j) of every group if already at hand (G >= 0 then, as is)."""
-        if self.loss != "squared":
-            lam = self.y * (self.y * lam).clamp(0, 1)
-        if rows_adjoint is None:
-            rows_adjoint = self.constraint_rows_adjoint(self.constraint_signs * G.clamp_min(0))
-        norms = torch.linalg.norm(self.predictions_adjoint(lam) + rows_adjoint, dim=-1).amax(-1)
+        lam = self.dual_multipliers(lam)
+        norms = self.group_dual_norms(lam, G, rows_adjoint).amax(-1)
         scale = torch.clamp(self.beta / norms.clamp_min(1e-300), max=1.0)
         return dual_value(self.loss, scale[:, None] * lam, self.y)
+
+    def dual_multipliers(self, lam: torch.Tensor) -> torch.Tensor:
+        """lam in the domain of the loss's conjugate: as it is (squared), else u = y lam clipped to [0, 1]."""
+        return lam if self.loss == "squared" else self.y * (self.y * lam).clamp(0, 1)
+
+    def group_dual_norms(self, lam: torch.Tensor, G: torch.Tensor, rows_adjoint: torch.Tensor | None = None
+                         ) -> torch.Tensor:
+        """||A^T (o_j M_j lam + E_j G_j)|| of every group (batch, 2P), G (batch, c, 2P) clamped at zero
+        (``rows_adjoint``: A^T (E_j G_j) if at hand): at most beta for every group where (lam, G) is dual
+        feasible (docs/math.md, section 4)."""
+        if rows_adjoint is None:
+            rows_adjoint = self.constraint_rows_adjoint(self.constraint_signs * G.clamp_min(0))
+        return torch.linalg.norm(self.predictions_adjoint(lam) + rows_adjoint, dim=-1)
