@@ -26,7 +26,7 @@ from torch import nn
 
 from _timing import alternating_medians, synchronized  # benchmarks/ is on the path when run as a script
 from convexnorm.nn import ConvexBNReLU
-from convexnorm.solvers.threads import chunk_workers, intra_op_threads
+from convexnorm.solvers.threads import intra_op_threads
 
 
 def data(B: int, n: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--threads", default=None,
                         help="the block's solver_options['threads'], an integer or auto (default: the block's, 1)")
     args = parser.parse_args()
+    from convexnorm.solvers.threads import chunk_workers  # here: bench_ab.py imports this module against older trees
     device = args.device
     margin = args.loss != "squared"
 
