@@ -52,8 +52,8 @@ HINGE_BLOCK_TOL = 1e-5
 BLOCK_THREADS = 1
 #: solver="torch": solver_options key of the number of threads the episodes are split over, forward
 #: and backward (solvers/threads.py, ``over_chunks``), an integer or "auto" (the default: one per core
-#: this process may use, on the CPU, at most two; ``chunk_workers``). Each runs on ``threads`` intra-op threads ("auto":
-#: one): 32 episodes of 64x8x64 took 0.69 instead of 0.99-1.08 s on 2 workers of a 2-core machine, and
+#: this process may use, on the CPU, at most two; ``chunk_workers``). Each runs on ``threads`` intra-op
+#: threads ("auto": one): 32 episodes of 64x8x64 took 0.69 instead of 0.99-1.08 s on 2 workers of a 2-core machine, and
 #: 1.01 instead of 1.08 s with another process busy on it (docs/benchmarks.md, session 18); 0.87-1.21
 #: instead of 1.81-2.18 s in session 26, when "auto" became the default.
 WORKERS = "workers"
@@ -81,8 +81,8 @@ class ConvexBNReLU(nn.Module):
     ``convexnorm.solvers.native.native_settings``, with "threads" 1 by default so that repeated passes
     agree exactly ("auto" may be asked), and ``workers``: the episodes split over that many threads,
     default "auto", one per core on the CPU, at most two) and accepts episodes: H (B, n, d), y (B, n),
-    H_query (B, m, d), one program per episode in one batched solve. ``solver="cvxpylayers"`` solves through cvxpylayers
-    (``solver_options`` go to diffcp), one episode at a time. ``return_objective=True`` also
+    H_query (B, m, d), one program per episode in one batched solve. ``solver="cvxpylayers"`` solves
+    through cvxpylayers (``solver_options`` go to diffcp), one episode at a time. ``return_objective=True`` also
     returns the optimal objective (one per episode) as a differentiable tensor. Each batch must
     have full rank min(n - 1, in_features). Margin losses take labels y in {-1, +1}.
     """

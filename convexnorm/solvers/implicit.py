@@ -354,7 +354,7 @@ def _polish(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.T
     samples move the same way between the margin and the sides (alpha below 0 or above 1 leaves the
     margin; a sample whose y f crosses 1 joins it). ``A_norm``: ||A||_2 if at hand. Returns (W, G, the
     margins at the polished point). ``left_out``: where a zero group's dual feasibility refuses the point,
-    those groups are appended to it."""
+    those groups are added to it (``_zero_groups_dual_feasible``)."""
     system, active = _active_system(A, y, beta, masks, W, G, rows, loss, margins, A_norm)
     if system is None:
         return None
@@ -417,11 +417,11 @@ def _zero_groups_dual_feasible(problem: ConvexBNProblem, point: Primal, z: Conic
     """The row multipliers z.rows (n, 2P) of a polished point of one program, with those of each zero group
     whose dual norm ||A^T (o_j M_j lam + E_j G_j)|| exceeds beta (1 + ZERO_GROUP_DUAL_RTOL) replaced by the
     least over G_j >= 0 (``cone_projection``); None where one still does: that group's zero is not optimal,
-    the polish's active set left out a group that belongs in it (appended to ``left_out``, with every other
-    such group). The certified gap alone let such a point
-    through: at 64x8x64 (seed 111) a polish without a group at 3e-6 of the largest was 1.4e-8 above the
-    optimum, within the interior-point method's gap, its least dual norm 2.3e-4 above beta, and its gradient
-    up to 55% off (docs/benchmarks.md, session 26)."""
+    the polish's active set left out a group that belongs in it (each such group added to ``left_out``:
+    group -> (its projection, its rows' least multipliers)). The certified gap alone let such a point through:
+    at 64x8x64 (seed 111) a polish without a group at 3e-6 of the largest was 1.4e-8 above the optimum,
+    within the interior-point method's gap, its least dual norm 2.3e-4 above beta, and its gradient up to 55%
+    off (docs/benchmarks.md, session 26)."""
     lam = problem.dual_multipliers(multipliers(problem, point, z))
     norms = problem.group_dual_norms(lam, z.rows)[0]
     limit = float(problem.beta[0]) * (1 + ZERO_GROUP_DUAL_RTOL)
@@ -548,10 +548,10 @@ def polish_episode(problem: ConvexBNProblem, result: InteriorPointResult, groups
     pass the active-group test, so the polish is also tried without the groups below each of
     SMALL_GROUP_RTOLS of the largest, then without those up to each group between the two, smallest
     first (each distinct set once; a group shrinking to zero at 9.6e-5 of the largest beside an active
-    one at 8.6e-4, measured at 80x10x80); a set refused because a group it leaves out belongs in the active set
-    (``_zero_groups_dual_feasible``) is tried next with that group, from the iterate's W_j; and where all are
-    refused, with the parallel groups of each set merged (``_merged_parallel_groups``: one neuron split between two
-    patterns, where the active-set system is singular). The zero network (W = 0 certified by the
+    one at 8.6e-4, measured at 80x10x80); a set refused because a group it leaves out belongs in the active
+    set (``_zero_groups_dual_feasible``) is tried next with that group joined (``_joined``); and where all are
+    refused, with the parallel groups of each set merged (``_merged_parallel_groups``: one neuron split
+    between two patterns, where the active-set system is singular). The zero network (W = 0 certified by the
     interior-point method: no active group, nothing to polish) is returned as it is."""
     b = episode
     if not bool(result.W[b].any()):
@@ -569,32 +569,30 @@ def polish_episode(problem: ConvexBNProblem, result: InteriorPointResult, groups
         if not any(torch.equal(larger, other) for other in attempts):
             attempts.append(larger)
 
-    def polished(W: torch.Tensor, left_out: dict | None = None, G: torch.Tensor | None = None,
-                 R: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, _Margins | None] | None:
-        return _polish(problem.A[b], problem.y[b], problem.beta[b], problem.masks[b], W.T,
-                       result.z.rows[b] if G is None else G, rows[b] if R is None else R, problem.loss,
+    def polished(W: torch.Tensor, G: torch.Tensor, R: torch.Tensor, left_out: dict | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, _Margins | None] | None:
+        return _polish(problem.A[b], problem.y[b], problem.beta[b], problem.masks[b], W.T, G, R, problem.loss,
                        result.criteria.lower_bound[b], result.criteria.relative_gap[b], margins, A_norm, left_out)
 
     # a set refused for leaving out groups that belong in it is tried next with them (``_joined``)
-    queue, tried = [(chosen, result.W[b] * chosen[:, None], None, None) for chosen in attempts], []
+    queue = [(chosen, result.W[b] * chosen[:, None], result.z.rows[b], rows[b]) for chosen in attempts]
+    tried = []
     while queue:
         chosen, W, G, R = queue.pop(0)
         if any(torch.equal(chosen, other) for other in tried):
             continue
         tried.append(chosen)
         left_out: dict = {}
-        found = polished(W, left_out, G, R)
+        found = polished(W, G, R, left_out)
         if found is not None:
             return found
         if left_out:
-            queue.insert(0, _joined(problem, b, chosen, W, result.z.rows[b] if G is None else G,
-                                    rows[b] if R is None else R, left_out))
-    attempts = list(tried)
-    for chosen in attempts:  # where all were refused: the same sets with parallel groups merged
+            queue.insert(0, _joined(problem, b, chosen, W, G, R, left_out))
+    for chosen in list(tried):  # where all were refused: the same sets with parallel groups merged
         merged = _merged_parallel_groups(result.W[b], chosen)
         if merged is not None and not any(torch.equal(merged[0], other) for other in tried):
             tried.append(merged[0])
-            found = polished(merged[1])
+            found = polished(merged[1], result.z.rows[b], rows[b])
             if found is not None:
                 return found
     return None
