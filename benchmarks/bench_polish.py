@@ -3,14 +3,20 @@ forward on random batches (H standard normal, y = sin(2 h_0) + h_1 h_2, signs of
 logistic and hinge losses), counting the batches whose active-set polish was kept (the block logs a
 warning where it is refused: their gradients then rest on the interior-point solution). Run:
 python benchmarks/bench_polish.py [--sizes 64x8x64 128x16x128] [--loss squared|logistic|hinge] [--batches 12]
-[--seed 100] [--tol T] [--beta 0.05] [--gradients] (--tol: the interior-point method's tolerance, solver_options["tol"];
-default the block's). Also counts the batches polished only after the interior-point method resumed.
+[--seed 100] [--tol T] [--beta 0.05] [--duplicates K] [--gradients] [--reference-tol T] (--tol: the interior-point
+method's tolerance, solver_options["tol"]; default the block's; --duplicates K: the last K samples are copies of
+the first K). Also counts the batches polished only after the interior-point method resumed.
 ``--gradients``: on each batch also the directional derivatives of (query predictions . weights
 + 0.3 objective) in H, y (squared loss) and log beta against numerical derivatives (the closest of the
 central differences at steps 1e-6 and 1e-7 and the one-sided Richardson extrapolations from steps 1e-4
 and 1e-5: ``gradient_difference``), as tests/test_solvers.py checks them on a few batches: the largest
 relative difference and the batches beyond 1e-5 (the issue's tolerance); H is left out where the sampled
 patterns change within 1e-6 (the forward jumps there).
+``--reference-tol T``: on each batch also the gradient of (query predictions . weights + 0.3 objective) in H, y
+and log beta against that of the same block solved at solver_options["tol"] = T (100x tighter than the block's
+default is a good reference): the largest difference relative to the reference's largest entry and the
+batches beyond 1e-5. Unlike central differences of the forward, this sees a forward that is wrong in the same
+way as its gradient around the batch (an active group left out: docs/benchmarks.md, session 26).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import time
 
 import torch
 
+from convexnorm.errors import SolverError
 from convexnorm.nn import ConvexBNReLU
 from convexnorm.solvers import implicit
 
@@ -39,6 +46,10 @@ def main() -> None:
     parser.add_argument("--tol", type=float, default=None, help="solver_options['tol'] (default: the block's)")
     parser.add_argument("--beta", type=float, default=0.05, help="the block's regularization")
     parser.add_argument("--gradients", action="store_true", help="check gradients against numerical derivatives")
+    parser.add_argument("--duplicates", type=int, default=0,
+                        help="the last this many samples replaced by copies of the first (duplicate samples)")
+    parser.add_argument("--reference-tol", type=float, default=None,
+                        help="check gradients against those of solves at this solver_options['tol']")
     args = parser.parse_args()
     refusals, resumed = [], []
     resume = implicit._resumed_polish
@@ -59,14 +70,20 @@ def main() -> None:
         n, d, P = (int(v) for v in size.split("x"))
         options = {} if args.tol is None else {"tol": args.tol}
         block = ConvexBNReLU(d, beta=args.beta, n_patterns=P, loss=args.loss, solver="torch", solver_options=options,
-                             learnable_beta=args.gradients)
-        kept, differences = [], []
+                             learnable_beta=args.gradients or args.reference_tol is not None)
+        if args.reference_tol is not None:
+            reference = ConvexBNReLU(d, beta=args.beta, n_patterns=P, loss=args.loss, solver="torch",
+                                     solver_options={"tol": args.reference_tol}, learnable_beta=True)
+            reference.load_state_dict(block.state_dict())
+        kept, differences, against_reference = [], [], []
         resumed.clear()
         start = time.perf_counter()
         for b in range(args.batches):
             generator = torch.Generator().manual_seed(args.seed + b)
             H = torch.randn(n, d, generator=generator, dtype=torch.float64)
             y = torch.sin(2 * H[:, 0]) + H[:, 1] * H[:, 2 % d]
+            if args.duplicates:
+                H[n - args.duplicates:], y[n - args.duplicates:] = H[: args.duplicates], y[: args.duplicates]
             y = y if args.loss == "squared" else torch.where(y > 0, 1.0, -1.0).double()
             refusals.clear()
             with torch.no_grad():
@@ -76,6 +93,11 @@ def main() -> None:
                 count = len(resumed)
                 generator = torch.Generator().manual_seed(QUERY_SEED + args.seed + b)
                 differences.append(gradient_difference(block, H, y, generator))
+                del resumed[count:]
+            if args.reference_tol is not None:
+                count = len(resumed)
+                generator = torch.Generator().manual_seed(QUERY_SEED + args.seed + b)
+                against_reference.append(reference_difference(block, reference, H, y, generator))
                 del resumed[count:]
         print(f"{size} {args.loss}: polish kept in {sum(kept)} of {len(kept)} batches "
               f"({sum(resumed)} after resuming; {time.perf_counter() - start:.1f} s)", flush=True)
@@ -87,6 +109,46 @@ def main() -> None:
                   f"(H left out on {sum(jumps for _, _, jumps in differences)}, whose patterns change within the step)"
                   + "".join(f"; seed {args.seed + b}: {difference:.1e} ({scaled:.1e})"
                             for b, (difference, scaled, _) in enumerate(differences) if difference > 1e-5), flush=True)
+        if against_reference:
+            solved = [difference for difference in against_reference if difference == difference]
+            print(f"  gradients against solves at tol {args.reference_tol:g}: largest relative difference "
+                  f"{max(solved, default=float('nan')):.1e}, {sum(difference > 1e-5 for difference in solved)} of "
+                  f"{len(solved)} batches beyond 1e-5 ({len(against_reference) - len(solved)} without a reference)"
+                  + "".join(f"; seed {args.seed + b}: {difference:.1e}"
+                            for b, difference in enumerate(against_reference) if difference > 1e-5), flush=True)
+
+
+def reference_difference(block: ConvexBNReLU, reference: ConvexBNReLU, H: torch.Tensor, y: torch.Tensor,
+                         generator: torch.Generator) -> float:
+    """The largest difference between the gradients in H, log beta and y (squared loss: the margin losses'
+    labels are not differentiable) of (query predictions . weights + 0.3 objective) under ``block`` and under
+    ``reference`` (the same block, solved tighter: at 3x or 10x its tol where the interior-point method stops
+    short of it), relative to the largest entry of the reference's; nan where no reference solve met its
+    tolerance."""
+    H_query = torch.randn(5, H.shape[1], generator=generator, dtype=H.dtype)
+    weights = torch.randn(5, generator=generator, dtype=H.dtype)
+
+    def gradient(module: ConvexBNReLU) -> torch.Tensor:
+        H_var, y_var = H.clone().requires_grad_(True), y.clone().requires_grad_(module.loss == "squared")
+        predictions, objective = module(H_var, y_var, H_query=H_query, return_objective=True)
+        value = (predictions * weights).sum() + 0.3 * objective
+        parts = torch.autograd.grad(value, [H_var, module.log_beta] + ([y_var] if y_var.requires_grad else []))
+        return torch.cat([part.flatten() for part in parts])
+
+    tol, expected = reference.solver_options["tol"], None
+    try:
+        for factor in (1, 3, 10):  # where float64's limit stops the method short of tol: the same solve looser
+            reference.solver_options["tol"] = factor * tol
+            try:
+                expected = gradient(reference)
+                break
+            except SolverError:
+                continue
+    finally:
+        reference.solver_options["tol"] = tol
+    if expected is None:
+        return float("nan")
+    return float((gradient(block) - expected).abs().max() / expected.abs().max())
 
 
 def gradient_difference(block: ConvexBNReLU, H: torch.Tensor, y: torch.Tensor, generator: torch.Generator

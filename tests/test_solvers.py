@@ -279,7 +279,7 @@ def test_block_episode_workers_name_the_episodes(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(implicit, "polish_episode", lambda problem, result, groups, rows, b: None if torch.equal(
         problem.y[b], y[2]) else polish_episode(problem, result, groups, rows, b))
     monkeypatch.setattr(implicit, "_resumed_polish", lambda problem, result, episodes, settings: [
-        (None, implicit._iterate_solution(result, implicit.active_sets(result)[1], b)) for b in episodes])
+        (None, implicit._iterate_solution(result, implicit.active_sets(problem, result)[1], b)) for b in episodes])
     with caplog.at_level(logging.WARNING, logger="convexnorm"):
         ConvexBNReLU(3, beta=0.2, n_patterns=10, solver="torch", solver_options={"workers": 2})(H, y)
     assert [record.getMessage().startswith("ConvexBNReLU: the polish was refused in episode(s) [2];")
@@ -426,6 +426,52 @@ def test_block_gradients_of_duplicate_samples(loss: str) -> None:
     slack = 1e-5 * max(abs(sides[0]), abs(sides[1]), 1.0)
     assert sides[1] - sides[0] > 0.1  # a kink indeed
     assert sides[0] - slack <= float((native * direction).sum()) <= sides[1] + slack
+
+
+@pytest.mark.parametrize("loss", ["squared", "logistic", "hinge"])
+def test_block_polishes_batches_with_duplicate_samples(loss: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A 64x8x64 batch with 16 samples twice: a duplicate pair is one constraint, so ``active_sets`` counts it once
+    against a group's k - 1 rows. Counted twice, the cap dropped rows that are active, Newton's method did not
+    contract from the residual 2.5e-2 that left, and the polish was refused on every such batch (the block's
+    gradients then rest on the interior-point solution, 6.7e-7 off a tighter solve's). Now it is kept (no
+    warning), at the objective of a solve 1e3 times tighter, with the derivative along a direction that moves
+    both copies alike (not a kink) equal to central differences. The copies share their gradient, and along a
+    direction that moves them apart (a kink) the derivative lies between the one-sided ones: for the hinge
+    loss the objective's derivative in the predictions is the solution's -y alpha (``hinge_multipliers``);
+    relu's, on the margin, had followed the rounding (gradients 0.4 apart between copies and, on 2 of 9
+    directions at three batches, outside the one-sided derivatives)."""
+    generator = torch.Generator().manual_seed(0)
+    H = torch.randn(64, 8, generator=generator, dtype=torch.float64)
+    y = torch.sin(2 * H[:, 0]) + H[:, 1] * H[:, 2]
+    H[32:48], y[32:48] = H[:16], y[:16]
+    if loss != "squared":
+        y = torch.where(y > y.median(), 1.0, -1.0).double()
+    direction = torch.randn(64, 8, generator=generator, dtype=torch.float64)
+    direction[32:48] = direction[:16]
+    block = ConvexBNReLU(8, beta=0.05, n_patterns=64, loss=loss, solver="torch", seed=0)
+    H_var = H.clone().requires_grad_(True)
+    with caplog.at_level(logging.WARNING, logger="convexnorm"):
+        predictions, objective = block(H_var, y, return_objective=True)
+    assert not caplog.records
+    (predictions.sum() + 0.3 * objective).backward()
+    tighter = ConvexBNReLU(8, beta=0.05, n_patterns=64, loss=loss, solver="torch", seed=0,
+                           solver_options={"tol": 1e-8 if loss == "hinge" else 1e-10})
+    with torch.no_grad():
+        assert abs(float(objective - tighter(H, y, return_objective=True)[1])) <= 1e-10 * float(objective)
+        value = [float((lambda out: out[0].sum() + 0.3 * out[1])(block(H + step * direction, y, return_objective=True)))
+                 for step in (-1e-6, 1e-6)]
+    central = (value[1] - value[0]) / 2e-6
+    assert abs(float((H_var.grad * direction).sum()) - central) <= 1e-6 * max(abs(central), 1.0)
+    gradient = H_var.grad
+    assert torch.allclose(gradient[:16], gradient[32:48], rtol=0, atol=1e-9 * float(gradient.abs().max()))
+    apart = torch.randn(64, 8, generator=generator, dtype=torch.float64)
+    with torch.no_grad():
+        value = [float((lambda out: out[0].sum() + 0.3 * out[1])(block(H + step * apart, y, return_objective=True)))
+                 for step in (-1e-7, 0.0, 1e-7)]
+    sides = sorted([(value[2] - value[1]) / 1e-7, (value[1] - value[0]) / 1e-7])
+    assert sides[1] - sides[0] > 0.1  # a kink indeed
+    slack = 1e-4 * max(abs(sides[0]), abs(sides[1]), 1.0)
+    assert sides[0] - slack <= float((gradient * apart).sum()) <= sides[1] + slack
 
 
 @pytest.mark.parametrize("loss, seed, size", [("squared", 0, "32x6x32"), ("logistic", 0, "32x6x32"),
@@ -642,7 +688,7 @@ def test_polish_rejects_a_wrong_active_set() -> None:
     result = interior_point(problem)
     bound, gap = result.criteria.lower_bound[0], result.criteria.relative_gap[0]
     args = problem.A[0], problem.y[0], problem.beta[0], problem.masks[0]
-    groups, rows = active_sets(result)
+    groups, rows = active_sets(problem, result)
     W, G = (result.W[0] * groups[0, :, None]).T, result.z.rows[0]
     assert _polish(*args, W, G, torch.ones_like(G, dtype=torch.bool), "squared", bound, gap) is None
     found = _polish(*args, W, G, rows[0], "squared", bound, gap)
@@ -732,7 +778,7 @@ def test_polish_corrects_a_row_read_off_on_the_wrong_side(monkeypatch: pytest.Mo
     problem = ConvexBNProblem(U_prime[None], block._patterns(U_prime)[None], y[None],
                               torch.tensor([0.05], dtype=torch.float64), "squared")
     result = interior_point(problem, InteriorPointSettings(tol=1e-7))
-    groups, rows = active_sets(result)
+    groups, rows = active_sets(problem, result)
     runs = []
     newton = implicit._newton
     monkeypatch.setattr(implicit, "_newton", lambda *args: runs.append(1) or newton(*args))
@@ -755,7 +801,7 @@ def test_block_logs_the_episodes_whose_polish_was_refused(monkeypatch: pytest.Mo
                         lambda problem, result, groups, rows, b: None if b == 1 else polish_episode(
                             problem, result, groups, rows, b))
     monkeypatch.setattr(implicit, "_resumed_polish", lambda problem, result, episodes, settings: [
-        (None, implicit._iterate_solution(result, implicit.active_sets(result)[1], b)) for b in episodes])
+        (None, implicit._iterate_solution(result, implicit.active_sets(problem, result)[1], b)) for b in episodes])
     H, y = episodes()
     # one worker: the patched polish numbers episodes within a chunk
     block = ConvexBNReLU(3, beta=0.2, n_patterns=10, solver="torch", solver_options={"workers": 1})
@@ -788,7 +834,7 @@ def test_refused_polish_resumes_the_interior_point_method(monkeypatch: pytest.Mo
         block(H, y)
     assert resumed == [1] and not caplog.records
     monkeypatch.setattr(implicit, "_resumed_polish", lambda problem, result, episodes, settings: [
-        (None, implicit._iterate_solution(result, implicit.active_sets(result)[1], b)) for b in episodes])
+        (None, implicit._iterate_solution(result, implicit.active_sets(problem, result)[1], b)) for b in episodes])
     with caplog.at_level(logging.WARNING, logger="convexnorm"):
         block(H, y)
     assert [record.getMessage().startswith("ConvexBNReLU: the polish was refused") for record in caplog.records] == [True]
@@ -916,7 +962,7 @@ def test_polish_stops_at_its_tolerance_and_at_a_step_that_does_not_contract(monk
     result = interior_point(problem)
     bound, gap = result.criteria.lower_bound[0], result.criteria.relative_gap[0]
     args = problem.A[0], problem.y[0], problem.beta[0], problem.masks[0]
-    groups, rows = implicit.active_sets(result)
+    groups, rows = implicit.active_sets(problem, result)
     W, G = (result.W[0] * groups[0, :, None]).T, result.z.rows[0]
     built = []
     original = implicit._ActiveSystem.__init__

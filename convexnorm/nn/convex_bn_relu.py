@@ -205,15 +205,16 @@ class ConvexBNReLU(nn.Module):
             defaults.update(tol=HINGE_BLOCK_TOL, dense_curvature=HINGE_DENSE_CURVATURE)
         return (*native_settings(options, "ConvexBNReLU", (WORKERS,), **defaults), workers)
 
-    def _solve_episodes(self, U_prime: Tensor, y: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+    def _solve_episodes(self, U_prime: Tensor, y: Tensor, masks: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """S and T (B, k, P) of the episodes' programs (patterns ``masks``), by the batched interior-point
-        method."""
+        method, and for the hinge loss its multipliers alpha (B, n) (``InteriorPointSolve``)."""
         settings, threads, workers = self._native_settings()
         beta = self.beta.to(U_prime).expand(U_prime.shape[0])
         workers = chunk_workers(workers, U_prime.shape[0], U_prime.device)
-        W = InteriorPointSolve.apply(U_prime, y, beta, masks, self.loss, settings, "ConvexBNReLU", threads, workers)
+        W, alpha = InteriorPointSolve.apply(U_prime, y, beta, masks, self.loss, settings, "ConvexBNReLU", threads,
+                                            workers)
         P = self.n_patterns
-        return W[:, :P].transpose(-1, -2), W[:, P:].transpose(-1, -2)
+        return W[:, :P].transpose(-1, -2), W[:, P:].transpose(-1, -2), alpha if self.loss == "hinge" else None
 
     def _solve(self, U_prime: Tensor, y: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
         n, r_prime = U_prime.shape
@@ -264,10 +265,10 @@ class ConvexBNReLU(nn.Module):
         U_prime = torch.stack([self._rows(U, S_values, n) for _, U, S_values, _ in whitened])
         masks = self._patterns(U_prime)
         if self.solver == "torch":
-            S, T = self._solve_episodes(U_prime, y64, masks)
+            S, T, alpha = self._solve_episodes(U_prime, y64, masks)
         else:
             S, T = self._solve(U_prime[0], y64[0], masks[0])
-            S, T = S[None], T[None]
+            S, T, alpha = S[None], T[None], None
 
         def network(rows: Tensor, patterns: Tensor | None = None) -> Tensor:
             """sum_j (u' s_j)_+ - (u' t_j)_+ per row; with ``patterns`` (the batch's own rows) differentiated
@@ -293,7 +294,14 @@ class ConvexBNReLU(nn.Module):
             return predictions, None
         fitted = predictions if H_query is None else network(U_prime, masks)
         penalty = torch.linalg.norm(S, dim=-2).sum(-1) + torch.linalg.norm(T, dim=-2).sum(-1)
-        return predictions, loss_terms(self.loss, fitted, y64).sum(-1) + self.beta.to(solve_on) * penalty
+        terms = loss_terms(self.loss, fitted, y64)
+        if alpha is not None:
+            # the hinge loss relu(1 - y f) with the derivative -alpha in y f, the solution's multipliers: on the
+            # margin (y f = 1 to rounding) relu's derivative followed the rounding, which split the gradient of
+            # duplicate samples unevenly, outside the one-sided derivatives (docs/benchmarks.md, session 27)
+            margin = y64 * fitted
+            terms = terms.detach() - alpha * (margin - margin.detach())
+        return predictions, terms.sum(-1) + self.beta.to(solve_on) * penalty
 
     @torch.no_grad()
     def freeze(self, H_train: Tensor, y_train: Tensor, solver: str = "clarabel") -> nn.Sequential:

@@ -97,6 +97,8 @@ PARALLEL_GROUP_COSINE = 1 - 1e-5
 #: Rows of A closer than this fraction of its largest row's norm are duplicates (``_duplicates_shared``):
 #: duplicate samples differ after whitening by rounding (1.5e-16 measured).
 DUPLICATE_RTOL = 1e-10
+#: ``duplicate_sets`` compares this many rows with all at a time.
+DUPLICATE_CHUNK = 1024
 #: The smooth losses' reduced active-set systems are solved by Cholesky up to this diagonal spread of
 #: its factor (``_reduced_solve``). On the sweep's 12 smooth-loss programs (block sizes, two seeds) every
 #: such system factored, with spreads of at most 3.1e3 and condition numbers of at most 6.7e4; at
@@ -488,42 +490,75 @@ def _duplicates_shared(A: torch.Tensor, y: torch.Tensor, G: torch.Tensor, margin
     that separates them was outside the two one-sided ones (-0.48 against -0.37 and 1.46, measured on a
     24x3x8 batch of 12 duplicated samples); with the means it is their average, as the cvxpylayers path
     gives (the hinge loss: its copies' alpha 1.6e-6 apart, their gradients 1.9e-4)."""
-    # the differences themselves (the product form of the distances is off by ~1e-8 even on the diagonal)
-    distances = torch.cdist(A, A, compute_mode="donot_use_mm_for_euclid_dist")
-    close = distances <= DUPLICATE_RTOL * float(torch.linalg.norm(A, dim=1).max())
-    if int(close.sum()) == len(A):  # each row close to itself alone
+    first = duplicate_sets(A)
+    if bool((first == torch.arange(len(A), device=A.device)).all()):  # each row its own set
         return A, G, margins
-    A, G = (_set_means(close, values) for values in (A, G))
     if margins is not None:
-        alpha = _set_means(close & (y[:, None] == y[None, :]), margins.alpha[:, None])[:, 0]
-        margins = _Margins(alpha, margins.margin)
-    return A, G, margins
+        margins = _Margins(_set_means(duplicate_sets(A, y), margins.alpha[:, None])[:, 0], margins.margin)
+    return _set_means(first, A), _set_means(first, G), margins
 
 
-def _set_means(close: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """``values`` (n, m) with each row replaced by the mean over its set, the rows ``close`` (n, n) to the
-    first row close to it."""
-    first = close.to(torch.int8).argmax(1)
+def duplicate_sets(A: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """For rows of A (..., n, k) the index (..., n) of the first row of their set of duplicates, the rows within
+    DUPLICATE_RTOL of the largest row's norm of it (duplicate samples, equal after whitening only to rounding)
+    and, given ``labels`` (..., n), with the same label. DUPLICATE_CHUNK rows at a time (an estimator's n x n
+    distances at n = 5000 would take 200 MB)."""
+    largest = torch.linalg.norm(A, dim=-1).amax(-1)[..., None, None]
+    firsts = []
+    for start in range(0, A.shape[-2], DUPLICATE_CHUNK):
+        chunk = slice(start, start + DUPLICATE_CHUNK)
+        # the differences themselves (the product form of the distances is off by ~1e-8 even on the diagonal)
+        distances = torch.cdist(A[..., chunk, :], A, compute_mode="donot_use_mm_for_euclid_dist")
+        close = distances <= DUPLICATE_RTOL * largest
+        if labels is not None:
+            close &= labels[..., chunk, None] == labels[..., None, :]
+        firsts.append(close.to(torch.int8).argmax(-1))
+    return torch.cat(firsts, -1)
+
+
+def hinge_multipliers(A: torch.Tensor, y: torch.Tensor, margins: list[_Margins | None]) -> torch.Tensor:
+    """The hinge loss's multipliers alpha (batch, n) of episodes A (batch, n, k) with labels y (batch, n) at their
+    solutions (``margins``, one per episode): -y alpha is the loss's derivative in the predictions that the KKT
+    conditions hold, in [0, 1] on the margin y f = 1, where relu's derivative would follow the sign of the
+    rounding; the same within each set of duplicate samples with the same label (their mean, as the backward
+    shares them: ``_duplicates_shared``). Zeros where ``margins`` are None (the smooth losses)."""
+    alpha = torch.zeros_like(y)
+    for b, margins in enumerate(margins):
+        if margins is not None:
+            alpha[b] = _set_means(duplicate_sets(A[b], y[b]), margins.alpha[:, None])[:, 0]
+    return alpha
+
+
+def _set_means(first: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``values`` (n, m) with each row replaced by the mean over its set (``first``: each row's set's first row)."""
     counts = torch.zeros(len(values), dtype=values.dtype, device=values.device).index_add_(
         0, first, torch.ones_like(values[:, 0]))
     return (torch.zeros_like(values).index_add_(0, first, values) / counts.clamp_min(1)[:, None])[first]
 
 
-def active_sets(result: InteriorPointResult) -> tuple[torch.Tensor, torch.Tensor]:
-    """The active groups (batch, 2P) and rows (batch, n, 2P) read off an interior-point iterate,
-    where its primal and dual sides separate: rows whose multiplier exceeds their slack, at most
-    k - 1 per group (those with the largest ratio z / s), groups whose tau exceeds their dual cone's
+def active_sets(problem: ConvexBNProblem, result: InteriorPointResult) -> tuple[torch.Tensor, torch.Tensor]:
+    """The active groups (batch, 2P) and rows (batch, n, 2P) read off an interior-point iterate of ``problem``,
+    where its primal and dual sides separate: rows whose multiplier exceeds their slack, at most k - 1
+    distinct rows per group (those with the largest ratio z / s), groups whose tau exceeds their dual cone's
     distance to its boundary. A nonzero W_j (k) is orthogonal to its active rows, and rows of data
     in general position span k dimensions by any k of them, so more than k - 1 are never all active:
     such a group is still shrinking to zero, or holds a row whose slack and multiplier both vanish
-    (measured at 128x16x128: a 17th row with s = 5e-7, z = 6e-6 beside 16 with z / s > 1e5)."""
+    (measured at 128x16x128: a 17th row with s = 5e-7, z = 6e-6 beside 16 with z / s > 1e5). Duplicate
+    rows of A (``duplicate_sets``: duplicate samples) are one constraint: a set's copies are active
+    together, by its largest ratio, and count once (counted each, the cap dropped active rows of a 64x8x64
+    batch with 16 duplicated samples, where the polish was then refused on every batch: docs/benchmarks.md,
+    session 27)."""
     cones = result.z.cones
     groups = result.x.tau > cones[..., 0] - torch.linalg.norm(cones[..., 1:], dim=-1)
     ratio = result.z.rows / result.s.rows
     capacity = result.W.shape[-1] - 1
+    first = duplicate_sets(problem.A)[..., None].expand_as(ratio)
+    own = first == torch.arange(ratio.shape[1], device=ratio.device)[:, None]
+    if not bool(own.all()):  # each row takes its set's largest ratio, held by the set's first row alone
+        ratio = torch.full_like(ratio, -torch.inf).scatter_reduce(1, first, ratio, "amax").gather(1, first)
     rows = ratio > 1
-    if result.s.rows.shape[1] > capacity:
-        rows &= ratio >= ratio.topk(capacity, dim=1).values[:, -1:]
+    if int(own[:, :, 0].sum(1).amax()) > capacity:
+        rows &= ratio >= torch.where(own, ratio, -torch.inf).topk(capacity, dim=1).values[:, -1:]
     return groups, rows
 
 
@@ -682,7 +717,7 @@ def _resumed_polish(problem: ConvexBNProblem, result: InteriorPointResult, episo
         keep = torch.zeros(problem.batch, dtype=torch.bool, device=problem.A.device)
         keep[pending] = True
         subset, resumed = resumed_on(problem, result, keep, stage)
-        groups, rows = active_sets(resumed)
+        groups, rows = active_sets(subset, resumed)
         for index, b in enumerate(pending):
             found[b] = polish_episode(subset, resumed, groups, rows, index)
             iterates[b] = _iterate_solution(resumed, rows, index)
@@ -712,7 +747,7 @@ def _solve_chunk(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: to
         if failed:
             return _Unsolved([first + b for b in failed], float(result.criteria.relative_gap[failed[0]]),
                              float(result.criteria.violation[failed[0]]))
-        groups, rows = active_sets(result)
+        groups, rows = active_sets(problem, result)
         solutions = [polish_episode(problem, result, groups, rows, b) for b in range(A.shape[0])]
         refused = [b for b, found in enumerate(solutions) if found is None]
         iterates = {}  # of the episodes refused at first: the tightest interior-point iterate
@@ -732,7 +767,9 @@ def _solve_chunk(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: to
 
 
 class InteriorPointSolve(torch.autograd.Function):
-    """W*(A, y, beta) (batch, 2P, k) for fixed masks, by the batched interior-point method; forward
+    """W*(A, y, beta) (batch, 2P, k) for fixed masks, by the batched interior-point method, and (not
+    differentiable) the hinge loss's multipliers alpha (batch, n) at the solution, each set of duplicate samples
+    with the same label sharing their mean (zeros for the smooth losses: ``hinge_multipliers``); forward
     and backward on ``threads`` intra-op threads (solvers/threads.py: the backward runs when the
     autograd engine calls it, outside the caller's thread setting; "auto": the forward's iterations
     choose theirs where ``workers`` is 1, one thread otherwise), the episodes in ``workers`` chunks on
@@ -741,7 +778,7 @@ class InteriorPointSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.Tensor, loss: str,
                 settings: InteriorPointSettings, owner: str, threads: int | str | None, workers: int = 1
-                ) -> torch.Tensor:
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         ctx.threads, ctx.workers, ctx.loss = threads, workers, loss
         with solver_threads(threads, A.device) if workers == 1 else intra_op_threads(threads) as pace:
             parts = over_chunks(lambda chunk: _solve_chunk(A[chunk], y[chunk], beta[chunk], masks[chunk], loss,
@@ -759,10 +796,12 @@ class InteriorPointSolve(torch.autograd.Function):
                        for part in parts for margins in part[2]]
         ctx.A_norms = [norm for part in parts for norm in part[3]]
         ctx.save_for_backward(A, y, beta, masks, W, G)
-        return W
+        alpha = hinge_multipliers(A, y, ctx.margins)
+        ctx.mark_non_differentiable(alpha)
+        return W, alpha
 
     @staticmethod
-    def backward(ctx, grad_W: torch.Tensor):
+    def backward(ctx, grad_W: torch.Tensor, _: torch.Tensor):
         A, y, beta, masks, W, G = ctx.saved_tensors
 
         def chunk_vjps(chunk: slice) -> list[tuple[torch.Tensor, ...]]:

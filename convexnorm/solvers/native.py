@@ -101,7 +101,7 @@ def solve_native(problem: ConvexBNProblem, settings: InteriorPointSettings = Int
         W, z = result.W.clone(), result.z
         if problem.loss != "hinge" and not bool(result.converged.all()):
             z = Conic(z.rows.clone(), z.cones, z.slack, z.margin)
-            groups, rows = active_sets(result)
+            groups, rows = active_sets(problem, result)
             for b in torch.nonzero(~result.converged).flatten().tolist():
                 found = polish_episode(problem, result, groups, rows, b)
                 if found is not None:
