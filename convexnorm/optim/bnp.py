@@ -23,27 +23,30 @@ from convexnorm.nn._channels import channel_groups
 
 
 class _InputStatistics:
-    """Running mean and second moment of a layer's input features: a prior of mean 0 and
-    variance 1 counted as one observation, then averages with rate max(momentum, 1/(t+1))
-    at step t (so a first batch of one sample does not give a zero variance)."""
+    """Running mean and variance of a layer's input features: a prior of mean 0 and variance 1 counted
+    as one observation, then averages with rate r = max(momentum, 1/(t+1)) at step t (so a first batch of
+    one sample does not give a zero variance) of the batch's mean and second moment, kept as the mixture's
+    mean and variance, mu' = (1 - r) mu + r m and var' = (1 - r) var + r v + r (1 - r) (m - mu)^2 (m, v: the
+    batch's mean and biased variance). Kept as the second moment, the variance was its difference with
+    mu^2, which cancels in float32 where the features' mean is large against their spread (mean 1e4,
+    variance 1: 16, 40 and 8 for three features; docs/benchmarks.md, session 27)."""
 
     def __init__(self) -> None:
         self.steps = 0
         self.mean: Tensor | None = None
-        self.square: Tensor | None = None
+        self.var: Tensor | None = None
 
     def update(self, features: Tensor, momentum: float) -> None:
         """features: (samples, F)."""
         if self.mean is None:
-            self.mean, self.square = torch.zeros_like(features[0]), torch.ones_like(features[0])
+            self.mean, self.var = torch.zeros_like(features[0]), torch.ones_like(features[0])
         self.steps += 1
         rate = max(momentum, 1.0 / (self.steps + 1))
-        self.mean = (1 - rate) * self.mean + rate * features.mean(dim=0)
-        self.square = (1 - rate) * self.square + rate * (features**2).mean(dim=0)
-
-    @property
-    def var(self) -> Tensor:
-        return (self.square - self.mean**2).clamp_min(0)
+        batch_mean = features.mean(dim=0)
+        shift = batch_mean - self.mean
+        self.var = ((1 - rate) * self.var + rate * features.var(dim=0, unbiased=False)
+                    + rate * (1 - rate) * shift**2)
+        self.mean = self.mean + rate * shift
 
 
 class BNP:
@@ -128,7 +131,7 @@ class BNP:
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(),
-                "statistics": [(s.steps, s.mean, s.square) for s in self.statistics.values()]}
+                "statistics": [(s.steps, s.mean, s.var) for s in self.statistics.values()]}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a ``state_dict``; the whole state is checked before anything changes."""
@@ -141,26 +144,28 @@ class BNP:
                              f"{len(self.statistics)}")
         for index, entry in enumerate(statistics):
             if not (isinstance(entry, (list, tuple)) and len(entry) == 3):
-                raise ValueError(f"BNP: statistics of layer {index} must be (steps, mean, square)")
-            steps, mean, square = entry
+                raise ValueError(f"BNP: statistics of layer {index} must be (steps, mean, var)")
+            steps, mean, var = entry
             if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
                 raise ValueError(f"BNP: statistics of layer {index}: steps must be an integer >= 0, got {steps!r}")
-            if (mean is None) != (square is None) or (mean is None) != (steps == 0):
-                raise ValueError(f"BNP: statistics of layer {index}: mean and square are set exactly when steps > 0")
+            if (mean is None) != (var is None) or (mean is None) != (steps == 0):
+                raise ValueError(f"BNP: statistics of layer {index}: mean and var are set exactly when steps > 0")
             if mean is not None:
-                for name, value in (("mean", mean), ("square", square)):
+                for name, value in (("mean", mean), ("var", var)):
                     if not isinstance(value, Tensor) or value.dim() != 1 or not torch.isfinite(value).all():
                         raise ValueError(f"BNP: statistics of layer {index}: {name} must be a finite 1D tensor")
-                if mean.shape != square.shape:
-                    raise ValueError(f"BNP: statistics of layer {index}: mean and square differ in shape")
+                if mean.shape != var.shape:
+                    raise ValueError(f"BNP: statistics of layer {index}: mean and var differ in shape")
+                if bool((var < 0).any()):
+                    raise ValueError(f"BNP: statistics of layer {index}: var must be >= 0")
         optimizer_state = self.optimizer.state_dict()
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except (KeyError, TypeError, ValueError) as error:
             self.optimizer.load_state_dict(optimizer_state)
             raise ValueError(f"BNP: the optimizer state does not fit the wrapped optimizer ({error})") from error
-        for stats, (steps, mean, square) in zip(self.statistics.values(), statistics):
-            stats.steps, stats.mean, stats.square = steps, mean, square
+        for stats, (steps, mean, var) in zip(self.statistics.values(), statistics):
+            stats.steps, stats.mean, stats.var = steps, mean, var
 
     def remove(self) -> None:
         """Detach the statistics hooks from the model."""
