@@ -523,9 +523,9 @@ def hinge_multipliers(A: torch.Tensor, y: torch.Tensor, margins: list[_Margins |
     rounding; the same within each set of duplicate samples with the same label (their mean, as the backward
     shares them: ``_duplicates_shared``). Zeros where ``margins`` are None (the smooth losses)."""
     alpha = torch.zeros_like(y)
-    for b, margins in enumerate(margins):
-        if margins is not None:
-            alpha[b] = _set_means(duplicate_sets(A[b], y[b]), margins.alpha[:, None])[:, 0]
+    for b, episode in enumerate(margins):
+        if episode is not None:
+            alpha[b] = _set_means(duplicate_sets(A[b], y[b]), episode.alpha[:, None])[:, 0]
     return alpha
 
 
