@@ -160,13 +160,16 @@ def test_program_is_canonicalized_once_per_shape(monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.mark.parametrize("case", ["bn1d", "bn2d", "ln", "gn"])
-@pytest.mark.parametrize("scale, shift", [(1e3, 0.0), (1e6, 0.0), (1.0, 1e3), (1e-3, 0.0), ("mixed", 0.0)])
+@pytest.mark.parametrize("scale, shift", [(1e3, 0.0), (1e6, 0.0), (1e150, 0.0), (1.0, 1e3), (1e-3, 0.0),
+                                          (1e-80, 0.0), ("mixed", 0.0)])
 def test_program_gradients_hold_at_any_input_scale(case: str, scale, shift: float) -> None:
-    """solver="cvxpylayers" on inputs of size 1e3, 1e6 and 1e-3, shifted by 1e3, and with channels (features)
-    of sizes 1e-3, 1 and 1e4 side by side: outputs and input gradients within 1e-8 of torch's (relative to
-    the largest gradient entry). Solved in the data's own units, BatchNorm1d's gradient had been 1.3e-5 off
-    at size 1e3, 50% at 1e6 and 1.7e-6 for inputs shifted by 1e3 (diffcp's adjoint loses accuracy with the
-    size of the program's data); each group is now solved centered and in units of a power of 16."""
+    """solver="cvxpylayers" on inputs of size 1e3, 1e6, 1e150, 1e-3 and 1e-80, shifted by 1e3, and with channels
+    (features) of sizes 1e-3, 1 and 1e4 side by side: outputs and input gradients within 1e-8 of torch's
+    (relative to the largest gradient entry). Solved in the data's own units, BatchNorm1d's gradient had been
+    1.3e-5 off at size 1e3, 50% at 1e6 and 1.7e-6 for inputs shifted by 1e3 (diffcp's adjoint loses accuracy
+    with the size of the program's data), and size 1e150 was not solved; each group is now solved centered and
+    in units of the power of 16 nearest sqrt(var + eps) (in units of its root mean square instead, eps / s^2
+    grew to 1e155 at size 1e-80 and that solve failed)."""
     ours, reference, shape, generator = make_pair(case, "cvxpylayers")
     x = torch.randn(shape, generator=generator, dtype=torch.float64)
     if scale == "mixed":

@@ -35,6 +35,8 @@ MAX_PROGRAM_GROUP = 8192
 #: The standardization program solves each group in units of a power of this (``_Standardize._solve``): powers of
 #: two are exact in floating point, and a base of 16 keeps the groups of one batch in few cvxpylayers calls.
 PROGRAM_SCALE_BASE = 16.0
+#: ... and powers of it at most this far from 1 (16^250 is about 1e301: s stays a normal float).
+PROGRAM_SCALE_POWERS = 250
 
 ProgramBuilder = Callable[[int], "NormalizationProgram | tuple[cp.Problem, cp.Parameter, cp.Variable]"]
 
@@ -144,22 +146,24 @@ class _Standardize(_NormBase):
 
     def _solve(self, groups: Tensor) -> Tensor:
         """z* of every group in its own units: centered by its mean m and divided by s = PROGRAM_SCALE_BASE^j,
-        the power nearest its root mean square, solved at eps / s^2 (z*(x) at eps is z*((x - m) / s) at
-        eps / s^2, exactly, for m and s held fixed, so the gradient is exact too): groups of each power in one
-        batched call. In the data's own units diffcp's adjoint lost accuracy with their size (BatchNorm1d's
-        gradient was 1.3e-5 off torch's for inputs of size 1e3 and 50% off at 1e6, 1.7e-6 for inputs shifted by
-        1e3; docs/benchmarks.md, session 27)."""
+        the power nearest sqrt(var + eps) (the size of the program's dual, ||(x - m, c)|| / sqrt(n)), at most
+        PROGRAM_SCALE_POWERS away from 1, solved at eps / s^2 (z*(x) at eps is z*((x - m) / s) at eps / s^2,
+        exactly, for m and s held fixed, so the gradient is exact too): groups of each power in one batched
+        call. In the data's own units diffcp's adjoint lost accuracy with their size (BatchNorm1d's gradient was
+        1.3e-5 off torch's for inputs of size 1e3 and 50% off at 1e6, 1.7e-6 for inputs shifted by 1e3;
+        docs/benchmarks.md, session 27)."""
         with torch.no_grad():
             mean = groups.mean(dim=1, keepdim=True)
-            rms = (groups - mean).square().mean(dim=1).sqrt()
-            powers = torch.where(rms > 0, torch.round(torch.log(rms.clamp_min(torch.finfo(rms.dtype).tiny))
-                                                      / math.log(PROGRAM_SCALE_BASE)), torch.zeros_like(rms))
+            size = ((groups - mean).square().mean(dim=1) + float(self.eps)).sqrt()
+            powers = (torch.log(size) / math.log(PROGRAM_SCALE_BASE)).round().nan_to_num(
+                0.0, posinf=0.0, neginf=0.0).clamp(-PROGRAM_SCALE_POWERS, PROGRAM_SCALE_POWERS)
         centered = groups - mean
         parts, rows = [], []
         for power in powers.unique().tolist():
             chosen = torch.nonzero(powers == power).squeeze(1)
             scale = PROGRAM_SCALE_BASE ** power
-            program = standardization_program(groups.shape[1], float(self.eps) / scale**2)
+            # eps / s / s: s^2 may leave float range where eps = 0 (the only case whose powers go below eps's)
+            program = standardization_program(groups.shape[1], float(self.eps) / scale / scale)
             parts.append(solve_program(program, centered[chosen] / scale, owner=self._name,
                                        solver_options=self.solver_options))
             rows.append(chosen)
