@@ -494,7 +494,7 @@ def _duplicates_shared(A: torch.Tensor, y: torch.Tensor, G: torch.Tensor, margin
     if bool((first == torch.arange(len(A), device=A.device)).all()):  # each row its own set
         return A, G, margins
     if margins is not None:
-        margins = _Margins(_set_means(duplicate_sets(A, y), margins.alpha[:, None])[:, 0], margins.margin)
+        margins = _Margins(_shared_alpha(A, y, margins), margins.margin)
     return _set_means(first, A), _set_means(first, G), margins
 
 
@@ -525,8 +525,14 @@ def hinge_multipliers(A: torch.Tensor, y: torch.Tensor, margins: list[_Margins |
     alpha = torch.zeros_like(y)
     for b, episode in enumerate(margins):
         if episode is not None:
-            alpha[b] = _set_means(duplicate_sets(A[b], y[b]), episode.alpha[:, None])[:, 0]
+            alpha[b] = _shared_alpha(A[b], y[b], episode)
     return alpha
+
+
+def _shared_alpha(A: torch.Tensor, y: torch.Tensor, margins: _Margins) -> torch.Tensor:
+    """The margins' alpha (n,) with each set of duplicate rows of A (n, k) of the same label y replaced by its
+    mean (one margin equation, so only their sum is determined)."""
+    return _set_means(duplicate_sets(A, y), margins.alpha[:, None])[:, 0]
 
 
 def _set_means(first: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -552,13 +558,14 @@ def active_sets(problem: ConvexBNProblem, result: InteriorPointResult) -> tuple[
     groups = result.x.tau > cones[..., 0] - torch.linalg.norm(cones[..., 1:], dim=-1)
     ratio = result.z.rows / result.s.rows
     capacity = result.W.shape[-1] - 1
-    first = duplicate_sets(problem.A)[..., None].expand_as(ratio)
-    own = first == torch.arange(ratio.shape[1], device=ratio.device)[:, None]
-    if not bool(own.all()):  # each row takes its set's largest ratio, held by the set's first row alone
-        ratio = torch.full_like(ratio, -torch.inf).scatter_reduce(1, first, ratio, "amax").gather(1, first)
+    first = duplicate_sets(problem.A)  # (batch, n)
+    own = first == torch.arange(first.shape[1], device=first.device)  # the first row of its set
+    if not bool(own.all()):  # each row takes its set's largest ratio
+        index = first[..., None].expand_as(ratio)
+        ratio = torch.full_like(ratio, -torch.inf).scatter_reduce(1, index, ratio, "amax").gather(1, index)
     rows = ratio > 1
-    if int(own[:, :, 0].sum(1).amax()) > capacity:
-        rows &= ratio >= torch.where(own, ratio, -torch.inf).topk(capacity, dim=1).values[:, -1:]
+    if int(own.sum(1).amax()) > capacity:  # the sets ranked by their first rows
+        rows &= ratio >= torch.where(own[..., None], ratio, -torch.inf).topk(capacity, dim=1).values[:, -1:]
     return groups, rows
 
 
