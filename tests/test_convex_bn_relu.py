@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
 import convexnorm as cn
 from convexnorm.nn import ConvexBNReLU
+
+F64 = {"dtype": torch.float64}
 
 
 def batch(n: int = 12, d: int = 3, seed: int = 0):
@@ -138,3 +142,46 @@ def test_bad_input_and_solver_failure_keep_state() -> None:
         failing(H, y)
     for key, value in block.state_dict().items():
         assert torch.equal(value, before[key])
+
+
+@pytest.mark.parametrize("scale, beta", [(1.0, 1e-3), (1e2, 5.0), (1e-6, 5e-8)])
+def test_cvxpylayers_gradients_hold_at_the_default_beta_and_any_target_scale(scale: float, beta: float) -> None:
+    """solver="cvxpylayers" (the default) against solver="torch", whose polished gradients agree with central
+    differences to 1e-9: within 1e-5 along random directions of H and y at beta = 1e-3 and for targets of size
+    1e2 and 1e-6 with beta scaled alike, the same program in other units. Before (y's own units, diffcp's lsmr
+    gradient): 9.1e-4 off at beta = 1e-3, SCS 'solved/inaccurate' at 1e2, and 43% and 53% off at 1e-6 without
+    an error; now at most 2.7e-8."""
+    H, y = batch(n=20, d=4, seed=2)
+    y = scale * y
+    generator = torch.Generator().manual_seed(7)
+    weights, dH = torch.randn(20, generator=generator, **F64), torch.randn(20, 4, generator=generator, **F64)
+    dy = scale * torch.randn(20, generator=generator, **F64)
+    slopes = {}
+    for solver in ("cvxpylayers", "torch"):
+        block = ConvexBNReLU(4, beta=beta, n_patterns=10, seed=1, solver=solver)
+        H_var, y_var = H.clone().requires_grad_(True), y.clone().requires_grad_(True)
+        grad_H, grad_y = torch.autograd.grad((block(H_var, y_var) * weights).sum(), [H_var, y_var])
+        slopes[solver] = torch.stack([(grad_H * dH).sum(), (grad_y * dy).sum()])
+    assert torch.all((slopes["cvxpylayers"] - slopes["torch"]).abs() <= 1e-5 * slopes["torch"].abs())
+
+
+def test_cvxpylayers_warns_where_its_gradient_is_lsmr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past DENSE_GRADIENT_SIZE the block differentiates with diffcp's lsmr and says so (not where the caller
+    chose the mode, nor without gradients)."""
+    from convexnorm.nn import convex_bn_relu
+
+    modes = []
+    original = convex_bn_relu.call_program
+    monkeypatch.setattr(convex_bn_relu, "call_program",
+                        lambda *args, **kwargs: modes.append(kwargs["gradient_mode"]) or original(*args, **kwargs))
+    H, y = batch()
+    ConvexBNReLU(3, beta=0.1, n_patterns=8)(H, y)
+    monkeypatch.setattr(convex_bn_relu, "DENSE_GRADIENT_SIZE", 0)
+    with pytest.warns(UserWarning, match="lsmr"):
+        ConvexBNReLU(3, beta=0.1, n_patterns=8)(H, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ConvexBNReLU(3, beta=0.1, n_patterns=8, solver_options={"mode": "lsmr"})(H, y)
+        with torch.no_grad():
+            ConvexBNReLU(3, beta=0.1, n_patterns=8)(H, y)
+    assert modes == ["dense", "lsmr", "lsmr", "lsmr"]

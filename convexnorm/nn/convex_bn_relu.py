@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import Any, Mapping
 
 import torch
@@ -22,7 +23,7 @@ from convexnorm.convex.whitening import (WHITENINGS, Whitening, check_whitening_
                                          whiten_tensor)
 from convexnorm.errors import SolverError
 from convexnorm.losses import MARGIN_LOSSES, check_loss, loss_terms
-from convexnorm.solvers.cvxpylayers_backend import call_program
+from convexnorm.solvers.cvxpylayers_backend import call_program, program_units
 from convexnorm.programs import ConvexBNProgram, convex_bn_program
 from convexnorm.solvers.implicit import InteriorPointSolve
 from convexnorm.solvers.interior_point import InteriorPointSettings
@@ -33,6 +34,14 @@ from convexnorm.solvers.threads import AUTO, chunk_workers, intra_op_threads
 #: ||y|| / ||U'||_2 (the size of a neuron that fits y; a solution near zero, beta above every group's dual
 #: norm, is feasible only to the solver's absolute accuracy: measured 3.4e-1 of its own max ||s||).
 FEASIBILITY_TOL = 1e-6
+#: solver="cvxpylayers": diffcp's gradient mode. "dense" (a dense factorization of the derivative's system) up to
+#: programs of DENSE_GRADIENT_SIZE scalar variables and constraints; beyond it, where that takes minutes, "lsmr"
+#: with a warning. Against the polished solver="torch" gradients (which agree with central differences to 1e-9),
+#: squared loss at beta = 1e-3 (the default), sizes 192 .. 2496 (12x3x6 .. 32x6x32): lsmr 3.7e-6 .. 1.7e-3 off,
+#: dense 5e-8 .. 1.6e-7; forward + backward 0.08 .. 15 s against 0.06 .. 6 s (at beta = 0.05: 15 against 1.2 s at
+#: 32x6x32; at 48x6x48, size 5280, 141 against 29 s). ``python benchmarks/bench_block_accuracy.py``,
+#: docs/benchmarks.md, session 28.
+DENSE_GRADIENT_SIZE = 2500
 #: solver="torch": certified relative gap of the interior-point solves. The polish and the
 #: backward read the active sets off the solution: at 1e-7 the polish succeeded on the
 #: benchmark's 32x6x32 and 64x8x64 batches, at 1e-6 it was refused at 64x8x64 (measured); 1e-8
@@ -65,6 +74,13 @@ def _program(n: int, r_prime: int, n_patterns: int, loss: str) -> ConvexBNProgra
     return convex_bn_program(n, r_prime, n_patterns, loss)
 
 
+@functools.lru_cache(maxsize=32)
+def _program_size(program: ConvexBNProgram) -> int:
+    """Scalar variables and constraints of a program (DENSE_GRADIENT_SIZE)."""
+    metrics = program.problem.size_metrics
+    return metrics.num_scalar_variables + metrics.num_scalar_leq_constr + metrics.num_scalar_eq_constr
+
+
 class ConvexBNReLU(nn.Module):
     """Fits the convex BN-ReLU program on each batch and predicts with the fitted network.
 
@@ -82,7 +98,9 @@ class ConvexBNReLU(nn.Module):
     agree exactly ("auto" may be asked), and ``workers``: the episodes split over that many threads,
     default "auto", one per core on the CPU, at most two) and accepts episodes: H (B, n, d), y (B, n),
     H_query (B, m, d), one program per episode in one batched solve. ``solver="cvxpylayers"`` solves
-    through cvxpylayers (``solver_options`` go to diffcp), one episode at a time. ``return_objective=True`` also
+    through cvxpylayers (``solver_options`` go to diffcp), one episode at a time, the squared loss in units of y
+    (``program_units``), differentiated by diffcp's dense mode up to DENSE_GRADIENT_SIZE and its lsmr beyond
+    (with a warning: its gradients were up to 1e-1 off). ``return_objective=True`` also
     returns the optimal objective (one per episode) as a differentiable tensor. Each batch must
     have full rank min(n - 1, in_features). Margin losses take labels y in {-1, +1}.
     """
@@ -221,10 +239,23 @@ class ConvexBNReLU(nn.Module):
         rows = y[:, None] * U_prime if self.loss in MARGIN_LOSSES else U_prime
         DU = [masks[:, i : i + 1] * rows for i in range(self.n_patterns)]
         SU = [(2 * masks[:, i : i + 1] - 1) * U_prime for i in range(self.n_patterns)]
-        targets = [] if self.loss in MARGIN_LOSSES else [y]
+        # the squared loss in units u of y (``program_units`` of its root mean square): W*(y, beta) = u W*(y / u,
+        # beta / u) exactly. In y's own units SCS's absolute tolerances failed at y of size 100 and, with beta
+        # 0.05, diffcp's gradient was 32% off (docs/benchmarks.md, session 28)
+        unit = 1.0
+        if self.loss not in MARGIN_LOSSES:
+            unit = float(program_units(torch.linalg.norm(y.detach()) / math.sqrt(n)))
+        targets = [] if self.loss in MARGIN_LOSSES else [y / unit]
         program = _program(n, r_prime, self.n_patterns, self.loss)
-        S, T = call_program(program, [*DU, *SU, *targets, self.beta.to(torch.float64)], owner="ConvexBNReLU",
-                            solver_options=self.solver_options)
+        dense = _program_size(program) <= DENSE_GRADIENT_SIZE
+        if not dense and "mode" not in self.solver_options and torch.is_grad_enabled():
+            warnings.warn(f"ConvexBNReLU: solver='cvxpylayers' differentiates this {n}x{r_prime - 1}x{self.n_patterns} "
+                          f"program with diffcp's lsmr, whose gradients were up to 1e-1 off at such sizes (a dense "
+                          f"derivative takes minutes here); solver='torch' gives them to float64's precision",
+                          stacklevel=4)
+        S, T = call_program(program, [*DU, *SU, *targets, self.beta.to(torch.float64) / unit], owner="ConvexBNReLU",
+                            solver_options=self.solver_options, gradient_mode="dense" if dense else "lsmr")
+        S, T = S * unit, T * unit
         with torch.no_grad():
             fits_y = torch.linalg.norm(y) / torch.linalg.matrix_norm(U_prime.detach(), ord=2).clamp_min(1e-300)
             scale = max(float(torch.linalg.norm(S, dim=0).max()), float(torch.linalg.norm(T, dim=0).max()),

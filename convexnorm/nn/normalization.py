@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from convexnorm._validation import check_count, check_device, check_dtype, check_float_tensor, check_momentum, \
     check_options, check_positive
 from convexnorm.nn._channels import channel_affine, channel_groups, channel_view
-from convexnorm.solvers.cvxpylayers_backend import solve_program
+from convexnorm.solvers.cvxpylayers_backend import program_units, solve_program
 from convexnorm.nn.micro_batch import SINGLE_SAMPLE_HINT
 from convexnorm.programs import NormalizationProgram, standardization_program
 
@@ -32,11 +32,6 @@ SOLVERS = ("cvxpylayers", "torch")
 #: Largest group the program backend accepts: cvxpylayers' canonical data grows as n^2
 #: (measured: 4.4 GB peak for one group of 16,384 numbers, 14 s).
 MAX_PROGRAM_GROUP = 8192
-#: The standardization program solves each group in units of a power of this (``_Standardize._solve``): powers of
-#: two are exact in floating point, and a base of 16 keeps the groups of one batch in few cvxpylayers calls.
-PROGRAM_SCALE_BASE = 16.0
-#: ... and powers of it at most this far from 1 (16^250 is about 1e301: s stays a normal float).
-PROGRAM_SCALE_POWERS = 250
 
 ProgramBuilder = Callable[[int], "NormalizationProgram | tuple[cp.Problem, cp.Parameter, cp.Variable]"]
 
@@ -145,23 +140,20 @@ class _Standardize(_NormBase):
         return super()._normalize(groups)
 
     def _solve(self, groups: Tensor) -> Tensor:
-        """z* of every group in its own units: centered by its mean m and divided by s = PROGRAM_SCALE_BASE^j,
-        the power nearest sqrt(var + eps) (the size of the program's dual, ||(x - m, c)|| / sqrt(n)), at most
-        PROGRAM_SCALE_POWERS away from 1, solved at eps / s^2 (z*(x) at eps is z*((x - m) / s) at eps / s^2,
-        exactly, for m and s held fixed, so the gradient is exact too): groups of each power in one batched
-        call. In the data's own units diffcp's adjoint lost accuracy with their size (BatchNorm1d's gradient was
-        1.3e-5 off torch's for inputs of size 1e3 and 50% off at 1e6, 1.7e-6 for inputs shifted by 1e3;
-        docs/benchmarks.md, session 27)."""
+        """z* of every group in its own units: centered by its mean m and divided by s = ``program_units`` of
+        sqrt(var + eps) (the size of the program's dual, ||(x - m, c)|| / sqrt(n)), solved at eps / s^2 (z*(x) at
+        eps is z*((x - m) / s) at eps / s^2, exactly, for m and s held fixed, so the gradient is exact too): groups
+        of each unit in one batched call. In the data's own units diffcp's adjoint lost accuracy with their size
+        (BatchNorm1d's gradient was 1.3e-5 off torch's for inputs of size 1e3 and 50% off at 1e6, 1.7e-6 for
+        inputs shifted by 1e3; docs/benchmarks.md, session 27)."""
         with torch.no_grad():
             mean = groups.mean(dim=1, keepdim=True)
             size = ((groups - mean).square().mean(dim=1) + float(self.eps)).sqrt()
-            powers = (torch.log(size) / math.log(PROGRAM_SCALE_BASE)).round().nan_to_num(
-                0.0, posinf=0.0, neginf=0.0).clamp(-PROGRAM_SCALE_POWERS, PROGRAM_SCALE_POWERS)
+            units = program_units(size)
         centered = groups - mean
         parts, rows = [], []
-        for power in powers.unique().tolist():
-            chosen = torch.nonzero(powers == power).squeeze(1)
-            scale = PROGRAM_SCALE_BASE ** power
+        for scale in units.unique().tolist():
+            chosen = torch.nonzero(units == scale).squeeze(1)
             # eps / s / s: s^2 may leave float range where eps = 0 (the only case whose powers go below eps's)
             program = standardization_program(groups.shape[1], float(self.eps) / scale / scale)
             parts.append(solve_program(program, centered[chosen] / scale, owner=self._name,

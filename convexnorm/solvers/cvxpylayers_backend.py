@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import warnings
 from typing import Any, Mapping, Sequence
 
@@ -29,8 +30,14 @@ SOLVE_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "SCS": {"eps_abs": 1e-10, "eps_rel": 1e-10, "max_iters": 100_000},
     "Clarabel": {"tol_gap_abs": 1e-12, "tol_gap_rel": 1e-12, "tol_feas": 1e-12},
 }
-#: lsmr gives adjoint gradients accurate to ~1e-8 where diffcp's default lsqr is off by ~1e-6.
+#: lsmr gives adjoint gradients accurate to ~1e-8 where diffcp's default lsqr is off by ~1e-6 (the normalization
+#: programs); diffcp's other modes: "dense" (a dense factorization of the derivative's system, exact to rounding).
 DEFAULT_GRADIENT_MODE = "lsmr"
+#: Programs are solved in units of a power of this (``program_units``): powers of two are exact in floating point,
+#: and a base of 16 keeps the groups of one batch of normalization programs in few calls ...
+PROGRAM_UNIT_BASE = 16.0
+#: ... and powers of it at most this far from 1 (16^250 is about 1e301: the unit stays a normal float).
+PROGRAM_UNIT_POWERS = 250
 #: Largest accepted optimality error: relative duality gap / infeasibility for
 #: programs with a certificate, scaled constraint violation otherwise.
 CHECK_TOL = 1e-8
@@ -49,11 +56,22 @@ def compile_program(program: Any) -> CvxpyLayer:
     return CvxpyLayer(program.problem, parameters=list(program.parameters), variables=list(program.variables))
 
 
-def solver_arguments(solver_options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """diffcp arguments: the user's, on top of tight defaults for the chosen solve method."""
+def program_units(size: torch.Tensor) -> torch.Tensor:
+    """The power of PROGRAM_UNIT_BASE nearest each entry of ``size``, at most PROGRAM_UNIT_POWERS away from 1 (1
+    where size is 0, inf or NaN): the unit in which to solve a program whose data and solution have that size.
+    diffcp's tolerances are absolute (SCS's eps_abs, lsmr's atol): in the data's own units its solutions and
+    adjoint gradients lost accuracy with their size (docs/benchmarks.md, sessions 27 and 28); division by a power
+    of two is exact."""
+    powers = (torch.log(size) / math.log(PROGRAM_UNIT_BASE)).round().nan_to_num(0.0, posinf=0.0, neginf=0.0)
+    return PROGRAM_UNIT_BASE ** powers.clamp(-PROGRAM_UNIT_POWERS, PROGRAM_UNIT_POWERS)
+
+
+def solver_arguments(solver_options: Mapping[str, Any] | None, gradient_mode: str = DEFAULT_GRADIENT_MODE
+                     ) -> dict[str, Any]:
+    """diffcp arguments: the user's, on top of tight defaults for the chosen solve method and ``gradient_mode``."""
     user = dict(solver_options or {})
     method = user.get("solve_method", "SCS")
-    return {"solve_method": method, "mode": DEFAULT_GRADIENT_MODE, **SOLVE_METHOD_DEFAULTS.get(method, {}), **user}
+    return {"solve_method": method, "mode": gradient_mode, **SOLVE_METHOD_DEFAULTS.get(method, {}), **user}
 
 
 def call_program(
@@ -62,12 +80,14 @@ def call_program(
     *,
     owner: str,
     solver_options: Mapping[str, Any] | None = None,
+    gradient_mode: str = DEFAULT_GRADIENT_MODE,
 ) -> tuple[torch.Tensor, ...]:
     """Solve a (batch of) program(s) through its compiled CvxpyLayer: float64 CPU tensors
-    in and out, differentiable. Raises SolverError (naming ``owner``) when the solver fails,
-    reports an inaccurate status or returns non-finite values."""
+    in and out, differentiable (diffcp's ``gradient_mode`` unless solver_options name a "mode"). Raises
+    SolverError (naming ``owner``) when the solver fails, reports an inaccurate status or returns non-finite
+    values."""
     layer = compile_program(program)
-    args = solver_arguments(solver_options)
+    args = solver_arguments(solver_options, gradient_mode)
     if not (torch.is_grad_enabled() and any(p.requires_grad for p in parameters)):
         for key in _BACKWARD_ONLY_KEYS:
             args.pop(key, None)
