@@ -25,7 +25,7 @@ from convexnorm.errors import SolverError
 from convexnorm.losses import MARGIN_LOSSES, check_loss, loss_terms
 from convexnorm.solvers.cvxpylayers_backend import call_program, program_units
 from convexnorm.programs import ConvexBNProgram, convex_bn_program
-from convexnorm.solvers.implicit import InteriorPointSolve
+from convexnorm.solvers.implicit import InteriorPointSolve, duplicate_sets
 from convexnorm.solvers.interior_point import InteriorPointSettings
 from convexnorm.solvers.native import HINGE_DENSE_CURVATURE, THREADS, native_settings
 from convexnorm.solvers.threads import AUTO, chunk_workers, intra_op_threads
@@ -35,8 +35,8 @@ from convexnorm.solvers.threads import AUTO, chunk_workers, intra_op_threads
 #: norm, is feasible only to the solver's absolute accuracy: measured 3.4e-1 of its own max ||s||).
 FEASIBILITY_TOL = 1e-6
 #: solver="cvxpylayers": diffcp's gradient mode. "dense" (a dense factorization of the derivative's system) up to
-#: programs of DENSE_GRADIENT_SIZE scalar variables and constraints; beyond it, where that takes minutes, "lsmr"
-#: with a warning. Against the polished solver="torch" gradients (which agree with central differences to 1e-9),
+#: programs of DENSE_GRADIENT_SIZE scalar variables and constraints; beyond it, where that takes minutes, and for
+#: batches with duplicate samples (``_solve``), "lsmr" with a warning. Against the polished solver="torch" gradients (which agree with central differences to 1e-9),
 #: squared loss at beta = 1e-3 (the default), sizes 192 .. 2496 (12x3x6 .. 32x6x32): lsmr 3.7e-6 .. 1.7e-3 off,
 #: dense 5e-8 .. 1.6e-7; forward + backward 0.08 .. 15 s against 0.06 .. 6 s (at beta = 0.05: 15 against 1.2 s at
 #: 32x6x32; at 48x6x48, size 5280, 141 against 29 s). ``python benchmarks/bench_block_accuracy.py``,
@@ -99,8 +99,8 @@ class ConvexBNReLU(nn.Module):
     default "auto", one per core on the CPU, at most two) and accepts episodes: H (B, n, d), y (B, n),
     H_query (B, m, d), one program per episode in one batched solve. ``solver="cvxpylayers"`` solves
     through cvxpylayers (``solver_options`` go to diffcp), one episode at a time, the squared loss in units of y
-    (``program_units``), differentiated by diffcp's dense mode up to DENSE_GRADIENT_SIZE and its lsmr beyond
-    (with a warning: its gradients were up to 1e-1 off). ``return_objective=True`` also
+    (``program_units``), differentiated by diffcp's dense mode up to DENSE_GRADIENT_SIZE and by its lsmr beyond
+    it or for a batch with duplicate samples (with a warning: its gradients were up to 1e-1 off). ``return_objective=True`` also
     returns the optimal objective (one per episode) as a differentiable tensor. Each batch must
     have full rank min(n - 1, in_features). Margin losses take labels y in {-1, +1}.
     """
@@ -247,11 +247,18 @@ class ConvexBNReLU(nn.Module):
             unit = float(program_units(torch.linalg.norm(y.detach()) / math.sqrt(n)))
         targets = [] if self.loss in MARGIN_LOSSES else [y / unit]
         program = _program(n, r_prime, self.n_patterns, self.loss)
-        dense = _program_size(program) <= DENSE_GRADIENT_SIZE
+        # duplicate samples make the derivative's system singular (a kink: only their multipliers' sum is determined),
+        # where diffcp's dense mode, normal equations solved by LDL^T, returns an arbitrary solution (gradients as
+        # large as the true ones off, the copies' unequal), and lsmr, from zero, the minimum-norm one, which shares
+        # them evenly as solver="torch" does (``implicit.duplicate_sets``)
+        first = duplicate_sets(U_prime.detach())
+        duplicates = not bool((first == torch.arange(n, device=first.device)).all())
+        dense = _program_size(program) <= DENSE_GRADIENT_SIZE and not duplicates
         if not dense and "mode" not in self.solver_options and torch.is_grad_enabled():
-            warnings.warn(f"ConvexBNReLU: solver='cvxpylayers' differentiates this {n}x{r_prime - 1}x{self.n_patterns} "
-                          f"program with diffcp's lsmr, whose gradients were up to 1e-1 off at such sizes (a dense "
-                          f"derivative takes minutes here); solver='torch' gives them to float64's precision",
+            reason = ("the batch holds duplicate samples" if duplicates else
+                      f"a dense derivative of this {n}x{r_prime - 1}x{self.n_patterns} program takes minutes")
+            warnings.warn(f"ConvexBNReLU: solver='cvxpylayers' differentiates with diffcp's lsmr ({reason}), whose "
+                          f"gradients were up to 1e-1 off; solver='torch' gives them to float64's precision",
                           stacklevel=4)
         S, T = call_program(program, [*DU, *SU, *targets, self.beta.to(torch.float64) / unit], owner="ConvexBNReLU",
                             solver_options=self.solver_options, gradient_mode="dense" if dense else "lsmr")
