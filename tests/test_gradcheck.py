@@ -59,7 +59,7 @@ def block_inputs(seed: int = 0):
 
 
 @pytest.mark.parametrize("solver, solver_options, tolerance, rtol", [
-    # SCS at 1e-12: central differences with eps 1e-5 agree with diffcp's gradients to 5.4e-7 (dense mode; lsmr's: 1.1e-6)
+    # SCS at 1e-12: central differences with eps 1e-5 agree with diffcp's gradients to 5.4e-7 (lsmr's: 1.1e-6)
     ("cvxpylayers", {"eps_abs": 1e-12, "eps_rel": 1e-12, "max_iters": 1_000_000}, 1e-6, 1e-5),
     # the batched interior-point method at its default tolerance, polished to float64's precision
     ("torch", {}, 1e-7, 1e-6),
