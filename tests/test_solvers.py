@@ -339,7 +339,7 @@ def test_block_gradients_agree_with_cvxpylayers(loss: str) -> None:
         value = (predictions * weights).sum() + 0.3 * objective
         results[solver] = (objective.detach(), *torch.autograd.grad(value, [H_var, y_var, block.log_beta]))
     for reference, native in zip(results["cvxpylayers"], results["torch"]):
-        assert torch.linalg.norm(native - reference) <= 1e-5 * torch.linalg.norm(reference)
+        assert torch.linalg.norm(native - reference) <= 1e-6 * torch.linalg.norm(reference)  # measured: 1e-12 (logistic: 1e-7)
 
 
 @pytest.mark.parametrize("loss", ["squared", "logistic", "hinge"])
