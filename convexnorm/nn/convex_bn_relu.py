@@ -259,7 +259,7 @@ class ConvexBNReLU(nn.Module):
                       f"a dense derivative of this {n}x{r_prime - 1}x{self.n_patterns} program takes minutes")
             warnings.warn(f"ConvexBNReLU: solver='cvxpylayers' differentiates with diffcp's lsmr ({reason}), whose "
                           f"gradients were up to 1e-1 off; solver='torch' gives them to float64's precision",
-                          stacklevel=4)
+                          stacklevel=6)  # the caller's line: _solve, _predict, forward and two of Module.__call__
         S, T = call_program(program, [*DU, *SU, *targets, self.beta.to(torch.float64) / unit], owner="ConvexBNReLU",
                             solver_options=self.solver_options, gradient_mode="dense" if dense else "lsmr")
         S, T = S * unit, T * unit
