@@ -189,3 +189,16 @@ def test_cvxpylayers_warns_where_its_gradient_is_lsmr(monkeypatch: pytest.Monkey
         with torch.no_grad():
             ConvexBNReLU(3, beta=0.1, n_patterns=8)(H, y)
     assert modes == ["dense", "lsmr", "lsmr", "lsmr", "lsmr"]
+
+
+def test_cvxpylayers_warns_for_the_logistic_loss_at_small_beta() -> None:
+    """diffcp's derivative on the exponential cone: solver="cvxpylayers" with the logistic loss below
+    LOGISTIC_BETA_WARNING warns (measured on this batch at beta = 1e-3: 3.7e-5 off solver="torch"), not above it
+    (3.1e-7 at beta = 0.03)."""
+    H, y = batch(n=16, d=3, seed=0)
+    labels = torch.where(y > 0, 1.0, -1.0).double()
+    with pytest.warns(UserWarning, match="exponential cone"):
+        ConvexBNReLU(3, beta=1e-3, n_patterns=8, loss="logistic", seed=1)(H.clone().requires_grad_(True), labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ConvexBNReLU(3, beta=0.03, n_patterns=8, loss="logistic", seed=1)(H.clone().requires_grad_(True), labels)

@@ -36,12 +36,18 @@ from convexnorm.solvers.threads import AUTO, chunk_workers, intra_op_threads
 FEASIBILITY_TOL = 1e-6
 #: solver="cvxpylayers": diffcp's gradient mode. "dense" (a dense factorization of the derivative's system) up to
 #: programs of DENSE_GRADIENT_SIZE scalar variables and constraints; beyond it, where that takes minutes, and for
-#: batches with duplicate samples (``_solve``), "lsmr" with a warning. Against the polished solver="torch" gradients (which agree with central differences to 1e-9),
-#: squared loss at beta = 1e-3 (the default), sizes 192 .. 2496 (12x3x6 .. 32x6x32): lsmr 3.7e-6 .. 1.7e-3 off,
-#: dense 5e-8 .. 1.6e-7; forward + backward 0.08 .. 15 s against 0.06 .. 6 s (at beta = 0.05: 15 against 1.2 s at
-#: 32x6x32; at 48x6x48, size 5280, 141 against 29 s). ``python benchmarks/bench_block_accuracy.py``,
-#: docs/benchmarks.md, session 28.
+#: batches with duplicate samples (``_solve``), "lsmr" with a warning. Against the polished solver="torch"
+#: gradients (which agree with central differences to 1e-9), squared loss at beta = 1e-3 (the default), sizes
+#: 192 .. 2496 (12x3x6 .. 32x6x32): lsmr 3.7e-6 .. 1.7e-3 off, dense 5e-8 .. 1.6e-7; forward + backward 0.08 ..
+#: 15 s against 0.06 .. 6 s (at beta = 0.05: 15 against 1.2 s at 32x6x32; at 48x6x48, size 5280, 141 against
+#: 29 s). ``python benchmarks/bench_block_accuracy.py``, docs/benchmarks.md, session 28.
 DENSE_GRADIENT_SIZE = 2500
+#: solver="cvxpylayers", logistic loss: below this beta the block warns that diffcp's derivative on the
+#: exponential cone loses accuracy. Against solver="torch" on 30 batches (16x3x8 .. 32x6x24, dense mode): at beta
+#: 1e-3 gradients 2.3e-6 .. 1.0e-3 off, at 3e-3 5.9e-7 .. 1.5e-5, at 1e-2 2.3e-7 .. 1.9e-6, at 3e-2 5e-9 .. 3.1e-7
+#: (the largest margin y f did not predict it: 9.4e-4 at margins up to 12.5, 2.3e-6 at 43; docs/benchmarks.md,
+#: session 28).
+LOGISTIC_BETA_WARNING = 1e-2
 #: solver="torch": certified relative gap of the interior-point solves. The polish and the
 #: backward read the active sets off the solution: at 1e-7 the polish succeeded on the
 #: benchmark's 32x6x32 and 64x8x64 batches, at 1e-6 it was refused at 64x8x64 (measured); 1e-8
@@ -98,10 +104,11 @@ class ConvexBNReLU(nn.Module):
     agree exactly ("auto" may be asked), and ``workers``: the episodes split over that many threads,
     default "auto", one per core on the CPU, at most two) and accepts episodes: H (B, n, d), y (B, n),
     H_query (B, m, d), one program per episode in one batched solve. ``solver="cvxpylayers"`` solves
-    through cvxpylayers (``solver_options`` go to diffcp), one episode at a time, the squared loss in units of y
-    (``program_units``), differentiated by diffcp's dense mode up to DENSE_GRADIENT_SIZE and by its lsmr beyond
-    it or for a batch with duplicate samples (with a warning: its gradients were up to 1e-1 off). ``return_objective=True`` also
-    returns the optimal objective (one per episode) as a differentiable tensor. Each batch must
+    through cvxpylayers (``solver_options`` go to diffcp), one episode at a time, the squared loss in units of
+    y (``program_units``), differentiated by diffcp's dense mode up to DENSE_GRADIENT_SIZE and by its lsmr
+    beyond it or for a batch with duplicate samples (with a warning: its gradients were up to 1e-1 off; for the
+    logistic loss a warning below LOGISTIC_BETA_WARNING too). ``return_objective=True`` also returns the optimal
+    objective (one per episode) as a differentiable tensor. Each batch must
     have full rank min(n - 1, in_features). Margin losses take labels y in {-1, +1}.
     """
 
@@ -263,6 +270,10 @@ class ConvexBNReLU(nn.Module):
         S, T = call_program(program, [*DU, *SU, *targets, self.beta.to(torch.float64) / unit], owner="ConvexBNReLU",
                             solver_options=self.solver_options, gradient_mode="dense" if dense else "lsmr")
         S, T = S * unit, T * unit
+        if self.loss == "logistic" and torch.is_grad_enabled() and float(self.beta) < LOGISTIC_BETA_WARNING:
+            warnings.warn(f"ConvexBNReLU: solver='cvxpylayers' with the logistic loss at beta {float(self.beta):.2g} < "
+                          f"{LOGISTIC_BETA_WARNING:g}: diffcp's gradients on the exponential cone were up to 1e-3 off "
+                          f"there; solver='torch' gives them to float64's precision", stacklevel=6)
         with torch.no_grad():
             fits_y = torch.linalg.norm(y) / torch.linalg.matrix_norm(U_prime.detach(), ord=2).clamp_min(1e-300)
             scale = max(float(torch.linalg.norm(S, dim=0).max()), float(torch.linalg.norm(T, dim=0).max()),
