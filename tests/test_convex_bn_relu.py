@@ -202,3 +202,18 @@ def test_cvxpylayers_warns_for_the_logistic_loss_at_small_beta() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ConvexBNReLU(3, beta=0.03, n_patterns=8, loss="logistic", seed=1)(H.clone().requires_grad_(True), labels)
+
+
+def test_cvxpylayers_spectral_whitening_in_units_of_the_data() -> None:
+    """whitening="spectral" keeps the data's size in U' (rows times the singular values), so the cvxpylayers path
+    solves in units of U''s root mean square row: for H of size 1e3 at beta = 0.1 its H gradient was 2.3e-3 off
+    solver="torch"'s (64% at beta = 0.01, without an error; that batch now stops with a SolverError), now 7.3e-5."""
+    H, y = batch(n=20, d=4, seed=3)
+    H = 1e3 * H
+    weights = torch.linspace(-1, 1, 20, dtype=torch.float64)
+    grads = {}
+    for solver in ("cvxpylayers", "torch"):
+        block = ConvexBNReLU(4, beta=0.1, n_patterns=10, seed=1, solver=solver, whitening="spectral")
+        H_var = H.clone().requires_grad_(True)
+        (grads[solver],) = torch.autograd.grad((block(H_var, y) * weights).sum(), [H_var])
+    assert torch.linalg.norm(grads["cvxpylayers"] - grads["torch"]) <= 5e-4 * torch.linalg.norm(grads["torch"])

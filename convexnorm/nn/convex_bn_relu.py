@@ -243,16 +243,23 @@ class ConvexBNReLU(nn.Module):
 
     def _solve(self, U_prime: Tensor, y: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
         n, r_prime = U_prime.shape
-        rows = y[:, None] * U_prime if self.loss in MARGIN_LOSSES else U_prime
+        margin = self.loss in MARGIN_LOSSES
+        # the program in units: U' in v (whitening="spectral", whose rows carry the data's size: ``program_units`` of
+        # their root mean square norm; "full" whitening's rows are unitless, v = 1) and the squared loss's y in u (of
+        # its root mean square). With U' = v U'',
+        # y = u y'' and W = (u / v) W'' the predictions are u U'' W'' and the objective u^2 times the program's at
+        # U'', y'' and beta / (u v) (any loss where u = 1), exactly. In their own units SCS's absolute tolerances
+        # failed at y of size 100 and diffcp's gradient was 32% off there with beta 0.05, 64% off for spectral
+        # whitening of H of size 1e3 (docs/benchmarks.md, session 28)
+        with torch.no_grad():
+            row_unit = 1.0 if self.whitening != "spectral" else float(
+                program_units(torch.linalg.matrix_norm(U_prime.detach()) / math.sqrt(n)))
+            unit = 1.0 if margin else float(program_units(torch.linalg.norm(y.detach()) / math.sqrt(n)))
+        U_program, y_program = U_prime / row_unit, (y if margin else y / unit)
+        rows = y[:, None] * U_program if margin else U_program
         DU = [masks[:, i : i + 1] * rows for i in range(self.n_patterns)]
-        SU = [(2 * masks[:, i : i + 1] - 1) * U_prime for i in range(self.n_patterns)]
-        # the squared loss in units u of y (``program_units`` of its root mean square): W*(y, beta) = u W*(y / u,
-        # beta / u) exactly. In y's own units SCS's absolute tolerances failed at y of size 100 and, with beta
-        # 0.05, diffcp's gradient was 32% off (docs/benchmarks.md, session 28)
-        unit = 1.0
-        if self.loss not in MARGIN_LOSSES:
-            unit = float(program_units(torch.linalg.norm(y.detach()) / math.sqrt(n)))
-        targets = [] if self.loss in MARGIN_LOSSES else [y / unit]
+        SU = [(2 * masks[:, i : i + 1] - 1) * U_program for i in range(self.n_patterns)]
+        targets = [] if margin else [y_program]
         program = _program(n, r_prime, self.n_patterns, self.loss)
         # duplicate samples make the derivative's system singular (a kink: only their multipliers' sum is determined),
         # where diffcp's dense mode, normal equations solved by LDL^T, returns an arbitrary solution (gradients as
@@ -267,15 +274,15 @@ class ConvexBNReLU(nn.Module):
             warnings.warn(f"ConvexBNReLU: solver='cvxpylayers' differentiates with diffcp's lsmr ({reason}), whose "
                           f"gradients were up to 1e-1 off; solver='torch' gives them to float64's precision",
                           stacklevel=6)  # the caller's line: _solve, _predict, forward and two of Module.__call__
-        S, T = call_program(program, [*DU, *SU, *targets, self.beta.to(torch.float64) / unit], owner="ConvexBNReLU",
+        beta = self.beta.to(torch.float64) / (unit * row_unit)
+        S, T = call_program(program, [*DU, *SU, *targets, beta], owner="ConvexBNReLU",
                             solver_options=self.solver_options, gradient_mode="dense" if dense else "lsmr")
-        S, T = S * unit, T * unit
         if self.loss == "logistic" and torch.is_grad_enabled() and float(self.beta) < LOGISTIC_BETA_WARNING:
             warnings.warn(f"ConvexBNReLU: solver='cvxpylayers' with the logistic loss at beta {float(self.beta):.2g} < "
                           f"{LOGISTIC_BETA_WARNING:g}: diffcp's gradients on the exponential cone were up to 1e-3 off "
                           f"there; solver='torch' gives them to float64's precision", stacklevel=6)
-        with torch.no_grad():
-            fits_y = torch.linalg.norm(y) / torch.linalg.matrix_norm(U_prime.detach(), ord=2).clamp_min(1e-300)
+        with torch.no_grad():  # in the program's units
+            fits_y = torch.linalg.norm(y_program) / torch.linalg.matrix_norm(U_program.detach(), ord=2).clamp_min(1e-300)
             scale = max(float(torch.linalg.norm(S, dim=0).max()), float(torch.linalg.norm(T, dim=0).max()),
                         float(fits_y), 1e-300)
             cones = torch.stack([SU[i].detach() @ torch.stack([S[:, i], T[:, i]], 1) for i in range(self.n_patterns)])
@@ -283,7 +290,7 @@ class ConvexBNReLU(nn.Module):
         if violation > FEASIBILITY_TOL:
             raise SolverError(f"ConvexBNReLU: inaccurate solve, cone constraint violated by {violation:.2e} of max "
                               "||s|| (or of ||y|| / ||U'||_2 where larger)")
-        return S, T
+        return S * (unit / row_unit), T * (unit / row_unit)
 
     def forward(self, H: Tensor, y: Tensor, H_query: Tensor | None = None,
                 return_objective: bool = False) -> Tensor | tuple[Tensor, Tensor]:
