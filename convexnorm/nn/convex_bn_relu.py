@@ -277,8 +277,9 @@ class ConvexBNReLU(nn.Module):
         beta = self.beta.to(torch.float64) / (unit * row_unit)
         S, T = call_program(program, [*DU, *SU, *targets, beta], owner="ConvexBNReLU",
                             solver_options=self.solver_options, gradient_mode="dense" if dense else "lsmr")
-        if self.loss == "logistic" and torch.is_grad_enabled() and float(self.beta) < LOGISTIC_BETA_WARNING:
-            warnings.warn(f"ConvexBNReLU: solver='cvxpylayers' with the logistic loss at beta {float(self.beta):.2g} < "
+        beta_value = float(self.beta.detach())
+        if self.loss == "logistic" and torch.is_grad_enabled() and beta_value < LOGISTIC_BETA_WARNING:
+            warnings.warn(f"ConvexBNReLU: solver='cvxpylayers' with the logistic loss at beta {beta_value:.2g} < "
                           f"{LOGISTIC_BETA_WARNING:g}: diffcp's gradients on the exponential cone were up to 1e-3 off "
                           f"there; solver='torch' gives them to float64's precision", stacklevel=6)
         with torch.no_grad():  # in the program's units
