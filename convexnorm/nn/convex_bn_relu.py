@@ -246,11 +246,10 @@ class ConvexBNReLU(nn.Module):
         margin = self.loss in MARGIN_LOSSES
         # the program in units: U' in v (whitening="spectral", whose rows carry the data's size: ``program_units`` of
         # their root mean square norm; "full" whitening's rows are unitless, v = 1) and the squared loss's y in u (of
-        # its root mean square). With U' = v U'',
-        # y = u y'' and W = (u / v) W'' the predictions are u U'' W'' and the objective u^2 times the program's at
-        # U'', y'' and beta / (u v) (any loss where u = 1), exactly. In their own units SCS's absolute tolerances
-        # failed at y of size 100 and diffcp's gradient was 32% off there with beta 0.05, 64% off for spectral
-        # whitening of H of size 1e3 (docs/benchmarks.md, session 28)
+        # its root mean square). With U' = v U'', y = u y'' and W = (u / v) W'' the predictions are u U'' W'' and
+        # the objective u^2 times the program's at U'', y'' and beta / (u v) (any loss where u = 1), exactly. In
+        # their own units SCS's absolute tolerances failed at y of size 100 and diffcp's gradient was 32% off there
+        # with beta 0.05, 64% off for spectral whitening of H of size 1e3 (docs/benchmarks.md, session 28)
         with torch.no_grad():
             row_unit = 1.0 if self.whitening != "spectral" else float(
                 program_units(torch.linalg.matrix_norm(U_prime.detach()) / math.sqrt(n)))
@@ -283,7 +282,8 @@ class ConvexBNReLU(nn.Module):
                           f"{LOGISTIC_BETA_WARNING:g}: diffcp's gradients on the exponential cone were up to 1e-3 off "
                           f"there; solver='torch' gives them to float64's precision", stacklevel=6)
         with torch.no_grad():  # in the program's units
-            fits_y = torch.linalg.norm(y_program) / torch.linalg.matrix_norm(U_program.detach(), ord=2).clamp_min(1e-300)
+            spectral_norm = torch.linalg.matrix_norm(U_program.detach(), ord=2).clamp_min(1e-300)
+            fits_y = torch.linalg.norm(y_program) / spectral_norm
             scale = max(float(torch.linalg.norm(S, dim=0).max()), float(torch.linalg.norm(T, dim=0).max()),
                         float(fits_y), 1e-300)
             cones = torch.stack([SU[i].detach() @ torch.stack([S[:, i], T[:, i]], 1) for i in range(self.n_patterns)])
