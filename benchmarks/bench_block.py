@@ -1,7 +1,8 @@
 """ConvexBNReLU: forward and backward time per batch vs a direct cvxpy solve of the same program.
 
 For each (batch n, features d, patterns P): the block's forward (cvxpylayers + diffcp)
-and backward (implicit differentiation, lsmr) with the default SCS and with Clarabel,
+and backward (implicit differentiation: diffcp's dense mode up to the block's DENSE_GRADIENT_SIZE, lsmr
+beyond it, since session 28) with the default SCS and with Clarabel,
 the native solver (solver="torch", KKT implicit differentiation), and the direct solve (cvxpy + Clarabel on constants, polished) of the same patterns;
 ratios are to the direct solve in the same run. The first call (canonicalization) is
 reported separately. Run: python benchmarks/bench_block.py
