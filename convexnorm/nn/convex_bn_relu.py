@@ -25,7 +25,7 @@ from convexnorm.errors import SolverError
 from convexnorm.losses import MARGIN_LOSSES, check_loss, loss_terms
 from convexnorm.solvers.cvxpylayers_backend import call_program, program_units
 from convexnorm.programs import ConvexBNProgram, convex_bn_program
-from convexnorm.solvers.implicit import InteriorPointSolve, duplicate_sets
+from convexnorm.solvers.implicit import InteriorPointSolve, duplicate_sets, first_of_set
 from convexnorm.solvers.interior_point import InteriorPointSettings
 from convexnorm.solvers.native import HINGE_DENSE_CURVATURE, THREADS, native_settings
 from convexnorm.solvers.threads import AUTO, chunk_workers, intra_op_threads
@@ -264,8 +264,7 @@ class ConvexBNReLU(nn.Module):
         # where diffcp's dense mode, normal equations solved by LDL^T, returns an arbitrary solution (gradients as
         # large as the true ones off, the copies' unequal), and lsmr, from zero, the minimum-norm one, which shares
         # them evenly as solver="torch" does (``implicit.duplicate_sets``)
-        first = duplicate_sets(U_prime.detach())
-        duplicates = not bool((first == torch.arange(n, device=first.device)).all())
+        duplicates = not bool(first_of_set(duplicate_sets(U_prime.detach())).all())
         dense = _program_size(program) <= DENSE_GRADIENT_SIZE and not duplicates
         if not dense and "mode" not in self.solver_options and torch.is_grad_enabled():
             reason = ("the batch holds duplicate samples" if duplicates else

@@ -491,7 +491,7 @@ def _duplicates_shared(A: torch.Tensor, y: torch.Tensor, G: torch.Tensor, margin
     24x3x8 batch of 12 duplicated samples); with the means it is their average, as the cvxpylayers path
     gives (the hinge loss: its copies' alpha 1.6e-6 apart, their gradients 1.9e-4)."""
     first = duplicate_sets(A)
-    if bool((first == torch.arange(len(A), device=A.device)).all()):  # each row its own set
+    if bool(first_of_set(first).all()):  # each row its own set
         return A, G, margins
     if margins is not None:
         margins = _Margins(_shared_alpha(A, y, margins), margins.margin)
@@ -514,6 +514,12 @@ def duplicate_sets(A: torch.Tensor, labels: torch.Tensor | None = None) -> torch
             close &= labels[..., chunk, None] == labels[..., None, :]
         firsts.append(close.to(torch.int8).argmax(-1))
     return torch.cat(firsts, -1)
+
+
+def first_of_set(first: torch.Tensor) -> torch.Tensor:
+    """Which rows (..., n) are the first of their set of duplicates, given ``duplicate_sets``'s ``first``: all of
+    them where no two rows are duplicates."""
+    return first == torch.arange(first.shape[-1], device=first.device)
 
 
 def hinge_multipliers(A: torch.Tensor, y: torch.Tensor, margins: list[_Margins | None]) -> torch.Tensor:
@@ -559,7 +565,7 @@ def active_sets(problem: ConvexBNProblem, result: InteriorPointResult) -> tuple[
     ratio = result.z.rows / result.s.rows
     capacity = result.W.shape[-1] - 1
     first = duplicate_sets(problem.A)  # (batch, n)
-    own = first == torch.arange(first.shape[1], device=first.device)  # the first row of its set
+    own = first_of_set(first)
     if not bool(own.all()):  # each row takes its set's largest ratio
         index = first[..., None].expand_as(ratio)
         ratio = torch.full_like(ratio, -torch.inf).scatter_reduce(1, index, ratio, "amax").gather(1, index)
