@@ -91,18 +91,21 @@ class NativeSolution:
 def solve_native(problem: ConvexBNProblem, settings: InteriorPointSettings = InteriorPointSettings(),
                  threads: int | str | None = AUTO) -> NativeSolution:
     """Solve every program of ``problem`` by the interior-point method (``threads``: torch's
-    intra-op threads meanwhile; "auto": chosen per iteration, solvers/threads.py). A program
-    (smooth loss) that stops short of its tolerances, typically at float64's limit a little above
-    ``tol``, is finished by Newton's method on its active-set system (solvers/implicit.py,
+    intra-op threads meanwhile; "auto": chosen per iteration, solvers/threads.py). Every program of a
+    smooth loss is then finished by Newton's method on its active-set system (solvers/implicit.py,
     ``polish_episode``), kept where it is certified (by the dual bound at its own multipliers or the
-    interior-point method's). Then the residue of inactive groups is removed where certified."""
+    interior-point method's): a gap of ``tol`` bounds the objective, but the fitted values f, and with
+    them the certificate's multipliers y - f, only to about sqrt(tol) (unpolished at 1e-7, an exhaustive
+    30x3 program read 1.2% above beta, 100 neurons instead of 18). Also a program that stops short of
+    ``tol``, typically at float64's limit a little above it, is finished so. Then the residue of inactive
+    groups is removed where certified."""
     with solver_threads(threads, problem.A.device) as pace, torch.inference_mode():
         result = solve_relaxed(problem, settings, on_iteration=pace)
         W, z = result.W.clone(), result.z
-        if problem.loss != "hinge" and not bool(result.converged.all()):
+        if problem.loss != "hinge":
             z = Conic(z.rows.clone(), z.cones, z.slack, z.margin)
             groups, rows = active_sets(problem, result)
-            for b in torch.nonzero(~result.converged).flatten().tolist():
+            for b in range(problem.batch):
                 found = polish_episode(problem, result, groups, rows, b)
                 if found is not None:
                     W[b], z.rows[b] = found[0].T, found[1]
