@@ -59,7 +59,8 @@ def first_blocks(model: cn.GreedyConvexBNNetwork, blocks: int) -> cn.GreedyConve
     that n_blocks=blocks would fit)."""
     part = copy.copy(model)
     part.n_blocks, part.blocks_, part.hidden_ = blocks, model.blocks_[:blocks], model.hidden_[:blocks - 1]
-    part.widths_, part.objectives_ = model.widths_[:blocks], model.objectives_[:blocks]
+    part.widths_ = model.widths_[:blocks - 1] + [model.blocks_[blocks - 1].n_neurons_]
+    part.objectives_ = model.objectives_[:blocks]
     part.objective_ = part.objectives_[-1]
     return part
 
