@@ -246,7 +246,10 @@ def test_lower_gram_is_the_capacitance_below_its_diagonal_blocks(n: int, width: 
     full = torch.diag_embed(d) + factor @ factor.transpose(-1, -2)
     F = (E.view(2, n, width // 4, 1, 4) @ (R @ R.transpose(-1, -2))).flatten(2)
     lower = newton._lower_gram(F, E, d)
-    assert torch.allclose(lower.tril(), full.tril(), rtol=1e-13, atol=1e-12)
+    # the classical bound on a sum of ``width`` products in floating point: width eps sum_i |a_i b_i| (measured
+    # 5e-15 of sum_i |a_i b_i| at width 4000; a fixed rtol 1e-13 held on one CPU's kernels and not another's)
+    rounding = width * torch.finfo(f64).eps * (factor.abs() @ factor.abs().transpose(-1, -2) + torch.diag_embed(d))
+    assert bool(((lower - full).tril().abs() <= rounding.tril()).all())
     assert torch.allclose(cholesky(lower), torch.linalg.cholesky(full), rtol=1e-12, atol=1e-12)
 
 

@@ -9,6 +9,7 @@ import torch
 
 import convexnorm as cn
 from convexnorm.solvers import candidate_rows
+from convexnorm.solvers import native as native_solver
 
 
 def data(n: int = 40, d: int = 3, seed: int = 6):
@@ -56,25 +57,27 @@ def test_native_classifier_matches_clarabel_and_certifies(loss: str) -> None:
 
 
 def test_native_hinge_finishes_with_the_dense_route(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The hinge estimator solves by Woodbury alone and, where that stops short of tol (here 1e-8:
-    Woodbury alone stalls above it, having met 1e-7 at 5.7e-8; measured 7.7e-9 after the resumption),
-    resumes with the dense factorization: converged, within 1e-6 of Clarabel. On the whole program: on its
-    candidate rows (solvers/candidate_rows.py) Woodbury alone meets 1e-8 here, and on "auto" threads (a
-    count chosen by timing, so rounding that differs from run to run) it did once in the whole suite."""
-    import convexnorm.solvers.interior_point as method
-
+    """The hinge estimator solves by Woodbury alone (here it stalls above tol = 1e-8, having met 1e-7 at
+    5.7e-8), polishes, and resumes with the dense factorization only where neither certifies tol: the
+    polish certifies this program (1.5e-11) without it; with the polish refused, the resumption converges
+    (7.7e-9). Both within 1e-6 of Clarabel. On the whole program: on its candidate rows
+    (solvers/candidate_rows.py) Woodbury alone meets 1e-8 here, and on "auto" threads (a count chosen by
+    timing, so rounding that differs from run to run) it did once in the whole suite."""
     monkeypatch.setattr(candidate_rows, "ROWS_PER_WIDTH", 10**6)
     resumed = []
-    original = method.resumed_on
-    monkeypatch.setattr(method, "resumed_on", lambda *args: resumed.append(1) or original(*args))
+    original = native_solver.resumed_on
+    monkeypatch.setattr(native_solver, "resumed_on", lambda *args: resumed.append(1) or original(*args))
     rng = np.random.default_rng(0)
     X = rng.standard_normal((200, 5))
     labels = np.where(np.sin(2 * X[:, 0]) + X[:, 1] * X[:, 2] > 0, 1, -1)
     kwargs = dict(beta=0.1, loss="hinge", patterns=60)
-    native = cn.ConvexBNClassifier(**kwargs, solver="torch", solver_options={"tol": 1e-8, "threads": 1}
-                                   ).fit(X, labels)
-    assert resumed and native.solver_report_[0]["converged"]
-    assert rel(native.objective_, cn.ConvexBNClassifier(**kwargs).fit(X, labels).objective_) < 1e-6
+    reference = cn.ConvexBNClassifier(**kwargs).fit(X, labels).objective_
+    model = cn.ConvexBNClassifier(**kwargs, solver="torch", solver_options={"tol": 1e-8, "threads": 1})
+    assert model.fit(X, labels).solver_report_[0]["converged"] and not resumed
+    assert rel(model.objective_, reference) < 1e-6
+    monkeypatch.setattr(native_solver, "polish_episode", lambda *args: None)
+    assert model.fit(X, labels).solver_report_[0]["converged"] and resumed
+    assert rel(model.objective_, reference) < 1e-6
 
 
 def test_column_generation_reaches_clarabels_certified_optimum() -> None:
@@ -90,17 +93,18 @@ def test_column_generation_reaches_clarabels_certified_optimum() -> None:
     assert rel(native.objective_, reference.objective_) < 1e-6
 
 
-@pytest.mark.parametrize("loss", ["squared", "logistic"])
+@pytest.mark.parametrize("loss", ["squared", "logistic", "hinge"])
 def test_a_native_fit_over_every_pattern_is_certified_by_its_own_multipliers(loss: str) -> None:
     """The certificate reads lam = -loss'(f) off the fitted values, which a certified gap of tol bounds
     only to about sqrt(tol): unpolished, this 16x3 program read 5.9e-3 (squared) and 3.3e-3 (logistic)
-    above beta, optimal False, with 42 and 36 neurons. Polished, both read within 1e-12 of beta."""
+    above beta, optimal False, with 42 and 36 neurons, and the hinge loss (its multipliers y alpha read
+    off the iterate's margins) 6.2e-7. Polished, all read within 1e-10 of beta."""
     X, y = data(n=16)
     if loss == "squared":
         estimator, target = cn.ConvexBNRegressor, y
     else:
         estimator, target = cn.ConvexBNClassifier, np.where(y > np.median(y), 1, -1)
-    kwargs = dict(beta=0.01, patterns="exhaustive")
+    kwargs = dict(beta=0.01, patterns="exhaustive", loss=loss)
     native = estimator(**kwargs, solver="torch").fit(X, target)
     reference = estimator(**kwargs).fit(X, target)
     certificate = native.certify(method="exact")
@@ -109,6 +113,20 @@ def test_a_native_fit_over_every_pattern_is_certified_by_its_own_multipliers(los
     assert native.objective_ <= reference.objective_ * (1 + 1e-9)
     if loss == "squared":
         assert certificate.gap <= 1e-10 * native.objective_
+
+
+def test_a_hinge_program_that_stalls_is_finished_by_the_polish() -> None:
+    """On this exhaustive 16x3 program the hinge loss's interior-point method stalls at a certified gap of
+    1.8e-6 > tol = 1e-6, also when resumed with the dense route: SolverError before its programs were
+    polished (as on six of eight such random programs at beta 0.01); the polish certifies it."""
+    rng = np.random.RandomState(1)
+    X = rng.randn(16, 3)
+    y = np.where(np.sin(X @ rng.randn(3)) + 0.1 * rng.randn(16) > 0, 1, -1)
+    model = cn.ConvexBNClassifier(beta=0.01, patterns="exhaustive", loss="hinge", solver="torch").fit(X, y)
+    assert model.solver_report_[0]["converged"] is True and model.solver_report_[0]["relative_gap"] <= 1e-6
+    certificate = model.certify(method="exact")
+    certificate = certificate[0] if isinstance(certificate, list) else certificate
+    assert certificate.optimal is True and certificate.max_dual_value <= 0.01 * (1 + 1e-10)
 
 
 def test_no_silent_iteration_limit() -> None:

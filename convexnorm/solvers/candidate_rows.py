@@ -92,7 +92,7 @@ def full_rows(relaxed: ConvexBNProblem, values: torch.Tensor, fill: float) -> to
     return out.scatter_(1, index, values)
 
 
-def _widened(problem: ConvexBNProblem, relaxed: ConvexBNProblem, result: InteriorPointResult,
+def widened(problem: ConvexBNProblem, relaxed: ConvexBNProblem, result: InteriorPointResult,
              settings: InteriorPointSettings) -> InteriorPointResult:
     """An interior-point result of ``relaxed`` on the whole ``problem``: the multipliers z zero on the rows
     left out and their slacks s one (read by the active sets and the dual bound, which are exact with G
@@ -108,18 +108,23 @@ def _widened(problem: ConvexBNProblem, relaxed: ConvexBNProblem, result: Interio
 
 
 def solve_relaxed(problem: ConvexBNProblem, settings: InteriorPointSettings,
-                  on_iteration: Callable[[], None] | None = None) -> InteriorPointResult:
-    """``interior_point`` (then ``finished_with_dense_route``) on the candidate rows (``relaxation``) where
-    that is smaller, its answer measured on every row; a program whose answer violates a row left out
-    (beyond violation_tol) is solved again whole. The result is the whole program's (rows (batch, n, 2P))."""
+                  on_iteration: Callable[[], None] | None = None,
+                  finish: Callable[[ConvexBNProblem, InteriorPointResult], InteriorPointResult] | None = None
+                  ) -> InteriorPointResult:
+    """``interior_point``, then ``finish`` (default: ``finished_with_dense_route``), on the candidate rows
+    (``relaxation``) where that is smaller, its answer measured on every row; a program whose answer violates
+    a row left out (beyond violation_tol) is solved again whole. The result is the whole program's (rows
+    (batch, n, 2P))."""
     def solved(program: ConvexBNProblem) -> InteriorPointResult:
-        return finished_with_dense_route(program, interior_point(program, settings, on_iteration=on_iteration),
-                                         settings)
+        result = interior_point(program, settings, on_iteration=on_iteration)
+        if finish is None:
+            return finished_with_dense_route(program, result, settings)
+        return finish(program, result)
 
     relaxed = relaxation(problem)
     if relaxed is None:
         return solved(problem)
-    result = _widened(problem, relaxed, solved(relaxed), settings)
+    result = widened(problem, relaxed, solved(relaxed), settings)
     missed = result.criteria.violation > settings.violation_tol
     if bool(missed.any()):
         logger.info("candidate rows: %d of %d program(s) violate a row left out (%.1e); solved whole",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -19,8 +19,8 @@ import torch
 from convexnorm._validation import check_count, check_device
 from convexnorm.errors import SolverError
 from convexnorm.solvers.backends import ProgramSolution
-from convexnorm.solvers.candidate_rows import solve_relaxed
-from convexnorm.solvers.interior_point import InteriorPointSettings
+from convexnorm.solvers.candidate_rows import solve_relaxed, widened
+from convexnorm.solvers.interior_point import InteriorPointResult, InteriorPointSettings, resumed_on, with_dense_route
 from convexnorm.solvers.implicit import active_sets, polish_episode
 from convexnorm.solvers.kkt import Conic, Criteria, Primal, bounded_criteria, multipliers
 from convexnorm.solvers.problem import ConvexBNProblem
@@ -36,7 +36,7 @@ THREADS = "threads"
 #: relative of the optimum, and measured within ~1e-8 of Clarabel's (tests/test_native_solver.py).
 ESTIMATOR_TOL = 1e-6
 #: The hinge loss's estimators and block solve by Woodbury alone and resume with the dense route only
-#: where that stops short of tol. An estimator solves one program at a time, so the drift of batched
+#: where that stops short of tol (the estimators: where the polish does not certify it either). An estimator solves one program at a time, so the drift of batched
 #: programs past DENSE_CURVATURE does not arise (n = 1000, r = 10, 100 patterns in 7.4 s instead of
 #: 12.0 s); the block's output is the polished point (docs/benchmarks.md, session 11).
 HINGE_DENSE_CURVATURE = float("inf")
@@ -91,45 +91,78 @@ class NativeSolution:
 def solve_native(problem: ConvexBNProblem, settings: InteriorPointSettings = InteriorPointSettings(),
                  threads: int | str | None = AUTO) -> NativeSolution:
     """Solve every program of ``problem`` by the interior-point method (``threads``: torch's
-    intra-op threads meanwhile; "auto": chosen per iteration, solvers/threads.py). Every program of a
-    smooth loss is then finished by Newton's method on its active-set system (solvers/implicit.py,
-    ``polish_episode``), kept where it is certified (by the dual bound at its own multipliers or the
-    interior-point method's): a gap of ``tol`` bounds the objective, but the fitted values f, and with
-    them the certificate's multipliers y - f, only to about sqrt(tol) (unpolished at 1e-7, an exhaustive
-    30x3 program read 1.2% above beta, 100 neurons instead of 18). Also a program that stops short of
-    ``tol``, typically at float64's limit a little above it, is finished so. Then the residue of inactive
-    groups is removed where certified."""
+    intra-op threads meanwhile; "auto": chosen per iteration, solvers/threads.py), then finish each
+    (``_finished``: the active-set polish, the residue of inactive groups removed). Where ``settings``
+    skip the dense route (Woodbury alone, the hinge loss's estimators), only a program that stops short of
+    its tolerance and whose polish is refused resumes with it (``_dense_where_unpolished``)."""
     with solver_threads(threads, problem.A.device) as pace, torch.inference_mode():
-        result = solve_relaxed(problem, settings, on_iteration=pace)
-        W, z = result.W.clone(), result.z
-        if problem.loss != "hinge":
-            z = Conic(z.rows.clone(), z.cones, z.slack, z.margin)
-            groups, rows = active_sets(problem, result)
-            for b in range(problem.batch):
-                found = polish_episode(problem, result, groups, rows, b)
-                if found is not None:
-                    W[b], z.rows[b] = found[0].T, found[1]
-        lam = multipliers(problem, Primal.of_neurons(W), z)
-        # the better of the two bounds on the optimum: at the (polished) solution's multipliers and the
-        # interior-point method's own (the polish is kept where it certifies against either one)
-        measured = bounded_criteria(problem, W, torch.maximum(problem.dual_bound(lam, z.rows),
-                                                              result.criteria.lower_bound))
-        norms = torch.linalg.norm(W, dim=-1)
-        settled = torch.zeros_like(result.converged)
-        for rtol in ZERO_GROUP_RTOLS:
-            keep = norms > rtol * norms.amax(-1, keepdim=True)
-            cleaned = W * keep[..., None]
-            # against the bound at the solution's own multipliers: those of the cleaned point are
-            # no longer tuned to its G (measured: a bound 1e-3 lower)
-            trial = bounded_criteria(problem, cleaned, measured.lower_bound)
-            accept = ~settled & trial.met(settings.tol, settings.violation_tol)
-            W = torch.where(accept[:, None, None], cleaned, W)
-            measured = trial.where(accept, measured)
-            settled = settled | accept
-        converged = measured.met(settings.tol, settings.violation_tol)
+        result = solve_relaxed(problem, settings, on_iteration=pace, finish=_dense_where_unpolished(settings))
+        solution = _finished(problem, result, settings)
     # out of inference mode (interior_point's), for callers that go on with autograd or in place
-    return NativeSolution(W.clone(), lam.clone(), measured.map(torch.clone), converged.clone(),
-                          result.iterations.clone())
+    return NativeSolution(solution.W.clone(), solution.lam.clone(), solution.criteria.map(torch.clone),
+                          solution.converged.clone(), solution.iterations.clone())
+
+
+def _dense_where_unpolished(settings: InteriorPointSettings
+                            ) -> Callable[[ConvexBNProblem, InteriorPointResult], InteriorPointResult]:
+    """``solve_relaxed``'s finish: the programs that stop short of tol resume with the dense route
+    (``resumed_on``) where ``settings`` skip it and the polish of their iterate is refused: an exhaustive
+    16x3 hinge program stalled at a gap of 1.8e-6 was polished to 1e-8 in 2 s, where the dense resume took
+    42 s and stalled too."""
+    def finish(program: ConvexBNProblem, result: InteriorPointResult) -> InteriorPointResult:
+        short = ~result.converged
+        if not settings.skips_dense_route or not bool(short.any()):
+            return result
+        # the polish reads every row: a relaxation's result on the whole program (``widened``)
+        whole = program if program.candidates is None else program.relaxed(None)
+        view = result if program.candidates is None else widened(whole, program, result, settings)
+        groups, rows = active_sets(whole, view)
+        for b in torch.nonzero(short).flatten().tolist():
+            if polish_episode(whole, view, groups, rows, b) is not None:
+                short[b] = False
+        if not bool(short.any()):
+            return result
+        return result.replaced(short, resumed_on(program, result, short, with_dense_route(settings))[1])
+    return finish
+
+
+def _finished(problem: ConvexBNProblem, result: InteriorPointResult, settings: InteriorPointSettings
+              ) -> NativeSolution:
+    """Every program of ``result`` finished by Newton's method on its active-set system (solvers/implicit.py,
+    ``polish_episode``; the hinge loss's margins included), kept where it is certified (by the dual bound at
+    its own multipliers or the interior-point method's): a gap of ``tol`` bounds the objective, but the
+    fitted values f, and with them the certificate's multipliers y - f, only to about sqrt(tol) (unpolished
+    at 1e-7, an exhaustive 30x3 program read 1.2% above beta, 100 neurons instead of 18). A program that
+    stops short of ``tol``, typically at float64's limit a little above it, is finished so too (unpolished,
+    the hinge loss stalled at gaps of 1.1e-6 .. 7.3e-6 on six of eight exhaustive 16x3 programs at beta
+    0.01). Then the residue of inactive groups is removed where certified."""
+    W, z = result.W.clone(), result.z
+    z = Conic(z.rows.clone(), z.cones, z.slack, None if z.margin is None else z.margin.clone())
+    groups, rows = active_sets(problem, result)
+    for b in range(problem.batch):
+        found = polish_episode(problem, result, groups, rows, b)
+        if found is not None:
+            W[b], z.rows[b] = found[0].T, found[1]
+            if found[2] is not None:  # the hinge loss's margin multipliers alpha
+                z.margin[b] = found[2].alpha
+    lam = multipliers(problem, Primal.of_neurons(W), z)
+    # the better of the two bounds on the optimum: at the (polished) solution's multipliers and the
+    # interior-point method's own (the polish is kept where it certifies against either one)
+    measured = bounded_criteria(problem, W, torch.maximum(problem.dual_bound(lam, z.rows),
+                                                          result.criteria.lower_bound))
+    norms = torch.linalg.norm(W, dim=-1)
+    settled = torch.zeros_like(result.converged)
+    for rtol in ZERO_GROUP_RTOLS:
+        keep = norms > rtol * norms.amax(-1, keepdim=True)
+        cleaned = W * keep[..., None]
+        # against the bound at the solution's own multipliers: those of the cleaned point are
+        # no longer tuned to its G (measured: a bound 1e-3 lower)
+        trial = bounded_criteria(problem, cleaned, measured.lower_bound)
+        accept = ~settled & trial.met(settings.tol, settings.violation_tol)
+        W = torch.where(accept[:, None, None], cleaned, W)
+        measured = trial.where(accept, measured)
+        settled = settled | accept
+    return NativeSolution(W, lam, measured, measured.met(settings.tol, settings.violation_tol), result.iterations)
 
 
 def solve_native_program(U_prime: np.ndarray, patterns: np.ndarray, y: np.ndarray, beta: float, loss: str,
