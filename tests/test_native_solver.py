@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import convexnorm as cn
-from convexnorm.solvers import candidate_rows
+from convexnorm.solvers import candidate_rows, interior_point
 from convexnorm.solvers import native as native_solver
 
 
@@ -65,8 +65,8 @@ def test_native_hinge_finishes_with_the_dense_route(monkeypatch: pytest.MonkeyPa
     timing, so rounding that differs from run to run) it did once in the whole suite."""
     monkeypatch.setattr(candidate_rows, "ROWS_PER_WIDTH", 10**6)
     resumed = []
-    original = native_solver.resumed_on
-    monkeypatch.setattr(native_solver, "resumed_on", lambda *args: resumed.append(1) or original(*args))
+    original = interior_point.resumed_on
+    monkeypatch.setattr(interior_point, "resumed_on", lambda *args: resumed.append(1) or original(*args))
     rng = np.random.default_rng(0)
     X = rng.standard_normal((200, 5))
     labels = np.where(np.sin(2 * X[:, 0]) + X[:, 1] * X[:, 2] > 0, 1, -1)

@@ -372,13 +372,14 @@ def with_dense_route(settings: InteriorPointSettings) -> InteriorPointSettings:
 
 
 def finished_with_dense_route(problem: ConvexBNProblem, result: InteriorPointResult,
-                              settings: InteriorPointSettings) -> InteriorPointResult:
+                              settings: InteriorPointSettings, short: torch.Tensor | None = None
+                              ) -> InteriorPointResult:
     """``result`` of a solve with ``settings``; where those skip the dense route past DENSE_CURVATURE
-    (Woodbury alone: certified gaps of about 1e-6 for the hinge loss) the programs that stopped
-    short of their tolerances resume from their iterate with it."""
-    if not settings.skips_dense_route or bool(result.converged.all()):
+    (Woodbury alone: certified gaps of about 1e-6 for the hinge loss) the programs ``short`` (default:
+    those that stopped short of their tolerances) resume from their iterate with it."""
+    short = ~result.converged if short is None else short
+    if not settings.skips_dense_route or not bool(short.any()):
         return result
-    short = ~result.converged
     return result.replaced(short, resumed_on(problem, result, short, with_dense_route(settings))[1])
 
 

@@ -20,7 +20,7 @@ from convexnorm._validation import check_count, check_device
 from convexnorm.errors import SolverError
 from convexnorm.solvers.backends import ProgramSolution
 from convexnorm.solvers.candidate_rows import solve_relaxed, widened
-from convexnorm.solvers.interior_point import InteriorPointResult, InteriorPointSettings, resumed_on, with_dense_route
+from convexnorm.solvers.interior_point import InteriorPointResult, InteriorPointSettings, finished_with_dense_route
 from convexnorm.solvers.implicit import active_sets, polish_episode
 from convexnorm.solvers.kkt import Conic, Criteria, Primal, bounded_criteria, multipliers
 from convexnorm.solvers.problem import ConvexBNProblem
@@ -36,9 +36,10 @@ THREADS = "threads"
 #: relative of the optimum, and measured within ~1e-8 of Clarabel's (tests/test_native_solver.py).
 ESTIMATOR_TOL = 1e-6
 #: The hinge loss's estimators and block solve by Woodbury alone and resume with the dense route only
-#: where that stops short of tol (the estimators: where the polish does not certify it either). An estimator solves one program at a time, so the drift of batched
-#: programs past DENSE_CURVATURE does not arise (n = 1000, r = 10, 100 patterns in 7.4 s instead of
-#: 12.0 s); the block's output is the polished point (docs/benchmarks.md, session 11).
+#: where that stops short of tol (the estimators: where the polish does not certify it either). An
+#: estimator solves one program at a time, so the drift of batched programs past DENSE_CURVATURE does not
+#: arise (n = 1000, r = 10, 100 patterns in 7.4 s instead of 12.0 s); the block's output is the polished
+#: point (docs/benchmarks.md, session 11).
 HINGE_DENSE_CURVATURE = float("inf")
 #: solver_options key that keeps an inaccurate solve (with a RuntimeWarning) instead of raising
 #: SolverError.
@@ -105,24 +106,20 @@ def solve_native(problem: ConvexBNProblem, settings: InteriorPointSettings = Int
 
 def _dense_where_unpolished(settings: InteriorPointSettings
                             ) -> Callable[[ConvexBNProblem, InteriorPointResult], InteriorPointResult]:
-    """``solve_relaxed``'s finish: the programs that stop short of tol resume with the dense route
-    (``resumed_on``) where ``settings`` skip it and the polish of their iterate is refused: an exhaustive
-    16x3 hinge program stalled at a gap of 1.8e-6 was polished to 1e-8 in 2 s, where the dense resume took
-    42 s and stalled too."""
+    """``solve_relaxed``'s finish: ``finished_with_dense_route`` for the programs that stop short of tol and
+    whose polish is refused (only where ``settings`` skip the dense route): an exhaustive 16x3 hinge program
+    stalled at a gap of 1.8e-6 was polished to 1e-8 in 2 s, where the dense resume took 42 s and stalled too.
+    A program polished here is polished again by ``_finished``, on the whole program's rows."""
     def finish(program: ConvexBNProblem, result: InteriorPointResult) -> InteriorPointResult:
         short = ~result.converged
-        if not settings.skips_dense_route or not bool(short.any()):
-            return result
-        # the polish reads every row: a relaxation's result on the whole program (``widened``)
-        whole = program if program.candidates is None else program.relaxed(None)
-        view = result if program.candidates is None else widened(whole, program, result, settings)
-        groups, rows = active_sets(whole, view)
-        for b in torch.nonzero(short).flatten().tolist():
-            if polish_episode(whole, view, groups, rows, b) is not None:
-                short[b] = False
-        if not bool(short.any()):
-            return result
-        return result.replaced(short, resumed_on(program, result, short, with_dense_route(settings))[1])
+        if settings.skips_dense_route and bool(short.any()):
+            # the polish reads every row: a relaxation's result on the whole program (``widened``)
+            whole = program if program.candidates is None else program.relaxed(None)
+            view = result if program.candidates is None else widened(whole, program, result, settings)
+            groups, rows = active_sets(whole, view)
+            for b in torch.nonzero(short).flatten().tolist():
+                short[b] = polish_episode(whole, view, groups, rows, b) is None
+        return finished_with_dense_route(program, result, settings, short)
     return finish
 
 
