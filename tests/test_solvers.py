@@ -241,7 +241,8 @@ def test_block_episode_workers_give_the_same_answers(loss: str, monkeypatch: pyt
 
     def recorder(name, function):
         def recorded(*args, **kwargs):
-            seen.setdefault(name, set()).add((threading.get_ident(), torch.get_num_threads()))
+            # by name: a finished thread's ident may be reused by the next one started
+            seen.setdefault(name, set()).add((threading.current_thread().name, torch.get_num_threads()))
             return function(*args, **kwargs)
         return recorded
 

@@ -24,10 +24,10 @@ from typing import Callable
 
 import torch
 
-from convexnorm.solvers.interior_point import (InteriorPointResult, InteriorPointSettings, finished_with_dense_route,
-                                               interior_point)
+from convexnorm.solvers.interior_point import InteriorPointResult, InteriorPointSettings, interior_point
 from convexnorm.solvers.kkt import Conic, bounded_criteria
 from convexnorm.solvers.problem import ConvexBNProblem
+from convexnorm.solvers.working_set import finished
 
 logger = logging.getLogger("convexnorm")
 
@@ -111,14 +111,14 @@ def solve_relaxed(problem: ConvexBNProblem, settings: InteriorPointSettings,
                   on_iteration: Callable[[], None] | None = None,
                   finish: Callable[[ConvexBNProblem, InteriorPointResult], InteriorPointResult] | None = None
                   ) -> InteriorPointResult:
-    """``interior_point``, then ``finish`` (default: ``finished_with_dense_route``), on the candidate rows
+    """``interior_point``, then ``finish`` (default: ``working_set.finished``), on the candidate rows
     (``relaxation``) where that is smaller, its answer measured on every row; a program whose answer violates
     a row left out (beyond violation_tol) is solved again whole. The result is the whole program's (rows
     (batch, n, 2P))."""
     def solved(program: ConvexBNProblem) -> InteriorPointResult:
         result = interior_point(program, settings, on_iteration=on_iteration)
         if finish is None:
-            return finished_with_dense_route(program, result, settings)
+            return finished(program, result, settings)
         return finish(program, result)
 
     relaxed = relaxation(problem)

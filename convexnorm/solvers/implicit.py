@@ -35,17 +35,17 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Callable
 
-import numpy as np
 import torch
 
 from convexnorm.errors import SolverError
 from convexnorm.solvers.candidate_rows import solve_relaxed
 from convexnorm.solvers.interior_point import InteriorPointResult, InteriorPointSettings, resumed_on, with_dense_route
-from convexnorm.solvers.cones import cone_projection
+from convexnorm.solvers.active_sets import active_sets, duplicate_sets, first_of_set
 from convexnorm.solvers.kkt import Conic, Primal, criteria, multipliers
 from convexnorm.losses import loss_curvature, loss_gradient
 from convexnorm.solvers.problem import ConvexBNProblem
 from convexnorm.solvers.threads import intra_op_threads, over_chunks, solver_threads
+from convexnorm.solvers.working_set import least_multipliers
 
 logger = logging.getLogger("convexnorm")
 
@@ -94,11 +94,6 @@ SMALL_GROUP_RTOLS = (1e-5, 1e-3)
 #: system singular there. The polish's further guesses merge such groups into the larger one (measured at
 #: 32x6x32: two groups at cosine 1 - 3.6e-7, the reduced system's smallest eigenvalue 3.4e-9 of 5.8).
 PARALLEL_GROUP_COSINE = 1 - 1e-5
-#: Rows of A closer than this fraction of its largest row's norm are duplicates (``_duplicates_shared``):
-#: duplicate samples differ after whitening by rounding (1.5e-16 measured).
-DUPLICATE_RTOL = 1e-10
-#: ``duplicate_sets`` compares this many rows with all at a time.
-DUPLICATE_CHUNK = 1024
 #: The smooth losses' reduced active-set systems are solved by Cholesky up to this diagonal spread of
 #: its factor (``_reduced_solve``). On the sweep's 12 smooth-loss programs (block sizes, two seeds) every
 #: such system factored, with spreads of at most 3.1e3 and condition numbers of at most 6.7e4; at
@@ -418,7 +413,7 @@ def _zero_groups_dual_feasible(problem: ConvexBNProblem, point: Primal, z: Conic
                                left_out: dict | None = None) -> torch.Tensor | None:
     """The row multipliers z.rows (n, 2P) of a polished point of one program, with those of each zero group
     whose dual norm ||A^T (o_j M_j lam + E_j G_j)|| exceeds beta (1 + ZERO_GROUP_DUAL_RTOL) replaced by the
-    least over G_j >= 0 (``cone_projection``); None where one still does: that group's zero is not optimal,
+    least over G_j >= 0 (``working_set.least_multipliers``); None where one still does: that group's zero is not optimal,
     the polish's active set left out a group that belongs in it (each such group added to ``left_out``:
     group -> (its projection, its rows' least multipliers)). The certified gap alone let such a point through:
     at 64x8x64 (seed 111) a polish without a group at 3e-6 of the largest was 1.4e-8 above the optimum,
@@ -436,11 +431,9 @@ def _zero_groups_dual_feasible(problem: ConvexBNProblem, point: Primal, z: Conic
     targets = problem.predictions_adjoint(lam)[0]  # o_j A^T (M_j lam) of every group (2P, k)
     violated = {}
     for group in over:
-        rows = (problem.signs[0, :, group, None] * problem.A[0]).cpu().numpy()  # E_j A
-        projection, least = cone_projection(targets[group].cpu().numpy(), rows)
-        G[:, group] = torch.as_tensor(least, dtype=G.dtype, device=G.device)
-        if float(np.linalg.norm(projection)) > limit:
-            violated[group] = (torch.as_tensor(projection, dtype=G.dtype, device=G.device), G[:, group])
+        projection, G[:, group] = least_multipliers(problem, 0, targets, group)
+        if float(torch.linalg.norm(projection)) > limit:
+            violated[group] = (projection, G[:, group])
     if violated:
         if left_out is not None:
             left_out.update(violated)
@@ -498,29 +491,6 @@ def _duplicates_shared(A: torch.Tensor, y: torch.Tensor, G: torch.Tensor, margin
     return _set_means(first, A), _set_means(first, G), margins
 
 
-def duplicate_sets(A: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """For rows of A (..., n, k) the index (..., n) of the first row of their set of duplicates, the rows within
-    DUPLICATE_RTOL of the largest row's norm of it (duplicate samples, equal after whitening only to rounding)
-    and, given ``labels`` (..., n), with the same label. DUPLICATE_CHUNK rows at a time (an estimator's n x n
-    distances at n = 5000 would take 200 MB)."""
-    largest = torch.linalg.norm(A, dim=-1).amax(-1)[..., None, None]
-    firsts = []
-    for start in range(0, A.shape[-2], DUPLICATE_CHUNK):
-        chunk = slice(start, start + DUPLICATE_CHUNK)
-        # the differences themselves (the product form of the distances is off by ~1e-8 even on the diagonal)
-        distances = torch.cdist(A[..., chunk, :], A, compute_mode="donot_use_mm_for_euclid_dist")
-        close = distances <= DUPLICATE_RTOL * largest
-        if labels is not None:
-            close &= labels[..., chunk, None] == labels[..., None, :]
-        firsts.append(close.to(torch.int8).argmax(-1))
-    return torch.cat(firsts, -1)
-
-
-def first_of_set(first: torch.Tensor) -> torch.Tensor:
-    """Which rows (..., n) are the first of their set of duplicates, given ``duplicate_sets``'s ``first``: all of
-    them where no two rows are duplicates."""
-    return first == torch.arange(first.shape[-1], device=first.device)
-
 
 def hinge_multipliers(A: torch.Tensor, y: torch.Tensor, margins: list[_Margins | None]) -> torch.Tensor:
     """The hinge loss's multipliers alpha (batch, n) of episodes A (batch, n, k) with labels y (batch, n) at their
@@ -546,33 +516,6 @@ def _set_means(first: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     counts = torch.zeros(len(values), dtype=values.dtype, device=values.device).index_add_(
         0, first, torch.ones_like(values[:, 0]))
     return (torch.zeros_like(values).index_add_(0, first, values) / counts.clamp_min(1)[:, None])[first]
-
-
-def active_sets(problem: ConvexBNProblem, result: InteriorPointResult) -> tuple[torch.Tensor, torch.Tensor]:
-    """The active groups (batch, 2P) and rows (batch, n, 2P) read off an interior-point iterate of ``problem``,
-    where its primal and dual sides separate: rows whose multiplier exceeds their slack, at most k - 1
-    distinct rows per group (those with the largest ratio z / s), groups whose tau exceeds their dual cone's
-    distance to its boundary. A nonzero W_j (k) is orthogonal to its active rows, and rows of data
-    in general position span k dimensions by any k of them, so more than k - 1 are never all active:
-    such a group is still shrinking to zero, or holds a row whose slack and multiplier both vanish
-    (measured at 128x16x128: a 17th row with s = 5e-7, z = 6e-6 beside 16 with z / s > 1e5). Duplicate
-    rows of A (``duplicate_sets``: duplicate samples) are one constraint: a set's copies are active
-    together, by its largest ratio, and count once (counted each, the cap dropped active rows of a 64x8x64
-    batch with 16 duplicated samples, where the polish was then refused on every batch: docs/benchmarks.md,
-    session 27)."""
-    cones = result.z.cones
-    groups = result.x.tau > cones[..., 0] - torch.linalg.norm(cones[..., 1:], dim=-1)
-    ratio = result.z.rows / result.s.rows
-    capacity = result.W.shape[-1] - 1
-    first = duplicate_sets(problem.A)  # (batch, n)
-    own = first_of_set(first)
-    if not bool(own.all()):  # each row takes its set's largest ratio
-        index = first[..., None].expand_as(ratio)
-        ratio = torch.full_like(ratio, -torch.inf).scatter_reduce(1, index, ratio, "amax").gather(1, index)
-    rows = ratio > 1
-    if int(own.sum(1).amax()) > capacity:  # the sets ranked by their first rows
-        rows &= ratio >= torch.where(own[..., None], ratio, -torch.inf).topk(capacity, dim=1).values[:, -1:]
-    return groups, rows
 
 
 def margins_of(result: InteriorPointResult, episode: int) -> _Margins | None:

@@ -62,6 +62,12 @@ class ConvexBNProblem:
         return ConvexBNProblem(self.A[keep], self.masks[keep], self.y[keep], self.beta[keep], self.loss,
                                None if self.candidates is None else self.candidates[keep])
 
+    def patterns_subset(self, chosen: torch.Tensor) -> "ConvexBNProblem":
+        """The same programs restricted to the patterns ``chosen`` (P,) boolean (both groups of each; with
+        candidates, their candidate rows)."""
+        return ConvexBNProblem(self.A, self.masks[..., chosen], self.y, self.beta, self.loss,
+                               None if self.candidates is None else self.candidates[:, chosen])
+
     def relaxed(self, candidates: torch.Tensor | None) -> "ConvexBNProblem":
         """The same programs with only the orthant rows ``candidates`` (batch, P, c) kept (None: all)."""
         return ConvexBNProblem(self.A, self.masks, self.y, self.beta, self.loss, candidates)
@@ -110,6 +116,11 @@ class ConvexBNProblem:
             return self.signs
         half = (2 * self.masks - 1).gather(1, self.candidates.transpose(-1, -2))
         return torch.cat([half, half], -1)
+
+    def signed_group_rows(self, b: int, group: int) -> torch.Tensor:
+        """E_j * A on the constraint rows of group j of program b (c, k): the group's cone is {w : rows w >= 0}."""
+        rows = self.A[b] if self.candidates is None else self._candidate_rows[b, group % self.patterns]
+        return self.constraint_signs[b, :, group, None] * rows
 
     @functools.cached_property
     def negative_constraint_signs(self) -> torch.Tensor:
