@@ -86,15 +86,23 @@ def test_native_hinge_finishes_with_the_dense_route(monkeypatch: pytest.MonkeyPa
 def test_a_hinge_program_whose_polish_is_refused_is_certified_on_its_working_set(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Every pattern of these 16 samples in R^3 (2302 groups): Woodbury alone stalls at a certified gap of 1.7e-6
-    > tol = 1e-6 and the polish is refused (60 active groups around shared rays, the optimum not unique). Before
-    the working set, the dense resume (a Newton matrix of dimension 11510) ran 179 s, stalled too and the fit
-    raised SolverError; on the 108 patterns of its active groups the program meets 5.8e-8, certified on the
-    whole program, with no dense resume."""
-    resumed, used = [], []
+    > tol = 1e-6 (60 active groups around shared rays, the optimum not unique). Its polish was refused before
+    REDUCED_RCOND and is refused here (its first call, the finish's); before the working set, the dense resume (a
+    Newton matrix of dimension 11510) then ran 179 s, stalled too and the fit raised SolverError. On the 108
+    patterns of its active groups the program meets 5.8e-8, certified on the whole program, with no dense resume,
+    and the final polish certifies it exactly."""
+    resumed, used, polishes = [], [], []
     original_resume, original_working_set = interior_point.resumed_on, working_set.on_working_set
+    original_polish = native_solver.polish_episode
     monkeypatch.setattr(interior_point, "resumed_on", lambda *args: resumed.append(1) or original_resume(*args))
     monkeypatch.setattr(working_set, "on_working_set",
                         lambda *args: used.append(1) or original_working_set(*args))
+
+    def refused_first(*args):
+        polishes.append(1)
+        return None if len(polishes) == 1 else original_polish(*args)
+
+    monkeypatch.setattr(native_solver, "polish_episode", refused_first)
     rng = np.random.RandomState(7)
     X = rng.randn(16, 3)
     y = np.where(np.sin(X @ rng.randn(3)) + 0.1 * rng.randn(16) > 0, 1, -1)
@@ -106,6 +114,27 @@ def test_a_hinge_program_whose_polish_is_refused_is_certified_on_its_working_set
     certificate = certificate[0] if isinstance(certificate, list) else certificate
     assert certificate.optimal is True and certificate.max_dual_value <= 0.1 * (1 + 1e-10)
     assert rel(model.objective_, cn.ConvexBNClassifier(**kwargs).fit(X, y).objective_) < 1e-6
+
+
+@pytest.mark.parametrize(("loss", "seed"), [("squared", 3), ("logistic", 7)])
+def test_a_fit_whose_optimum_is_not_unique_is_polished_and_certified(loss: str, seed: int) -> None:
+    """Every pattern of 16 samples in R^3 at beta 0.01: 110 (squared) active groups for 16 samples, so the
+    optimum's neurons are not unique and the polish's reduced system singular. Before REDUCED_RCOND the polish
+    was refused and the interior-point point kept (certified gap 7e-8), whose multipliers y - f read 1.1% above
+    beta in the exact certificate (logistic: 0.12%)."""
+    rng = np.random.RandomState(seed)
+    X = rng.randn(16, 3)
+    targets = np.sin(X @ rng.randn(3)) + 0.1 * rng.randn(16)
+    if loss == "squared":
+        kwargs, y, estimator = {}, targets, cn.ConvexBNRegressor
+    else:
+        kwargs, y, estimator = {"loss": loss}, np.where(targets > 0, 1, -1), cn.ConvexBNClassifier
+    model = estimator(beta=0.01, patterns="exhaustive", solver="torch", solver_options={"threads": 1},
+                      **kwargs).fit(X, y)
+    certificate = model.certify(method="exact")
+    certificate = certificate[0] if isinstance(certificate, list) else certificate
+    assert certificate.optimal is True and certificate.max_dual_value <= 0.01 * (1 + 1e-10)
+    assert rel(model.objective_, estimator(beta=0.01, patterns="exhaustive", **kwargs).fit(X, y).objective_) < 1e-6
 
 
 @pytest.mark.parametrize(("n", "patterns", "beta", "left_out"),

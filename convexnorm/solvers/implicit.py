@@ -99,6 +99,14 @@ PARALLEL_GROUP_COSINE = 1 - 1e-5
 #: such system factored, with spreads of at most 3.1e3 and condition numbers of at most 6.7e4; at
 #: 128x16x128 (dimension ~190) the solve took ~0.2 instead of 3.5 ms by gelsd.
 CHOLESKY_MAX_SPREAD = 1e8
+#: Singular values of a reduced system solved by least squares below this fraction of its largest are zero
+#: (``_reduced_solve``). Where the optimum is not unique (many active groups for few samples: an exhaustive
+#: 16x3 squared program at beta 0.01 with 110 active groups) the reduced system is singular, its zero
+#: eigenvalues at 1e-13 of the largest after the interior-point method's rounding; gelsd's default cut (machine
+#: epsilon times the dimension) kept them, Newton's first step grew the residual from 8e-5 to 2e-2, and the
+#: polish was refused: the fit's certificate then read 1.1% above beta (logistic: 0.12% and 0.2% on two of 58
+#: programs). With the cut at 1e-12, 1e-10 or 1e-8 it polished to a gap of 4e-14 (docs/benchmarks.md, session 30).
+REDUCED_RCOND = 1e-10
 
 
 def _active_set_residual(u: torch.Tensor, A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, M: torch.Tensor,
@@ -146,8 +154,8 @@ def _reduced_solve(reduced: torch.Tensor, rhs: torch.Tensor, bordered: bool) -> 
     """reduced^-1 rhs for the symmetric reduced system of ``_ActiveSystem.solve``: by Cholesky where it
     factors with a diagonal spread (max l_ii / min l_ii)^2, a lower bound on its condition number, of at
     most CHOLESKY_MAX_SPREAD; else (the hinge loss's bordered or curvature-free systems, a singular one)
-    the minimum-norm least-squares answer, gelsd (SVD) on the CPU: gelsy's answers differ by ~1e-13
-    between identical calls (reentrancy)."""
+    the minimum-norm least-squares answer with singular values below REDUCED_RCOND of the largest taken as
+    zero, gelsd (SVD) on the CPU: gelsy's answers differ by ~1e-13 between identical calls (reentrancy)."""
     if not bordered:
         factor, info = torch.linalg.cholesky_ex(reduced)
         if int(info) == 0:
@@ -155,7 +163,7 @@ def _reduced_solve(reduced: torch.Tensor, rhs: torch.Tensor, bordered: bool) -> 
             if float(diagonal.amin()) > 0 and float((diagonal.amax() / diagonal.amin()) ** 2) <= CHOLESKY_MAX_SPREAD:
                 return torch.cholesky_solve(rhs[:, None], factor)[:, 0]
     driver = "gelsd" if reduced.device.type == "cpu" else None
-    return torch.linalg.lstsq(reduced, rhs[:, None], driver=driver).solution[:, 0]
+    return torch.linalg.lstsq(reduced, rhs[:, None], rcond=REDUCED_RCOND, driver=driver).solution[:, 0]
 
 
 class _ActiveSystem:
