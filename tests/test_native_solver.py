@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import convexnorm as cn
-from convexnorm.solvers import candidate_rows, interior_point, working_set
+from convexnorm.solvers import candidate_rows, interior_point, newton, working_set
 from convexnorm.solvers import native as native_solver
 from convexnorm.solvers.interior_point import InteriorPointSettings
 from convexnorm.solvers.problem import ConvexBNProblem
@@ -81,6 +81,30 @@ def test_native_hinge_finishes_with_the_dense_route(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(working_set, "on_working_set", lambda *args: None)
     assert model.fit(X, labels).solver_report_[0]["converged"] and resumed
     assert rel(model.objective_, reference) < 1e-6
+    # a Newton matrix (here of dimension 2 * 60 * 7 = 840) above DENSE_MAX_DIMENSION is not factorized densely:
+    # the program stays short of tol, a SolverError, and the previous fit is kept
+    resumed.clear()
+    monkeypatch.setattr(newton, "DENSE_MAX_DIMENSION", 500)
+    with pytest.raises(cn.SolverError, match="without meeting its tolerances"):
+        model.fit(X, labels)
+    assert not resumed and rel(model.objective_, reference) < 1e-6
+
+
+def test_a_newton_matrix_too_large_to_factorize_densely_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hinge over every pattern of 20 samples in R^3 (2319 patterns) at beta 0.003: Woodbury alone stalls at a
+    certified gap of 3.4e-5, the polish is refused and the working set (118 patterns) stalls at 1.7e-6. The dense
+    resumption's Newton matrix would have dimension 23190: it took the process past the machine's 23 GB, where the
+    kernel killed it. Now a SolverError in about 2 s, without any dense factorization."""
+    def refused(*args):
+        raise AssertionError("a dense factorization past DENSE_MAX_DIMENSION")
+
+    monkeypatch.setattr(newton, "_dense_factor", refused)
+    rng = np.random.RandomState(1)
+    X = rng.randn(20, 3)
+    y = np.where(np.sin(X @ rng.randn(3)) + 0.1 * rng.randn(20) > 0, 1, -1)
+    with pytest.raises(cn.SolverError, match="without meeting its tolerances"):
+        cn.ConvexBNClassifier(beta=0.003, patterns="exhaustive", loss="hinge", solver="torch",
+                              solver_options={"threads": 1}).fit(X, y)
 
 
 def test_a_hinge_program_whose_polish_is_refused_is_certified_on_its_working_set(

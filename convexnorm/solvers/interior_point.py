@@ -27,7 +27,8 @@ from convexnorm.solvers.cones import (JordanDivision, NTScaling, box_correction,
                                       soc_min_eigenvalue, soc_step_rate)
 from convexnorm.solvers.kkt import (Conic, Criteria, Primal, constraint_adjoint, constraint_map, constraint_offset,
                                     criteria, evaluate, objective_gradient, per_program, zero_primal)
-from convexnorm.solvers.newton import DENSE_CURVATURE, Breakdown, NewtonSystem
+from convexnorm.solvers import newton
+from convexnorm.solvers.newton import DENSE_CURVATURE, Breakdown, NewtonSystem, dense_dimension, densely_factorizable
 from convexnorm.solvers.problem import ConvexBNProblem
 
 logger = logging.getLogger("convexnorm")
@@ -376,9 +377,16 @@ def finished_with_dense_route(problem: ConvexBNProblem, result: InteriorPointRes
                               ) -> InteriorPointResult:
     """``result`` of a solve with ``settings``; where those skip the dense route past DENSE_CURVATURE
     (Woodbury alone: certified gaps of about 1e-6 for the hinge loss) the programs ``short`` (default:
-    those that stopped short of their tolerances) resume from their iterate with it."""
+    those that stopped short of their tolerances) resume from their iterate with it, unless their Newton
+    matrix is too large to factorize densely (``newton.DENSE_MAX_DIMENSION``: they stay short)."""
     short = ~result.converged if short is None else short
     if not settings.skips_dense_route or not bool(short.any()):
+        return result
+    if not densely_factorizable(problem):
+        logger.warning("interior point: %d program(s) stopped short of tol (relative gap %.1e) and are not resumed "
+                       "with the dense factorization: their Newton matrix of dimension %d exceeds %d",
+                       int(short.sum()), float(result.criteria.relative_gap[short].max()), dense_dimension(problem),
+                       newton.DENSE_MAX_DIMENSION)
         return result
     return result.replaced(short, resumed_on(problem, result, short, with_dense_route(settings))[1])
 

@@ -21,7 +21,7 @@ grows without bound (the hinge loss's samples on the margin) the Woodbury differ
 X = u - H^-1 B^T c loses the predictions B X, which their slack and multiplier steps need times
 d; they are taken as c / d instead (c = D B X exactly). Beyond ``DENSE_CURVATURE`` a program's
 whole matrix is factorized densely ((2P (k + 1))^3 / 3 flops: the hinge loss's last iterations),
-decided per program (docs/math.md, section 9).
+decided per program, up to DENSE_MAX_DIMENSION (docs/math.md, section 9).
 """
 
 from __future__ import annotations
@@ -42,6 +42,13 @@ from convexnorm.solvers.problem import ConvexBNProblem
 #: moved away from its answer alone (objectives 3e-12 apart at 1e6, 4e-9 at 1e7, 1e-14 at 1e5: the
 #: rounding of batched products, amplified by d). 1e5: 128x16x128 in 12.9 s instead of 20.2 s.
 DENSE_CURVATURE = 1e5
+#: Largest dimension 2P (k + 1) of a program's Newton matrix that is factorized densely; past it the program keeps
+#: Woodbury's solve whatever its curvature (and a solve that skips the dense route does not resume with it:
+#: ``interior_point.finished_with_dense_route``). The dense factor takes about 3 (2P (k + 1))^2 float64 numbers and
+#: (2P (k + 1))^3 / 3 flops: every pattern of 16 samples in R^3 (dimension 11510) took 179 s to a stall, of 20
+#: samples (23190) went past the machine's 23 GB and was killed; at 8000 about 1.5 GB, and a Cholesky factor of that
+#: size took 3.6 s on one core of the 2-core AMD machine (docs/benchmarks.md, session 30).
+DENSE_MAX_DIMENSION = 8000
 #: Steps of iterative refinement of each Newton solve.
 REFINEMENT_STEPS = 1
 
@@ -97,6 +104,16 @@ def _dense_factor(problem: ConvexBNProblem, H: torch.Tensor, curvature: torch.Te
     full = full.view(batch, groups, m, groups, m)
     full.diagonal(dim1=1, dim2=3).add_(H.permute(0, 2, 3, 1))
     return cholesky(full.view(batch, groups * m, groups * m))
+
+
+def dense_dimension(problem: ConvexBNProblem) -> int:
+    """The dimension 2P (k + 1) of one program's whole Newton matrix (``_dense_factor``)."""
+    return 2 * problem.patterns * (problem.width + 1)
+
+
+def densely_factorizable(problem: ConvexBNProblem) -> bool:
+    """Whether the programs' whole Newton matrices are at most DENSE_MAX_DIMENSION."""
+    return dense_dimension(problem) <= DENSE_MAX_DIMENSION
 
 
 def _predictions(problem: ConvexBNProblem, X: torch.Tensor) -> torch.Tensor:
@@ -228,6 +245,8 @@ class NewtonSystem:
         #: the programs (batch,) whose whole matrix is factorized densely (decided per program, so that a
         #: program takes the same steps in a batch as alone), and the Woodbury solve of the others
         self.dense = self.curvature.amax(-1) > (DENSE_CURVATURE if dense_curvature is None else dense_curvature)
+        if not densely_factorizable(problem):
+            self.dense = torch.zeros_like(self.dense)
         self.dense_factor = self.woodbury = None
         if bool(self.dense.any()):
             H = self.scaling.inverse_square()[self.dense]
