@@ -26,7 +26,7 @@ from convexnorm.solvers.implicit import polish_episode
 from convexnorm.solvers.kkt import Conic, Criteria, Primal, bounded_criteria, multipliers
 from convexnorm.solvers.problem import ConvexBNProblem
 from convexnorm.solvers.threads import AUTO, solver_threads
-from convexnorm.solvers.working_set import finished
+from convexnorm.solvers.working_set import finished, on_working_set
 
 #: Groups below these fractions of the largest norm are tried as exact zeros, largest first;
 #: the first whose certified gap stays within tol (and violation within violation_tol) is kept.
@@ -143,6 +143,8 @@ def _finished(problem: ConvexBNProblem, result: InteriorPointResult, settings: I
     groups, rows = active_sets(problem, result)
     for b in range(problem.batch):
         found = polish_episode(problem, result, groups, rows, b)
+        if found is None:
+            found = _polished_on_working_set(problem, result, b, settings)
         if found is not None:
             W[b], z.rows[b] = found[0].T, found[1]
             if found[2] is not None:  # the hinge loss's margin multipliers alpha
@@ -165,6 +167,23 @@ def _finished(problem: ConvexBNProblem, result: InteriorPointResult, settings: I
         measured = trial.where(accept, measured)
         settled = settled | accept
     return NativeSolution(W, lam, measured, measured.met(settings.tol, settings.violation_tol), result.iterations)
+
+
+def _polished_on_working_set(problem: ConvexBNProblem, result: InteriorPointResult, b: int,
+                             settings: InteriorPointSettings) -> tuple | None:
+    """``polish_episode`` of program ``b`` after it is solved again on its working set (``on_working_set``, of
+    any size: the alternative is a point the certificate cannot certify), or None. Where the optimum's neurons
+    are not unique, the polish from one interior-point iterate can fail on every guess and succeed from another:
+    a column-generation round over 173 patterns of 20x3 data (squared loss, beta 0.01) was refused at its
+    iterate, its certificate reading 0.75% above beta, and polished on its working set of 78 patterns."""
+    solved = on_working_set(problem, result, b, settings, fraction=1.0)
+    if solved is None:
+        return None
+    one = torch.zeros(problem.batch, dtype=torch.bool, device=problem.A.device)
+    one[b] = True
+    program = problem.select(one)
+    groups, rows = active_sets(program, solved)
+    return polish_episode(program, solved, groups, rows, 0)
 
 
 def solve_native_program(U_prime: np.ndarray, patterns: np.ndarray, y: np.ndarray, beta: float, loss: str,

@@ -72,10 +72,10 @@ def finished(problem: ConvexBNProblem, result: InteriorPointResult, settings: In
 
 
 @torch.inference_mode()
-def on_working_set(problem: ConvexBNProblem, result: InteriorPointResult, b: int, settings: InteriorPointSettings
-                   ) -> InteriorPointResult | None:
+def on_working_set(problem: ConvexBNProblem, result: InteriorPointResult, b: int, settings: InteriorPointSettings,
+                   fraction: float = WORKING_SET_FRACTION) -> InteriorPointResult | None:
     """Program ``b`` of ``result`` solved again on the patterns of its active groups (the module docstring)
-    while they are at most WORKING_SET_FRACTION of its patterns,
+    while they are at most ``fraction`` of its patterns,
     as a result of the whole program (one program; not an interior iterate: its left-out groups are zero, with
     (beta, 0) in their dual cones and slacks one on their rows), where that meets ``settings``' tolerances on
     the whole program; else None."""
@@ -89,7 +89,7 @@ def on_working_set(problem: ConvexBNProblem, result: InteriorPointResult, b: int
     patterns = groups[0, :P] | groups[0, P:]
     tighter = replace(settings, tol=settings.tol * WORKING_SET_TOL_FACTOR)
     for _ in range(WORKING_SET_ROUNDS):
-        if not bool(patterns.any()) or int(patterns.sum()) > WORKING_SET_FRACTION * P:
+        if not bool(patterns.any()) or int(patterns.sum()) > fraction * P:
             return None
         whole = _embedded(program, patterns, interior_point(program.patterns_subset(patterns), tighter), base)
         joined = _dual_feasible(program, whole.x, whole.z)
