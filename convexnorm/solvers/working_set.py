@@ -9,8 +9,10 @@ there once every left-out group is dual feasible. Each such group's row multipli
 where they minimize its dual norm ||A^T (o_j M_j lam + E_j G_j)|| (``least_multipliers``); a group whose
 least dual norm still exceeds beta belongs in the working set, which grows by those groups' patterns and
 is solved again, WORKING_SET_ROUNDS times at most, while it holds at most WORKING_SET_FRACTION of the
-patterns (docs/math.md, section 4 for the bound;
-docs/benchmarks.md, session 30 for the measurements).
+patterns (docs/math.md, section 4 for the bound; docs/benchmarks.md, session 30 for the measurements).
+The estimators also polish a program whose polish is refused from its working set's solution, of any size
+(solvers/native.py): where the optimum's neurons are not unique, the polish can fail from one iterate and
+hold from another.
 """
 
 from __future__ import annotations
@@ -74,11 +76,10 @@ def finished(problem: ConvexBNProblem, result: InteriorPointResult, settings: In
 @torch.inference_mode()
 def on_working_set(problem: ConvexBNProblem, result: InteriorPointResult, b: int, settings: InteriorPointSettings,
                    fraction: float = WORKING_SET_FRACTION) -> InteriorPointResult | None:
-    """Program ``b`` of ``result`` solved again on the patterns of its active groups (the module docstring)
-    while they are at most ``fraction`` of its patterns,
-    as a result of the whole program (one program; not an interior iterate: its left-out groups are zero, with
-    (beta, 0) in their dual cones and slacks one on their rows), where that meets ``settings``' tolerances on
-    the whole program; else None."""
+    """Program ``b`` of ``result`` solved again on the patterns of its active groups (the module docstring),
+    while they are at most ``fraction`` of its patterns, as a result of the whole program (one program; not an
+    interior iterate: its left-out groups are zero, with (beta, 0) in their dual cones and slacks one on their
+    rows), where that meets ``settings``' tolerances on the whole program; else None."""
     one = torch.zeros(problem.batch, dtype=torch.bool, device=problem.A.device)
     one[b] = True
     program = problem.select(one)
