@@ -137,7 +137,8 @@ def _finished(problem: ConvexBNProblem, result: InteriorPointResult, settings: I
     at 1e-7, an exhaustive 30x3 program read 1.2% above beta, 100 neurons instead of 18). A program that
     stops short of ``tol``, typically at float64's limit a little above it, is finished so too (unpolished,
     the hinge loss stalled at gaps of 1.1e-6 .. 7.3e-6 on six of eight exhaustive 16x3 programs at beta
-    0.01). Then the residue of inactive groups is removed where certified."""
+    0.01). A program whose polish is refused is polished from its working set's solution instead, where that
+    holds (``_polished_on_working_set``). Then the residue of inactive groups is removed where certified."""
     W, z = result.W.clone(), result.z
     z = Conic(z.rows.clone(), z.cones, z.slack, None if z.margin is None else z.margin.clone())
     groups, rows = active_sets(problem, result)
@@ -170,7 +171,7 @@ def _finished(problem: ConvexBNProblem, result: InteriorPointResult, settings: I
 
 
 def _polished_on_working_set(problem: ConvexBNProblem, result: InteriorPointResult, b: int,
-                             settings: InteriorPointSettings) -> tuple | None:
+                             settings: InteriorPointSettings) -> tuple[torch.Tensor, torch.Tensor, object] | None:
     """``polish_episode`` of program ``b`` after it is solved again on its working set (``on_working_set``, of
     any size: the alternative is a point the certificate cannot certify), or None. Where the optimum's neurons
     are not unique, the polish from one interior-point iterate can fail on every guess and succeed from another:
