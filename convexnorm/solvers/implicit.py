@@ -41,11 +41,11 @@ from convexnorm.errors import SolverError
 from convexnorm.solvers.candidate_rows import solve_relaxed
 from convexnorm.solvers.interior_point import InteriorPointResult, InteriorPointSettings, resumed_on, with_dense_route
 from convexnorm.solvers.active_sets import active_sets, duplicate_sets, first_of_set
-from convexnorm.solvers.kkt import Conic, Primal, criteria, multipliers
+from convexnorm.solvers.kkt import Conic, Primal, criteria
 from convexnorm.losses import loss_curvature, loss_gradient
 from convexnorm.solvers.problem import ConvexBNProblem
 from convexnorm.solvers.threads import intra_op_threads, over_chunks, solver_threads
-from convexnorm.solvers.working_set import least_multipliers
+from convexnorm.solvers.working_set import zero_groups_least_multipliers
 
 logger = logging.getLogger("convexnorm")
 
@@ -421,27 +421,14 @@ def _zero_groups_dual_feasible(problem: ConvexBNProblem, point: Primal, z: Conic
                                left_out: dict | None = None) -> torch.Tensor | None:
     """The row multipliers z.rows (n, 2P) of a polished point of one program, with those of each zero group
     whose dual norm ||A^T (o_j M_j lam + E_j G_j)|| exceeds beta (1 + ZERO_GROUP_DUAL_RTOL) replaced by the
-    least over G_j >= 0 (``working_set.least_multipliers``); None where one still does: that group's zero is not optimal,
-    the polish's active set left out a group that belongs in it (each such group added to ``left_out``:
-    group -> (its projection, its rows' least multipliers)). The certified gap alone let such a point through:
+    least over G_j >= 0 (``working_set.zero_groups_least_multipliers``); None where one still does: that
+    group's zero is not optimal, the polish's active set left out a group that belongs in it (each such group
+    added to ``left_out``: group -> (its projection, its rows' least multipliers)). The certified gap alone let such a point through:
     at 64x8x64 (seed 111) a polish without a group at 3e-6 of the largest was 1.4e-8 above the optimum,
     within the interior-point method's gap, its least dual norm 2.3e-4 above beta, and its gradient up to 55%
     off (docs/benchmarks.md, session 26)."""
-    lam = problem.dual_multipliers(multipliers(problem, point, z))
-    norms = problem.group_dual_norms(lam, z.rows)[0]
     limit = float(problem.beta[0]) * (1 + ZERO_GROUP_DUAL_RTOL)
-    zero = ~(point.W[0] != 0).any(-1)
-    over = torch.nonzero(zero & (norms > limit)).flatten().tolist()
-    G = z.rows[0]
-    if not over:
-        return G
-    G = G.clone()
-    targets = problem.predictions_adjoint(lam)[0]  # o_j A^T (M_j lam) of every group (2P, k)
-    violated = {}
-    for group in over:
-        projection, G[:, group] = least_multipliers(problem, 0, targets, group)
-        if float(torch.linalg.norm(projection)) > limit:
-            violated[group] = (projection, G[:, group])
+    G, violated = zero_groups_least_multipliers(problem, point, z, limit)
     if violated:
         if left_out is not None:
             left_out.update(violated)

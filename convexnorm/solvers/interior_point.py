@@ -28,7 +28,7 @@ from convexnorm.solvers.cones import (JordanDivision, NTScaling, box_correction,
 from convexnorm.solvers.kkt import (Conic, Criteria, Primal, constraint_adjoint, constraint_map, constraint_offset,
                                     criteria, evaluate, objective_gradient, per_program, zero_primal)
 from convexnorm.solvers import newton
-from convexnorm.solvers.newton import DENSE_CURVATURE, Breakdown, NewtonSystem, dense_dimension, densely_factorizable
+from convexnorm.solvers.newton import DENSE_CURVATURE, Breakdown, NewtonSystem
 from convexnorm.solvers.problem import ConvexBNProblem
 
 logger = logging.getLogger("convexnorm")
@@ -110,6 +110,11 @@ class InteriorPointResult:
     def W(self) -> torch.Tensor:
         """The neurons (batch, 2P, k): S groups, then T groups."""
         return self.x.W
+
+    def select(self, keep: torch.Tensor) -> "InteriorPointResult":
+        """The programs where ``keep`` (batch,) holds, as a smaller batch."""
+        return InteriorPointResult(*(part.select(keep) for part in (self.x, self.s, self.z, self.criteria)),
+                                   self.converged[keep], self.iterations[keep], self.interior)
 
     def replaced(self, keep: torch.Tensor, other: "InteriorPointResult") -> "InteriorPointResult":
         """This result with the programs where ``keep`` holds taken from ``other`` (one per such
@@ -363,8 +368,8 @@ def resumed_on(problem: ConvexBNProblem, result: InteriorPointResult, keep: torc
     subset = problem.select(keep)
     if not result.interior:
         return subset, interior_point(subset, settings)
-    return subset, interior_point(subset, settings, start=(result.x.select(keep), result.s.select(keep),
-                                                           result.z.select(keep)))
+    chosen = result.select(keep)
+    return subset, interior_point(subset, settings, start=(chosen.x, chosen.s, chosen.z))
 
 
 def with_dense_route(settings: InteriorPointSettings) -> InteriorPointSettings:
@@ -382,11 +387,11 @@ def finished_with_dense_route(problem: ConvexBNProblem, result: InteriorPointRes
     short = ~result.converged if short is None else short
     if not settings.skips_dense_route or not bool(short.any()):
         return result
-    if not densely_factorizable(problem):
+    if not newton.densely_factorizable(problem):
         logger.warning("interior point: %d program(s) stopped short of tol (relative gap %.1e) and are not resumed "
                        "with the dense factorization: their Newton matrix of dimension %d exceeds %d",
-                       int(short.sum()), float(result.criteria.relative_gap[short].max()), dense_dimension(problem),
-                       newton.DENSE_MAX_DIMENSION)
+                       int(short.sum()), float(result.criteria.relative_gap[short].max()),
+                       newton.dense_dimension(problem), newton.DENSE_MAX_DIMENSION)
         return result
     return result.replaced(short, resumed_on(problem, result, short, with_dense_route(settings))[1])
 

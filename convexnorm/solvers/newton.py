@@ -244,9 +244,8 @@ class NewtonSystem:
             self.curvature = loss_curvature(problem.loss, problem.predictions(x.W), problem.y)
         #: the programs (batch,) whose whole matrix is factorized densely (decided per program, so that a
         #: program takes the same steps in a batch as alone), and the Woodbury solve of the others
-        self.dense = self.curvature.amax(-1) > (DENSE_CURVATURE if dense_curvature is None else dense_curvature)
-        if not densely_factorizable(problem):
-            self.dense = torch.zeros_like(self.dense)
+        self.dense = (self.curvature.amax(-1) > (DENSE_CURVATURE if dense_curvature is None else dense_curvature)
+                      ) & densely_factorizable(problem)
         self.dense_factor = self.woodbury = None
         if bool(self.dense.any()):
             H = self.scaling.inverse_square()[self.dense]

@@ -55,6 +55,28 @@ def least_multipliers(problem: ConvexBNProblem, b: int, targets: torch.Tensor, g
             torch.as_tensor(least, dtype=targets.dtype, device=targets.device))
 
 
+def zero_groups_least_multipliers(problem: ConvexBNProblem, point: Primal, z: Conic, limit: float
+                                  ) -> tuple[torch.Tensor, dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+    """Of one program at ``point`` with multipliers z: its row multipliers z.rows[0] (c, 2P), with those of each
+    zero group whose dual norm ||A^T (o_j M_j lam + E_j G_j)|| exceeds ``limit`` replaced by its least ones
+    (``least_multipliers``; a copy where any is), and the groups whose least dual norm still exceeds ``limit``:
+    group -> (its projection, its least multipliers)."""
+    lam = problem.dual_multipliers(multipliers(problem, point, z))
+    zero = ~(point.W[0] != 0).any(-1)
+    over = torch.nonzero(zero & (problem.group_dual_norms(lam, z.rows)[0] > limit)).flatten().tolist()
+    G = z.rows[0]
+    if not over:
+        return G, {}
+    G = G.clone()
+    targets = problem.predictions_adjoint(lam)[0]  # o_j A^T (M_j lam) of every group (2P, k)
+    violated = {}
+    for group in over:
+        projection, G[:, group] = least_multipliers(problem, 0, targets, group)
+        if float(torch.linalg.norm(projection)) > limit:
+            violated[group] = (projection, G[:, group])
+    return G, violated
+
+
 def finished(problem: ConvexBNProblem, result: InteriorPointResult, settings: InteriorPointSettings,
              short: torch.Tensor | None = None) -> InteriorPointResult:
     """``result`` of a solve with ``settings``; where those skip the dense route past DENSE_CURVATURE
@@ -83,8 +105,7 @@ def on_working_set(problem: ConvexBNProblem, result: InteriorPointResult, b: int
     one = torch.zeros(problem.batch, dtype=torch.bool, device=problem.A.device)
     one[b] = True
     program = problem.select(one)
-    base = InteriorPointResult(*(part.select(one) for part in (result.x, result.s, result.z, result.criteria)),
-                               result.converged[one], result.iterations[one], result.interior)
+    base = result.select(one)
     groups = active_groups(base)
     P = program.patterns
     patterns = groups[0, :P] | groups[0, P:]
@@ -129,16 +150,10 @@ def _embedded(program: ConvexBNProblem, patterns: torch.Tensor, reduced: Interio
 
 def _dual_feasible(program: ConvexBNProblem, x: Primal, z: Conic) -> torch.Tensor | None:
     """Each zero group of one ``program`` whose dual norm at (x, z) exceeds beta takes its least multipliers
-    (``least_multipliers``, written into z.rows); returns the patterns (indices) of the groups whose least dual
-    norm still exceeds beta, which belong in the working set, or None where there are none."""
-    zero = ~(x.W[0] != 0).any(-1)
-    lam = program.dual_multipliers(multipliers(program, x, z))
-    beta = float(program.beta[0])
-    over = torch.nonzero(zero & (program.group_dual_norms(lam, z.rows)[0] > beta)).flatten().tolist()
-    targets = program.predictions_adjoint(lam)[0]
-    joined = set()
-    for group in over:
-        projection, z.rows[0, :, group] = least_multipliers(program, 0, targets, group)
-        if float(torch.linalg.norm(projection)) > beta:
-            joined.add(group % program.patterns)
-    return torch.tensor(sorted(joined), dtype=torch.long, device=program.A.device) if joined else None
+    (``zero_groups_least_multipliers``, written into z.rows); returns the patterns (indices) of the groups whose
+    least dual norm still exceeds beta, which belong in the working set, or None where there are none."""
+    z.rows[0], violated = zero_groups_least_multipliers(program, x, z, float(program.beta[0]))
+    if not violated:
+        return None
+    return torch.tensor(sorted({group % program.patterns for group in violated}), dtype=torch.long,
+                        device=program.A.device)
