@@ -674,9 +674,7 @@ def _resumed_polish(problem: ConvexBNProblem, result: InteriorPointResult, episo
         pending = [b for b in episodes if found.get(b) is None]
         if not pending:
             break
-        keep = torch.zeros(problem.batch, dtype=torch.bool, device=problem.A.device)
-        keep[pending] = True
-        subset, resumed = resumed_on(problem, result, keep, stage)
+        subset, resumed = resumed_on(problem, result, problem.mask_of(pending), stage)
         groups, rows = active_sets(subset, resumed)
         for index, b in enumerate(pending):
             found[b] = polish_episode(subset, resumed, groups, rows, index)

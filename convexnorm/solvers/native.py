@@ -180,9 +180,7 @@ def _polished_on_working_set(problem: ConvexBNProblem, result: InteriorPointResu
     solved = on_working_set(problem, result, b, settings, fraction=1.0)
     if solved is None:
         return None
-    one = torch.zeros(problem.batch, dtype=torch.bool, device=problem.A.device)
-    one[b] = True
-    program = problem.select(one)
+    program = problem.select(problem.mask_of(b))
     groups, rows = active_sets(program, solved)
     return polish_episode(program, solved, groups, rows, 0)
 

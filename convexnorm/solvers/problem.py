@@ -57,6 +57,12 @@ class ConvexBNProblem:
         beta = torch.full((len(programs),), float(beta), dtype=torch.float64, device=device)
         return cls(stacked(0), stacked(1, transpose=True), stacked(2), beta, loss)
 
+    def mask_of(self, programs: int | list[int]) -> torch.Tensor:
+        """A (batch,) boolean mask holding at ``programs`` (one index or a list)."""
+        keep = torch.zeros(self.batch, dtype=torch.bool, device=self.A.device)
+        keep[programs] = True
+        return keep
+
     def select(self, keep: torch.Tensor) -> "ConvexBNProblem":
         """The programs where ``keep`` (batch,) holds."""
         return ConvexBNProblem(self.A[keep], self.masks[keep], self.y[keep], self.beta[keep], self.loss,

@@ -89,9 +89,7 @@ def finished(problem: ConvexBNProblem, result: InteriorPointResult, settings: In
     for b in torch.nonzero(short).flatten().tolist():
         solved = on_working_set(problem, result, b, settings)
         if solved is not None:
-            keep = torch.zeros_like(short)
-            keep[b] = True
-            result, short[b] = result.replaced(keep, solved), False
+            result, short[b] = result.replaced(problem.mask_of(b), solved), False
     return finished_with_dense_route(problem, result, settings, short)
 
 
@@ -102,8 +100,7 @@ def on_working_set(problem: ConvexBNProblem, result: InteriorPointResult, b: int
     while they are at most ``fraction`` of its patterns, as a result of the whole program (one program; not an
     interior iterate: its left-out groups are zero, with (beta, 0) in their dual cones and slacks one on their
     rows), where that meets ``settings``' tolerances on the whole program; else None."""
-    one = torch.zeros(problem.batch, dtype=torch.bool, device=problem.A.device)
-    one[b] = True
+    one = problem.mask_of(b)
     program = problem.select(one)
     base = result.select(one)
     groups = active_groups(base)
