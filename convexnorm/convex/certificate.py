@@ -23,9 +23,11 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from sklearn.utils import check_random_state
 
 from convexnorm.convex.patterns import MAX_EXHAUSTIVE_CANDIDATES, arrangement_patterns, exhaustive_candidates
+from convexnorm import losses
 from convexnorm.solvers.cones import cone_projection
 
 logger = logging.getLogger("convexnorm")
@@ -48,10 +50,12 @@ class Certificate:
     """The dual check of one scalar program.
 
     ``max_dual_value`` is the largest |lam^T (U' u)_+| found, attained by the unit vector
-    ``witness`` (the exact maximum over all patterns when ``exact``). ``lower_bound`` (squared
-    loss) is a proven lower bound on the optimum over all patterns and is set only by exact
-    certification; a probe gives ``lower_bound_estimate`` instead, the same formula with its
-    largest value found, which is a bound only if no larger value exists.
+    ``witness`` (the exact maximum over all patterns when ``exact``). ``lower_bound`` is a proven
+    lower bound on the optimum over all patterns, the dual objective at lam scaled to dual feasibility
+    (docs/math.md, section 4; every loss), and is set only by exact certification; a probe gives
+    ``lower_bound_estimate`` instead, the same formula with its largest value found, which is a bound
+    only if no larger value exists. ``optimal`` says that lam is dual feasible; ``gap`` = objective -
+    lower_bound says how far the solution's objective is from the optimum at most.
     """
 
     beta: float
@@ -76,15 +80,16 @@ class Certificate:
 
     @property
     def optimal(self) -> bool | None:
-        """True: proven optimal over all patterns (exact, no violation). False: a violation
-        was found. None: a probe found no violation, which proves nothing."""
+        """True: no pattern's dual value exceeds beta (exact, no violation): the solution is optimal over all
+        patterns to within ``gap`` (its solve's accuracy). False: a violation was found. None: a probe found
+        no violation, which proves nothing."""
         if self.violated:
             return False
         return True if self.exact else None
 
     @property
     def gap(self) -> float | None:
-        """objective - lower_bound (exact certification of the squared loss only)."""
+        """objective - lower_bound (exact certification only)."""
         return None if self.lower_bound is None else self.objective - self.lower_bound
 
 
@@ -232,13 +237,15 @@ def certify_multipliers(
     violation_rtol: float = VIOLATION_RTOL,
     residual: np.ndarray | None = None,
     refined_patterns: int = REFINED_PATTERNS,
+    loss: str = "squared",
 ) -> Certificate:
     """Is max_{||u|| <= 1} |lam^T (U' u)_+| <= beta? ``method``: "exact" (all patterns, from
     ``all_patterns`` when given, else enumerated), "probe", or "auto" (exact when the
-    patterns can be enumerated). With ``targets`` (squared loss: the residual y - f, which is lam
-    unless ``residual`` gives it in sample space for pooled programs) the dual bound
-    r'^T y - ||r'||^2 / 2 at r' = min(1, beta / max) (y - f) is reported: as
-    ``lower_bound`` when exact, as ``lower_bound_estimate`` after a probe. ``violating_patterns``
+    patterns can be enumerated). With ``targets`` y (and lam in sample space as ``residual`` where lam is
+    pooled, convolutional programs) the dual bound -loss*(-r') at r' = min(1, beta / max) lam is reported
+    (``losses.dual_value``: squared r'^T y - ||r'||^2 / 2, logistic the binary entropies of y r', hinge
+    sum y r'; the margin losses' y lam must lie in [0, 1]): as ``lower_bound`` when exact, as
+    ``lower_bound_estimate`` after a probe. ``violating_patterns``
     are those above beta (1 + violation_rtol), largest value first; ``refined_patterns``: how many
     of a probe's patterns are refined exactly (``probe``)."""
     if method not in METHODS:
@@ -269,7 +276,7 @@ def certify_multipliers(
     if targets is not None:
         residual = lam if residual is None else residual
         scaled = residual * min(1.0, beta / best) if best > 0 else residual
-        bound = float(scaled @ targets - 0.5 * scaled @ scaled)
+        bound = float(losses.dual_value(loss, torch.from_numpy(scaled), torch.from_numpy(targets)))
     logger.debug("certify: %s, max dual value %.6g (beta %.6g), %d violating patterns",
                  "exact" if exact else f"probe ({used} starts)", best, beta, len(violating))
     return Certificate(beta, best, exact, used, objective, bound if exact else None, violating, witness,

@@ -28,7 +28,7 @@ from convexnorm.convex.certificate import (GROW_RTOL, REFINED_PATTERNS, Certific
                                           certify_multipliers)
 from convexnorm.convex.network import recover_network
 from convexnorm.convex.patterns import arrangement_patterns
-from convexnorm.convex.solve import ScalarSolution, dual_multipliers, solve_convex_program
+from convexnorm.convex.solve import ScalarSolution, sample_multipliers, solve_convex_program
 from convexnorm.convex.whitening import WHITENINGS, Whitening, check_whitening_rank, whiten
 from convexnorm.losses import check_loss
 from convexnorm.solvers.backends import check_solver
@@ -65,12 +65,10 @@ def certify_solution(
     """docs/math.md section 4: is max_{||u|| <= 1} |lam^T (U' u)_+| <= beta? For pooled
     (convolutional) programs lam^T Pi (U' u)_+ = (Pi^T lam)^T (U' u)_+: the same check with
     lam spread over each sample's rows."""
-    lam = dual_multipliers(U_prime, y, solution, loss, pool)
-    targets = residual = None
-    if loss == "squared":  # the dual bound lives in sample space: y - f, not Pi^T (y - f)
-        targets, residual = y, y - solution.predict(U_prime, pool)
+    residual = sample_multipliers(U_prime, y, solution, loss, pool)  # the dual bound lives in sample space
+    lam = residual if pool is None else pool.T @ residual
     return certify_multipliers(U_prime, lam, beta, solution.objective, method, n_probes, random_state,
-                               all_patterns, targets, residual=residual, **options)
+                               all_patterns, y, residual=residual, loss=loss, **options)
 
 
 def check_growth_parameters(estimator: BaseEstimator, owner: str) -> None:

@@ -137,19 +137,25 @@ def _violating_excluded(U_prime: np.ndarray, patterns: np.ndarray, active: np.nd
     return missed
 
 
-def dual_multipliers(U_prime: np.ndarray, y: np.ndarray, solution: ScalarSolution, loss: str,
-                     pool: np.ndarray | None = None) -> np.ndarray:
-    """lam of the certificate, one per row of U': -loss'(f) (the hinge loss: the solver's
-    y * alpha), spread over each sample's rows by ``pool`` for convolutional programs."""
+def sample_multipliers(U_prime: np.ndarray, y: np.ndarray, solution: ScalarSolution, loss: str,
+                       pool: np.ndarray | None = None) -> np.ndarray:
+    """lam of the certificate, one per sample: -loss'(f) (the hinge loss: the solver's y * alpha with alpha
+    clipped to [0, 1], the domain of the loss's conjugate, which the solver meets only to its precision)."""
     if loss == "hinge":
         if solution.dual is None:
             raise ValueError("certify: the hinge loss needs the solver's dual multipliers, which this solution "
                              "does not have (solve with 'clarabel' or 'scs')")
-        residual = solution.dual
-    else:
-        fitted = solution.predict(U_prime, pool)
-        residual = negative_gradient(loss, torch.from_numpy(fitted), torch.from_numpy(y)).numpy()
-    return residual if pool is None else pool.T @ residual
+        return y * np.clip(y * solution.dual, 0.0, 1.0)
+    fitted = solution.predict(U_prime, pool)
+    return negative_gradient(loss, torch.from_numpy(fitted), torch.from_numpy(y)).numpy()
+
+
+def dual_multipliers(U_prime: np.ndarray, y: np.ndarray, solution: ScalarSolution, loss: str,
+                     pool: np.ndarray | None = None) -> np.ndarray:
+    """lam of the certificate, one per row of U' (``sample_multipliers``), spread over each sample's rows by
+    ``pool`` for convolutional programs."""
+    lam = sample_multipliers(U_prime, y, solution, loss, pool)
+    return lam if pool is None else pool.T @ lam
 
 
 def _evaluated(neurons: np.ndarray, signs: np.ndarray, U_prime: np.ndarray, y: np.ndarray, beta: float,
