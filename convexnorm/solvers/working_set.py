@@ -88,7 +88,7 @@ def finished(problem: ConvexBNProblem, result: InteriorPointResult, settings: In
         return result
     for b in torch.nonzero(short).flatten().tolist():
         solved = on_working_set(problem, result, b, settings)
-        if solved is not None:
+        if solved is not None and bool(solved.converged[0]):
             result, short[b] = result.replaced(problem.mask_of(b), solved), False
     return finished_with_dense_route(problem, result, settings, short)
 
@@ -99,7 +99,8 @@ def on_working_set(problem: ConvexBNProblem, result: InteriorPointResult, b: int
     """Program ``b`` of ``result`` solved again on the patterns of its active groups (the module docstring),
     while they are at most ``fraction`` of its patterns, as a result of the whole program (one program; not an
     interior iterate: its left-out groups are zero, with (beta, 0) in their dual cones and slacks one on their
-    rows), where that meets ``settings``' tolerances on the whole program; else None."""
+    rows), certified there (``converged``: where that meets ``settings``' tolerances); None where the working
+    set grows past ``fraction`` or still leaves out groups that belong in it after WORKING_SET_ROUNDS solves."""
     one = problem.mask_of(b)
     program = problem.select(one)
     base = result.select(one)
@@ -117,7 +118,7 @@ def on_working_set(problem: ConvexBNProblem, result: InteriorPointResult, b: int
             met = measured.met(settings.tol, settings.violation_tol)
             logger.info("working set: program %d on %d of %d patterns, relative gap %.1e on the whole program",
                         b, int(patterns.sum()), P, float(measured.relative_gap[0]))
-            return replace(whole, criteria=measured, converged=met) if bool(met[0]) else None
+            return replace(whole, criteria=measured, converged=met)
         patterns[joined] = True
     return None
 
