@@ -138,19 +138,21 @@ def _finished(problem: ConvexBNProblem, result: InteriorPointResult, settings: I
     stops short of ``tol``, typically at float64's limit a little above it, is finished so too (unpolished,
     the hinge loss stalled at gaps of 1.1e-6 .. 7.3e-6 on six of eight exhaustive 16x3 programs at beta
     0.01). A program whose polish is refused is polished from its working set's solution instead, where that
-    holds (``_polished_on_working_set``). Then the residue of inactive groups is removed where certified."""
+    holds (``_polished_on_working_set``), and where it does not keeps the better-certified of that solution and
+    its own. Then the residue of inactive groups is removed where certified."""
     W, z = result.W.clone(), result.z
     z = Conic(z.rows.clone(), z.cones, z.slack, None if z.margin is None else z.margin.clone())
     groups, rows = active_sets(problem, result)
     for b in range(problem.batch):
         found = polish_episode(problem, result, groups, rows, b)
         if found is None:
-            found, short = _polished_on_working_set(problem, result, b, settings)
-            if found is None and short is not None and bool(short.criteria.relative_gap[0]
-                                                            < result.criteria.relative_gap[b]):
-                W[b], z.rows[b] = short.W[0], short.z.rows[0]  # the better of two points that are both short
+            found, solved = _polished_on_working_set(problem, result, b, settings)
+            # where no polish holds, the better-certified of the two interior-point points
+            if found is None and solved is not None and bool(solved.criteria.relative_gap[0]
+                                                             < result.criteria.relative_gap[b]):
+                W[b], z.rows[b] = solved.W[0], solved.z.rows[0]
                 if z.margin is not None:
-                    z.margin[b] = short.z.margin[0]
+                    z.margin[b] = solved.z.margin[0]
                 continue
         if found is not None:
             W[b], z.rows[b] = found[0].T, found[1]
