@@ -142,6 +142,39 @@ def test_newton_system_matches_the_dense_matrix(loss: str, route: str, monkeypat
         assert max(float(t.abs().max()) for t in first.parts() + second.parts() + third.parts()) < 1e-9
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_hinge_steps_stay_consistent_with_their_predictions_on_the_margin(seed: int) -> None:
+    """Samples on the margin (slack and margin both 1e-8 of their multipliers: curvature d near 1e8) by Woodbury:
+    X = u - H^-1 B^T c loses B X to rounding of u's size, and the predictions c / d taken for the slack steps
+    left the step's margin equation G dx + ds = b_z off by 1.5e-8 .. 3.8e-8 (what the next iterate's margin
+    residual inherits). With the mismatch f - B X in the refinement's augmented system, the equation holds with
+    G applied to dx itself, and solve_x agrees with the dense matrix's solve to its conditioning."""
+    from convexnorm.solvers.kkt import constraint_map
+
+    generator = torch.Generator().manual_seed(seed)
+    n, k, P = 12, 3, 5
+    A = torch.linalg.qr(torch.randn(n, k, generator=generator, dtype=f64))[0][None]
+    masks = (torch.rand(1, n, P, generator=generator) > 0.5).double()
+    y = torch.sign(torch.randn(1, n, generator=generator, dtype=f64))
+    problem = ConvexBNProblem(A, masks, y, torch.tensor([0.1], dtype=f64), "hinge")
+    positive = lambda *shape: torch.rand(1, *shape, generator=generator, dtype=f64) + 0.5  # noqa: E731
+    s, z = (Conic(positive(n, 2 * P), interior(2 * P, k + 1, generator)[None], positive(n), positive(n))
+            for _ in range(2))
+    s.slack[0, :4] *= 1e-8
+    s.margin[0, :4] *= 1e-8
+    x = Primal(torch.randn(1, 2 * P, k + 1, generator=generator, dtype=f64),
+               torch.randn(1, n, generator=generator, dtype=f64))
+    system = NewtonSystem(problem, x, s, z, dense_curvature=float("inf"))
+    assert system.woodbury is not None and float(system.curvature.max()) > 1e7
+    b, b_z, scaled = (v.map(lambda t: torch.randn(t.shape, generator=generator, dtype=f64)) for v in (x, s, s))
+    dx, dz, ds = system.solve(b, b_z, scaled)
+    second = constraint_map(problem, dx) + ds - b_z
+    assert max(float(t.abs().max()) for t in second.parts()) < 1e-12 * float(dx.norm())
+    solution = torch.cat([t.flatten() for t in system.solve_x(b).parts()])
+    rhs = torch.cat([t.flatten() for t in b.parts()])
+    assert float((_dense_newton_matrix(problem, system) @ solution - rhs).norm()) < 1e-7 * float(rhs.norm())
+
+
 def test_block_solve_inverts_the_dense_group_blocks() -> None:
     """_Woodbury.block_solve (two products with the closed-form root N_j of H_j^-1) == H_j^-1 X_j with
     H_j = V_j^-2 + [0, A^T diag(z_j / s_j) A] formed densely, N_j^T N_j == H_j^-1, and L^-T L^-1 (from N_j's

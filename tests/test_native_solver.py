@@ -58,8 +58,10 @@ def test_native_classifier_matches_clarabel_and_certifies(loss: str) -> None:
     assert abs(ours.max_dual_value - theirs.max_dual_value) <= 1e-4 * theirs.max_dual_value
 
 
+@pytest.mark.usefixtures("stalling_woodbury")
 def test_native_hinge_finishes_with_the_dense_route(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The hinge estimator solves by Woodbury alone (here it stalls above tol = 1e-8, having met 1e-7 at
+    """The hinge estimator solves by Woodbury alone (with its refinement's mismatch left out it stalls above
+    tol = 1e-8, having met 1e-7 at
     5.7e-8), polishes, and resumes with the dense factorization only where neither certifies tol: the
     polish certifies this program (1.5e-11) without it; with the polish refused, the resumption converges
     (7.7e-9). Both within 1e-6 of Clarabel. On the whole program: on its candidate rows
@@ -110,8 +112,10 @@ def test_column_generation_ends_certified_where_the_polish_needs_the_working_set
     assert model.objective_ - certificate.lower_bound <= 1e-10 * model.objective_
 
 
+@pytest.mark.usefixtures("stalling_woodbury")
 def test_a_newton_matrix_too_large_to_factorize_densely_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hinge over every pattern of 20 samples in R^3 (2319 patterns) at beta 0.003: Woodbury alone stalls at a
+    """Hinge over every pattern of 20 samples in R^3 (2319 patterns) at beta 0.003: Woodbury alone (its refinement's
+    mismatch left out: ``test_hinge_woodbury_meets_tol_where_it_stalled`` for the program solved) stalls at a
     certified gap of 3.4e-5, the polish is refused and the working set (118 patterns) stalls at 1.7e-6. The dense
     resumption's Newton matrix would have dimension 23190: it took the process past the machine's 23 GB, where the
     kernel killed it. Now a SolverError in about 2 s, without any dense factorization. The fit keeps the better of
@@ -134,9 +138,11 @@ def test_a_newton_matrix_too_large_to_factorize_densely_is_not(monkeypatch: pyte
     assert certificate.optimal is True and 0 <= certificate.gap <= 2e-6 * kept.objective_
 
 
+@pytest.mark.usefixtures("stalling_woodbury")
 def test_a_hinge_program_whose_polish_is_refused_is_certified_on_its_working_set(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every pattern of these 16 samples in R^3 (2302 groups): Woodbury alone stalls at a certified gap of 1.7e-6
+    """Every pattern of these 16 samples in R^3 (2302 groups): Woodbury alone (its refinement's mismatch left out)
+    stalls at a certified gap of 1.7e-6
     > tol = 1e-6 (60 active groups around shared rays, the optimum not unique). Its polish was refused before
     REDUCED_RCOND and is refused here (its first call, the finish's); before the working set, the dense resume (a
     Newton matrix of dimension 11510) then ran 179 s, stalled too and the fit raised SolverError. On the 108
@@ -165,6 +171,35 @@ def test_a_hinge_program_whose_polish_is_refused_is_certified_on_its_working_set
     certificate = certificate[0] if isinstance(certificate, list) else certificate
     assert certificate.optimal is True and certificate.max_dual_value <= 0.1 * (1 + 1e-10)
     assert rel(model.objective_, cn.ConvexBNClassifier(**kwargs).fit(X, y).objective_) < 1e-6
+
+
+@pytest.mark.parametrize(("n", "seed", "beta"), [(20, 1, 0.003), (16, 7, 0.1)])
+def test_hinge_woodbury_meets_tol_where_it_stalled(monkeypatch: pytest.MonkeyPatch, n: int, seed: int,
+                                                   beta: float) -> None:
+    """The two hinge programs of the fallback tests above (every pattern of n samples in R^3): before the
+    refinement's mismatch, Woodbury alone stalled at certified gaps of 3.4e-5 and 1.8e-6 (the margin residual
+    growing as mu fell), the first also on its working set (1.7e-6, a SolverError). Now the whole solve meets
+    tol = 1e-6 by itself (6.2e-7 in 33 iterations, 6.8e-7 in 25), with no working set or dense resumption, and
+    the exact certificate's lower bound (a dual bound, independent of the solver) proves the fit optimal."""
+    resumed, used, solves = [], [], []
+    original_resume, original_working_set = interior_point.resumed_on, working_set.on_working_set
+    monkeypatch.setattr(interior_point, "resumed_on", lambda *args: resumed.append(1) or original_resume(*args))
+    monkeypatch.setattr(working_set, "on_working_set", lambda *args, **kwargs: used.append(1)
+                        or original_working_set(*args, **kwargs))
+    monkeypatch.setattr(native_solver, "on_working_set", working_set.on_working_set)
+    original_solve = candidate_rows.interior_point
+    monkeypatch.setattr(candidate_rows, "interior_point", lambda *args, **kwargs: solves.append(
+        original_solve(*args, **kwargs)) or solves[-1])
+    rng = np.random.RandomState(seed)
+    X = rng.randn(n, 3)
+    y = np.where(np.sin(X @ rng.randn(3)) + 0.1 * rng.randn(n) > 0, 1, -1)
+    model = cn.ConvexBNClassifier(beta=beta, patterns="exhaustive", loss="hinge", solver="torch",
+                                  solver_options={"threads": 1}).fit(X, y)
+    assert not used and not resumed
+    assert len(solves) == 1 and bool(solves[0].converged[0]) and solves[0].criteria.relative_gap[0] <= 1e-6
+    assert model.solver_report_[0]["converged"] is True
+    certificate = model.certify(method="exact")[0]
+    assert certificate.optimal is True and 0 <= certificate.gap <= 1e-9 * model.objective_
 
 
 @pytest.mark.parametrize(("loss", "seed"), [("squared", 3), ("logistic", 7)])

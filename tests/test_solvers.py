@@ -660,11 +660,12 @@ def test_block_hinge_forward_is_polished_on_its_margins(monkeypatch: pytest.Monk
     assert abs(float(objective) - float(expected)) <= 1e-6 * float(expected)
 
 
+@pytest.mark.usefixtures("stalling_woodbury")
 def test_block_hinge_finishes_with_the_dense_route_where_woodbury_stops_short(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The hinge block solves by Woodbury alone (dense_curvature=inf), which stops at certified gaps
-    of about 1e-6: asked for 1e-7, the episodes that stop short resume with the dense factorization
-    and meet it (no SolverError), with the output of the dense route throughout."""
+    """The hinge block solves by Woodbury alone (dense_curvature=inf), which without its refinement's mismatch
+    stops at certified gaps of about 1e-6: asked for 1e-7, the episodes that stop short resume with the dense
+    factorization and meet it (no SolverError), with the output of the dense route throughout."""
     import convexnorm.solvers.interior_point as method
 
     resumed = []

@@ -59,8 +59,9 @@ class InteriorPointSettings:
     iterates drift; the best iterate is returned); correctors: Gondzio's centrality correctors per
     iteration at most (``_centrality_corrector``; 0: Mehrotra's method alone); dense_curvature: the
     loss curvature past which a program's Newton matrix is factorized densely (solvers/newton.py;
-    inf: Woodbury only, accurate to certified gaps of about 1e-6 for the hinge loss, but a
-    program's iterates in a batch then drift from its iterates alone)."""
+    inf: Woodbury only, whose hinge iterates stalled at certified gaps of about 1e-6 before the
+    refinement corrected their predictions' mismatch, solvers/newton.py; a program's iterates in a
+    batch then drift from its iterates alone)."""
 
     tol: float = 1e-7
     violation_tol: float = 1e-7

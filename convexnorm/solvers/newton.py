@@ -19,7 +19,8 @@ C (n^2 P k, of which its lower block triangle is formed: ``_lower_gram``) and it
 (n^3 / 3). Everything is batched over programs. Where d
 grows without bound (the hinge loss's samples on the margin) the Woodbury difference
 X = u - H^-1 B^T c loses the predictions B X, which their slack and multiplier steps need times
-d; they are taken as c / d instead (c = D B X exactly). Beyond ``DENSE_CURVATURE`` a program's
+d; they are taken as c / d instead (c = D B X exactly), and the iterative refinement corrects X so that B X
+follows them (the augmented system's mismatch, ``_Woodbury.solve``). Beyond ``DENSE_CURVATURE`` a program's
 whole matrix is factorized densely ((2P (k + 1))^3 / 3 flops: the hinge loss's last iterations),
 decided per program, up to DENSE_MAX_DIMENSION (docs/math.md, section 9).
 """
@@ -216,10 +217,16 @@ class _Woodbury:
         operations per iteration at 64x8x64 against the elimination by slices)."""
         return (self.root_T @ (self.root @ X[..., None]))[..., 0]
 
-    def solve(self, b_X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """X = (H + B^T D B)^-1 b_X and Woodbury's c = C^-1 B H^-1 b_X (= D B X)."""
+    def solve(self, b_X: torch.Tensor, mismatch: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """X = (H + B^T D B)^-1 b_X and Woodbury's c = C^-1 B H^-1 b_X (= D B X). With ``mismatch`` m, the
+        augmented system H X + B^T c = b_X, B X - c / d = m instead (X is then the correction of a point whose
+        predictions f miss B X by m: B X = c / d + m, so f + c / d is B of the corrected point):
+        c = C^-1 (B H^-1 b_X - m), X = H^-1 (b_X - B^T c)."""
         u = self.block_solve(b_X)
-        c = torch.cholesky_solve(_predictions(self.problem, u)[..., None], self.capacitance)[..., 0]
+        predicted = _predictions(self.problem, u)
+        if mismatch is not None:
+            predicted = predicted - mismatch
+        c = torch.cholesky_solve(predicted[..., None], self.capacitance)[..., 0]
         return u - self.block_solve(_predictions_adjoint(self.problem, c)), c
 
 
@@ -278,16 +285,21 @@ class NewtonSystem:
         return self._refined(b, refine)[0]
 
     def _refined(self, b: Primal, refine: bool) -> tuple[Primal, torch.Tensor | None]:
-        """``solve_x`` and the predictions B x.W of its answer (the hinge loss; None otherwise)."""
+        """``solve_x`` and the predictions B x.W of its answer (the hinge loss; None otherwise). The hinge loss's
+        refinement also corrects the mismatch f - B X of Woodbury's predictions c / d (``_solve_x``), which the
+        next iterate's margin residual would inherit (a stalled program's grew from 5e-10 to 7e-8 while the other
+        residuals fell below 1e-10, docs/math.md section 9)."""
         x, f = self._solve_x(b)
         for _ in range(REFINEMENT_STEPS if refine else 0):
-            dx, df = self._solve_x(b - self.apply(x, f))
+            mismatch = None if f is None else f - _predictions(self.problem, x.X)
+            dx, df = self._solve_x(b - self.apply(x, f), mismatch)
             x, f = x + dx, None if f is None else f + df
         return x, f
 
-    def _solve_x(self, b: Primal) -> tuple[Primal, torch.Tensor | None]:
+    def _solve_x(self, b: Primal, mismatch: torch.Tensor | None = None) -> tuple[Primal, torch.Tensor | None]:
         """(grad^2 phi + G^T V^-2 G)^-1 b, by Woodbury (hinge: the slacks eliminated first), and for the
-        hinge loss the predictions f = B X of the answer. Woodbury's c = C^-1 B u is D B X exactly, so
+        hinge loss the predictions f = B X of the answer (``mismatch``: of the point this corrects,
+        ``_Woodbury.solve``). Woodbury's c = C^-1 B u is D B X exactly, so
         where d is large (samples on the margin) f = c / d: the difference X = u - H^-1 B^T c keeps
         f only to rounding errors of the size of u, which d then multiplies into the margin's slack
         and multiplier steps (the iterates stalled at a certified gap of about 1e-5)."""
@@ -297,12 +309,13 @@ class NewtonSystem:
                                              self.weights.margin * self.problem.y * b.xi / self.xi_diagonal)
         c = None
         if self.dense_factor is None:
-            X, c = self.woodbury.solve(b_X)
+            X, c = self.woodbury.solve(b_X, mismatch)
         elif self.woodbury is None:
             X = _dense_solve(self.dense_factor, b_X)
         else:
             X, c = torch.empty_like(b_X), torch.zeros_like(self.curvature)
-            X[~self.dense], c[~self.dense] = self.woodbury.solve(b_X[~self.dense])
+            X[~self.dense], c[~self.dense] = self.woodbury.solve(b_X[~self.dense],
+                                                                 None if mismatch is None else mismatch[~self.dense])
             X[self.dense] = _dense_solve(self.dense_factor, b_X[self.dense])
         if b.xi is None:
             return Primal(X), None
