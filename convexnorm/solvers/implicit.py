@@ -663,7 +663,7 @@ def _resumed_polish(problem: ConvexBNProblem, result: InteriorPointResult, episo
     """The polish of ``episodes`` after the interior-point method resumed on them from ``result``
     (None where it is still refused), each with the tightest resumed iterate (``_iterate_solution``):
     where ``settings`` skip the dense route, first as they are to WOODBURY_RESUME_FACTOR of the
-    tolerance (Woodbury alone reaches about 1e-6), then, for those still refused, with the dense
+    tolerance (Woodbury alone stalled at about 1e-6 before its refinement's mismatch, solvers/newton.py), then, for those still refused, with the dense
     route to RESUME_TOL_FACTOR of it."""
     stages = [with_dense_route(replace(settings, tol=settings.tol * RESUME_TOL_FACTOR))]
     if settings.skips_dense_route:

@@ -382,7 +382,7 @@ def finished_with_dense_route(problem: ConvexBNProblem, result: InteriorPointRes
                               settings: InteriorPointSettings, short: torch.Tensor | None = None
                               ) -> InteriorPointResult:
     """``result`` of a solve with ``settings``; where those skip the dense route past DENSE_CURVATURE
-    (Woodbury alone: certified gaps of about 1e-6 for the hinge loss) the programs ``short`` (default:
+    (Woodbury alone: for the hinge loss, programs that stall at certified gaps of about 1e-6) the programs ``short`` (default:
     those that stopped short of their tolerances) resume from their iterate with it, unless their Newton
     matrix is too large to factorize densely (``newton.DENSE_MAX_DIMENSION``: they stay short)."""
     short = ~result.converged if short is None else short
