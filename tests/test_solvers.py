@@ -709,6 +709,44 @@ def test_polish_rejects_a_wrong_active_set() -> None:
     assert float(measured.lower_bound[0]) <= reference <= float(measured.objective[0]) * (1 + 1e-8)
 
 
+def test_polish_refuses_a_reduced_system_past_its_largest_dimension(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The polish of the program above (its reduced system measured here) is refused, without a least-squares or
+    Cholesky solve, once POLISH_MAX_DIMENSION is below that system's dimension, and kept at it."""
+    from convexnorm.solvers import implicit
+
+    U_prime, patterns, y = program(0, 30, 3, 12, "squared")
+    problem = ConvexBNProblem.from_arrays([(U_prime, patterns, y)], 0.2, "squared")
+    result = interior_point(problem)
+    groups, rows = implicit.active_sets(problem, result)
+    dimensions, original = [], implicit._reduced_solve
+    monkeypatch.setattr(implicit, "_reduced_solve", lambda reduced, rhs, bordered: dimensions.append(
+        len(reduced)) or original(reduced, rhs, bordered))
+    assert implicit.polish_episode(problem, result, groups, rows, 0) is not None
+    largest = max(dimensions)
+    assert largest > 0
+    dimensions.clear()
+    monkeypatch.setattr(implicit, "POLISH_MAX_DIMENSION", largest - 1)
+    assert implicit.polish_episode(problem, result, groups, rows, 0) is None
+    assert all(dimension < largest for dimension in dimensions)
+    monkeypatch.setattr(implicit, "POLISH_MAX_DIMENSION", largest)
+    assert implicit.polish_episode(problem, result, groups, rows, 0) is not None
+
+
+def test_band_thresholds_are_bounded_and_cut_at_the_widest_gaps() -> None:
+    """At most BAND_THRESHOLDS guesses whatever the band holds (a thousand groups had made as many reduced
+    systems of ~2000); a few norms are each a threshold, as before; among many, the cuts below the widest
+    ratios, and the largest norm (every group of the band dropped)."""
+    from convexnorm.solvers.implicit import BAND_THRESHOLDS, _band_thresholds
+
+    few = torch.tensor([3e-4, 1e-5, 2e-5], dtype=torch.float64)
+    assert _band_thresholds(few) == sorted(few.tolist())
+    many = torch.logspace(-5, -3.5, 1000, dtype=torch.float64)  # evenly spread: no gap stands out
+    many[500:] *= 20.0  # one gap of 20x between the 500th and 501st
+    chosen = _band_thresholds(many)
+    assert len(chosen) == BAND_THRESHOLDS and chosen == sorted(chosen)
+    assert float(many[499]) in chosen and float(many.max()) in chosen
+
+
 @pytest.mark.parametrize("loss, size, seed", [("squared", "64x8x64", 111), ("hinge", "128x16x128", 108)])
 def test_polish_joins_a_group_it_left_out(loss: str, size: str, seed: int) -> None:
     """Batches where the polish's guess left out an active group: that point lay within the interior-point

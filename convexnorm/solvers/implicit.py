@@ -96,6 +96,12 @@ WOODBURY_RESUME_FACTOR = 1e-1
 #: (at 128x16x128: groups shrinking to zero at 2e-7 .. 2e-6 of it, and one batch whose polish held only
 #: with a group at 9e-4 of it kept: 11 of 12 random batches polished with 1e-3 alone, 12 of 12 with both).
 SMALL_GROUP_RTOLS = (1e-5, 1e-3)
+#: Of the groups between those two fractions, the polish tries dropping those up to each one (smallest first)
+#: where there are at most this many; else up to the ones below the widest gaps between consecutive norms, this
+#: many (``_band_thresholds``). A logistic program over every pattern of 60 samples in R^2 (beta 1e-4, stopped
+#: short at a gap of 0.49) had about a thousand groups there: as many guesses, each a reduced system of about
+#: 2000 solved in 1.5 s, and the fit ran for half an hour.
+BAND_THRESHOLDS = 8
 #: Two active groups of the same sign whose directions W_j / ||W_j|| agree to this cosine are taken for
 #: one neuron split between two patterns that differ only on rows of its hyperplane (A w = 0 there, so
 #: both give the same predictions): the optimum is then not unique along the split and the active-set
@@ -115,6 +121,13 @@ CHOLESKY_MAX_SPREAD = 1e8
 #: polish was refused: the fit's certificate then read 1.1% above beta (logistic: 0.12% and 0.2% on two of 58
 #: programs). With the cut at 1e-12, 1e-10 or 1e-8 it polished to a gap of 4e-14 (docs/benchmarks.md, session 30).
 REDUCED_RCOND = 1e-10
+#: Largest reduced system (null-space coordinates plus the hinge loss's margin samples) the polish solves: a
+#: larger active set is refused without a step. The polish's systems measured 24 .. 473 on the benchmarks'
+#: programs (block 128x16x128; estimators at n = 1000 with 100 and 1000 patterns; every pattern of 24x3 data),
+#: while from a hinge program over every pattern of 60 samples in R^2 (beta 1e-4) stopped at a gap of 4.5e-5
+#: the first guess held 2279 groups, a system of 4558 whose least-squares solve (an SVD) took 24 s, twice per
+#: fit; it was refused. gelsd took 0.14 s at 1000 and 1.8 s at 2000 on the 2-core AMD machine.
+POLISH_MAX_DIMENSION = 2000
 
 
 def _active_set_residual(u: torch.Tensor, A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, M: torch.Tensor,
@@ -214,6 +227,11 @@ class _ActiveSystem:
                                      1 / torch.where(self.null, torch.ones_like(self.S), self.S))
         self.signed_masks = o * M  # (n, |J|): B_j = o_j M_j * A, applied through A (one product for all groups)
         self.curvature = torch.zeros_like(y) if margins is not None else loss_curvature(loss, self._predicted(W.T), y)
+
+    @property
+    def reduced_dimension(self) -> int:
+        """The dimension of ``solve``'s reduced system: the null-space coordinates and the margin samples."""
+        return int(self.null.sum()) + (0 if self.margins is None else int(self.margins.margin.sum()))
 
     def pack(self, W: torch.Tensor, G: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """One vector in the layout of u and F from W-shaped (k, |J|) and G-shaped (n, |J|) parts (and
@@ -320,7 +338,8 @@ def _newton(system: _ActiveSystem, A: torch.Tensor, y: torch.Tensor, beta: torch
     """Newton's method on F(u) = 0 of ``system``'s active sets from its point: at most POLISH_STEPS
     steps after the first, stopped once the largest residual entry is within POLISH_RTOL ``scale``; None at a
     step that does not contract it by POLISH_CONTRACTION (the first: that grows it by more than
-    POLISH_FIRST_GROWTH) or where the tolerance is not reached. Returns
+    POLISH_FIRST_GROWTH), where the tolerance is not reached, or before a step whose reduced system is larger
+    than POLISH_MAX_DIMENSION. Returns
     (W_J, G_J, the hinge loss's alpha on the margin) and the system at the last point where a step
     was taken."""
     W_J, G_J = system.W, system.G
@@ -333,6 +352,10 @@ def _newton(system: _ActiveSystem, A: torch.Tensor, y: torch.Tensor, beta: torch
             margins = None if c_J is None else system.margins.with_margin_values(c_J)
             system = _ActiveSystem(A, y, beta, system.M, system.o, system.rows, W_J, G_J, loss, system.A_norm,
                                    margins)
+        if system.reduced_dimension > POLISH_MAX_DIMENSION:
+            logger.debug("polish: an active set of %d groups (reduced system %d) refused", system.W.shape[1],
+                         system.reduced_dimension)
+            return None
         a, b, c = system.solve(*system.unpack(-F))
         W_next, G_next = W_J + a.T, G_J - b.T * system.rows
         c_next = None if c_J is None else c_J - c
@@ -557,7 +580,7 @@ def polish_episode(problem: ConvexBNProblem, result: InteriorPointResult, groups
     # the thresholds SMALL_GROUP_RTOLS, then each group norm between them, smallest first
     low, high = (rtol * norms.max() for rtol in (SMALL_GROUP_RTOLS[0], SMALL_GROUP_RTOLS[-1]))
     band = groups[b] & (norms > low) & (norms <= high)
-    thresholds = [rtol * norms.max() for rtol in SMALL_GROUP_RTOLS] + torch.sort(norms[band]).values.tolist()
+    thresholds = [rtol * norms.max() for rtol in SMALL_GROUP_RTOLS] + _band_thresholds(norms[band])
     attempts = [groups[b]]
     for threshold in thresholds:
         larger = groups[b] & (norms > threshold)
@@ -591,6 +614,20 @@ def polish_episode(problem: ConvexBNProblem, result: InteriorPointResult, groups
             if found is not None:
                 return found
     return None
+
+
+def _band_thresholds(norms: torch.Tensor) -> list[float]:
+    """The polish's thresholds among the group norms of the band (``polish_episode``), ascending: each norm
+    where there are at most BAND_THRESHOLDS, else the BAND_THRESHOLDS norms below the largest ratios between
+    consecutive ones (a group shrinking to zero lies far below an active one: 9.6e-5 and 8.6e-4 of the largest
+    at 80x10x80)."""
+    ordered = torch.sort(norms).values
+    if len(ordered) <= BAND_THRESHOLDS:
+        return ordered.tolist()
+    ratios = ordered[1:] / ordered[:-1]
+    below = torch.topk(ratios, BAND_THRESHOLDS - 1).indices
+    # the largest norm too: every group of the band dropped
+    return torch.sort(torch.cat([ordered[below], ordered[-1:]])).values.tolist()
 
 
 def _joined(problem: ConvexBNProblem, b: int, chosen: torch.Tensor, W: torch.Tensor, G: torch.Tensor,

@@ -100,7 +100,8 @@ def on_working_set(problem: ConvexBNProblem, result: InteriorPointResult, b: int
     while they are at most ``fraction`` of its patterns, as a result of the whole program (one program; not an
     interior iterate: its left-out groups are zero, with (beta, 0) in their dual cones and slacks one on their
     rows), certified there (``converged``: where that meets ``settings``' tolerances); None where the working
-    set grows past ``fraction`` or still leaves out groups that belong in it after WORKING_SET_ROUNDS solves."""
+    set grows past ``fraction`` (or holds every pattern: the program itself, already solved) or still leaves out
+    groups that belong in it after WORKING_SET_ROUNDS solves."""
     one = problem.mask_of(b)
     program = problem.select(one)
     base = result.select(one)
@@ -109,7 +110,7 @@ def on_working_set(problem: ConvexBNProblem, result: InteriorPointResult, b: int
     patterns = groups[0, :P] | groups[0, P:]
     tighter = replace(settings, tol=settings.tol * WORKING_SET_TOL_FACTOR)
     for _ in range(WORKING_SET_ROUNDS):
-        if not bool(patterns.any()) or int(patterns.sum()) > fraction * P:
+        if not bool(patterns.any()) or int(patterns.sum()) > fraction * P or bool(patterns.all()):
             return None
         whole = _embedded(program, patterns, interior_point(program.patterns_subset(patterns), tighter), base)
         joined = _dual_feasible(program, whole.x, whole.z)
