@@ -218,6 +218,22 @@ def test_hinge_refines_once_mu_is_small_while_the_gap_lags() -> None:
     assert certificate.optimal is True and 0 <= certificate.gap <= 1e-9 * model.objective_
 
 
+@pytest.mark.parametrize(("beta", "seed"), [(1e-4, 1), (1e-3, 2)])
+def test_logistic_steps_are_halved_where_the_gradient_residual_would_grow(beta: float, seed: int) -> None:
+    """Every pattern of 60 samples in R^2, logistic, small beta (the optimum's margins large, the loss's curvature
+    vanishing there): ||r_x|| stalled near 8e-2, then one full step took it to 61 and the fit ended in a SolverError
+    at a gap of 0.49 (0.54 at beta 1e-3) after 100 iterations. With the step halved until ||r_x|| falls, the
+    interior-point method meets tol and the exact certificate proves the fit optimal."""
+    rng = np.random.RandomState(seed)
+    X = rng.randn(60, 2)
+    y = np.where(np.sin(X @ rng.randn(2)) + 0.1 * rng.randn(60) > 0, 1, -1)
+    model = cn.ConvexBNClassifier(beta=beta, patterns="exhaustive", loss="logistic", solver="torch",
+                                  solver_options={"threads": 1}).fit(X, y)
+    assert model.solver_report_[0]["converged"] is True and model.solver_report_[0]["iterations"] < 100
+    certificate = model.certify(method="exact")[0]
+    assert certificate.optimal is True and 0 <= certificate.gap <= 1e-9 * model.objective_
+
+
 def test_the_working_set_of_every_pattern_is_not_solved_again(monkeypatch: pytest.MonkeyPatch) -> None:
     """A program whose active groups cover every pattern has the program itself as its working set: solving it
     again gives the same answer (a stalled logistic program over every pattern of 60x2 data was solved twice,
