@@ -54,9 +54,9 @@ LOGISTIC_BETA_WARNING = 1e-2
 #: is not always reachable (a 128x16x128 batch stalled at 7e-8).
 BLOCK_TOL = 1e-7
 #: The hinge loss: the interior-point method by Woodbury alone (no dense factorization: at 128x16x128
-#: 0.4 s per forward instead of 13 s), which stalled at about 1e-6 before its refinement's mismatch, to this gap; the polish then certified
-#: the same solution to ~1e-15 on 18 of 18 random batches from 64x8x64 to 128x16x128, and an episode
-#: that stops short is finished with the dense factorization.
+#: 0.4 s per forward instead of 13 s; it stalled at about 1e-6 before its refinement's mismatch), to this gap;
+#: the polish then certified the same solution to ~1e-15 on 18 of 18 random batches from 64x8x64 to
+#: 128x16x128, and an episode that stops short is finished with the dense factorization.
 HINGE_BLOCK_TOL = 1e-5
 #: solver="torch": the block's default intra-op threads. One, not the estimators' "auto": "auto" picks its
 #: count by timing, so two forwards of the same batch could round differently (measured: a central

@@ -455,10 +455,10 @@ def _zero_groups_dual_feasible(problem: ConvexBNProblem, point: Primal, z: Conic
     whose dual norm ||A^T (o_j M_j lam + E_j G_j)|| exceeds beta (1 + ZERO_GROUP_DUAL_RTOL) replaced by the
     least over G_j >= 0 (``working_set.zero_groups_least_multipliers``); None where one still does: that
     group's zero is not optimal, the polish's active set left out a group that belongs in it (each such group
-    added to ``left_out``: group -> (its projection, its rows' least multipliers)). The certified gap alone let such a point through:
-    at 64x8x64 (seed 111) a polish without a group at 3e-6 of the largest was 1.4e-8 above the optimum,
-    within the interior-point method's gap, its least dual norm 2.3e-4 above beta, and its gradient up to 55%
-    off (docs/benchmarks.md, session 26)."""
+    added to ``left_out``: group -> (its projection, its rows' least multipliers)). The certified gap alone let
+    such a point through: at 64x8x64 (seed 111) a polish without a group at 3e-6 of the largest was 1.4e-8
+    above the optimum, within the interior-point method's gap, its least dual norm 2.3e-4 above beta, and its
+    gradient up to 55% off (docs/benchmarks.md, session 26)."""
     limit = float(problem.beta[0]) * (1 + ZERO_GROUP_DUAL_RTOL)
     G, violated = zero_groups_least_multipliers(problem, point, z, limit)
     if violated:
@@ -700,8 +700,8 @@ def _resumed_polish(problem: ConvexBNProblem, result: InteriorPointResult, episo
     """The polish of ``episodes`` after the interior-point method resumed on them from ``result``
     (None where it is still refused), each with the tightest resumed iterate (``_iterate_solution``):
     where ``settings`` skip the dense route, first as they are to WOODBURY_RESUME_FACTOR of the
-    tolerance (Woodbury alone stalled at about 1e-6 before its refinement's mismatch, solvers/newton.py), then, for those still refused, with the dense
-    route to RESUME_TOL_FACTOR of it."""
+    tolerance (Woodbury alone stalled at about 1e-6 before its refinement's mismatch, solvers/newton.py),
+    then, for those still refused, with the dense route to RESUME_TOL_FACTOR of it."""
     stages = [with_dense_route(replace(settings, tol=settings.tol * RESUME_TOL_FACTOR))]
     if settings.skips_dense_route:
         stages.insert(0, replace(settings, tol=settings.tol * WOODBURY_RESUME_FACTOR))
