@@ -75,8 +75,10 @@ POLISH_CONTRACTION = 0.5
 #: From a wrong active set the first step grew it 30x there (the groups at 4e-6 kept) or left it where it was (every
 #: row active, tests/test_solvers.py), and the next step ends the polish.
 POLISH_FIRST_GROWTH = 10.0
-#: Corrections of the polish's active rows (negative multipliers out, violated rows in).
-POLISH_CORRECTIONS = 2
+#: Corrections of the polish's active rows (negative multipliers out, violated rows in; one row per group each).
+#: At 2, 11 of 40 copies of one program (features of a GreedyConvexBNNetwork's second block moved by 1e-13)
+#: were refused with a multiplier of -8.5e-4 left; each was polished at 3.
+POLISH_CORRECTIONS = 4
 #: A polished point is refused where a zero group's least dual norm (over its rows' multipliers >= 0)
 #: exceeds beta by more than this fraction of it: activating that group would lower the objective, so the
 #: polish's active set left out a group that belongs in it (``_zero_groups_dual_feasible``). The relative
@@ -253,6 +255,19 @@ class _ActiveSystem:
         return _active_set_residual(self.pack(W, G, c), A, y, beta, self.M, self.o, self.rows, self.loss,
                                     self.margins)
 
+    def tolerance(self, W: torch.Tensor, scale: float) -> torch.Tensor:
+        """The polish's tolerance of each entry of F at W (k, |J|): POLISH_RTOL ``scale`` (of the stationarity's
+        size, beta max(1, ||A||_2)), for the active rows of group j at least POLISH_RTOL ||A||_2 ||W_j||, their
+        constraints' own size: a group's nearly dependent rows (singular values of 1e-12, below the rank
+        decision) hold an inconsistency Newton's steps cannot remove (1.3e-11 at ||W_j|| = 7.9, a relative
+        1.6e-12, against 1e-12 at beta 0.01: the polish stalled on 18 of 40 copies of a program whose data
+        moved by 1e-14, docs/math.md section 9)."""
+        floor = POLISH_RTOL * scale
+        groups = torch.nonzero(self.rows)[:, 1]
+        rows = (POLISH_RTOL * self.A_norm * torch.linalg.norm(W, dim=0)[groups]).clamp_min(floor)
+        k, count = W.shape[0] * W.shape[1], (0 if self.margins is None else int(self.margins.margin.sum()))
+        return torch.cat([rows.new_full((k,), floor), rows, rows.new_full((count,), floor)])
+
     def _predicted(self, v: torch.Tensor) -> torch.Tensor:
         """B v = sum_j B_j v_j (n,), the change of f for v (|J|, k)."""
         return ((self.A @ v.T) * self.signed_masks).sum(-1)
@@ -336,17 +351,19 @@ def _active_system(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: 
 def _newton(system: _ActiveSystem, A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, loss: str, scale: float
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, _ActiveSystem] | None:
     """Newton's method on F(u) = 0 of ``system``'s active sets from its point: at most POLISH_STEPS
-    steps after the first, stopped once the largest residual entry is within POLISH_RTOL ``scale``; None at a
-    step that does not contract it by POLISH_CONTRACTION (the first: that grows it by more than
-    POLISH_FIRST_GROWTH), where the tolerance is not reached, or before a step whose reduced system is larger
+    steps after the first, stopped once every residual entry is within its tolerance (``_ActiveSystem.tolerance``,
+    from POLISH_RTOL ``scale``); None at a step that does not contract the largest ratio of an entry to its
+    tolerance by POLISH_CONTRACTION (the first: that grows it by more than POLISH_FIRST_GROWTH) and does not
+    land within the tolerances, where they are not reached, or before a step whose reduced system is larger
     than POLISH_MAX_DIMENSION. Returns
     (W_J, G_J, the hinge loss's alpha on the margin) and the system at the last point where a step
     was taken."""
     W_J, G_J = system.W, system.G
     c_J = None if system.margins is None else system.margins.on_margin
     F = system.residual(W_J, G_J, A, y, beta, c_J)
+    size = float((F.abs() / system.tolerance(W_J, scale)).max())
     for step in range(POLISH_STEPS + 1):
-        if float(F.abs().max()) <= POLISH_RTOL * scale:
+        if size <= 1:
             break
         if step > 0:  # the system at the current point, only where a step is taken from it
             margins = None if c_J is None else system.margins.with_margin_values(c_J)
@@ -360,13 +377,16 @@ def _newton(system: _ActiveSystem, A: torch.Tensor, y: torch.Tensor, beta: torch
         W_next, G_next = W_J + a.T, G_J - b.T * system.rows
         c_next = None if c_J is None else c_J - c
         F_next = system.residual(W_next, G_next, A, y, beta, c_next)
+        size_next = float((F_next.abs() / system.tolerance(W_next, scale)).max())
         # Newton's method contracts from a right active set; a step that does not (a wrong or degenerate
-        # set: measured diverging or stalling at 1e-7 on a 128x16x128 batch) ends the polish
-        if not (bool(torch.isfinite(F_next).all()) and float(F_next.abs().max()) <= (
-                POLISH_FIRST_GROWTH if step == 0 else POLISH_CONTRACTION) * float(F.abs().max())):
+        # set: measured diverging or stalling at 1e-7 on a 128x16x128 batch) ends the polish, unless it lands
+        # within the tolerances: near float64's floor a step's contraction is rounding (1.2e-12 -> 6.2e-13
+        # against a tolerance of 1e-12 refused a program's polish, docs/math.md section 9)
+        if not (bool(torch.isfinite(F_next).all()) and (size_next <= 1 or size_next <= (
+                POLISH_FIRST_GROWTH if step == 0 else POLISH_CONTRACTION) * size)):
             return None
-        W_J, G_J, c_J, F = W_next, G_next, c_next, F_next
-    return (W_J, G_J, c_J, system) if float(F.abs().max()) <= POLISH_RTOL * scale else None
+        W_J, G_J, c_J, F, size = W_next, G_next, c_next, F_next, size_next
+    return (W_J, G_J, c_J, system) if size <= 1 else None
 
 
 def _polish(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.Tensor, W: torch.Tensor,
@@ -425,6 +445,9 @@ def _polish(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: torch.T
         if not (bool((negative | violated).any()) or moved):
             break
         if correction == POLISH_CORRECTIONS:
+            logger.debug("polish: %d multiplier(s) below and %d inactive row(s) beyond -%.1e after %d corrections "
+                         "(least multiplier %.2e)", int(negative.sum()), int(violated.sum()), tolerance, correction,
+                         float(G_J[system.rows].min()))
             return None
         rows = (system.rows & ~negative) | violated
         system = _ActiveSystem(A, y, beta, system.M, system.o, rows, W_J, G_J.clamp_min(0) * rows, loss,
