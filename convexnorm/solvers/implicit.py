@@ -616,19 +616,22 @@ def polish_episode(problem: ConvexBNProblem, result: InteriorPointResult, groups
                        result.criteria.lower_bound[b], result.criteria.relative_gap[b], margins, A_norm, left_out)
 
     # a set refused for leaving out groups that belong in it is tried next with them (``_joined``)
-    queue = [(chosen, result.W[b] * chosen[:, None], result.z.rows[b], rows[b]) for chosen in attempts]
-    tried = []
+    queue = [(False, chosen, result.W[b] * chosen[:, None], result.z.rows[b], rows[b]) for chosen in attempts]
+    tried: list[torch.Tensor] = []
+    tried_joined: list[torch.Tensor] = []
     while queue:
-        chosen, W, G, R = queue.pop(0)
-        if any(torch.equal(chosen, other) for other in tried):
+        joined, chosen, W, G, R = queue.pop(0)
+        # a joined guess starts from its own point, so a set tried from the iterate is tried once more from it
+        seen = tried_joined if joined else tried
+        if any(torch.equal(chosen, other) for other in seen):
             continue
-        tried.append(chosen)
+        seen.append(chosen)
         left_out: dict = {}
         found = polished(W, G, R, left_out)
         if found is not None:
             return found
         if left_out:
-            queue.insert(0, _joined(problem, b, chosen, W, G, R, left_out))
+            queue.insert(0, (True, *_joined(problem, b, chosen, W, G, R, left_out)))
     for chosen in list(tried):  # where all were refused: the same sets with parallel groups merged
         merged = _merged_parallel_groups(result.W[b], chosen)
         if merged is not None and not any(torch.equal(merged[0], other) for other in tried):
