@@ -99,8 +99,10 @@ def main() -> None:
                 generator = torch.Generator().manual_seed(QUERY_SEED + args.seed + b)
                 against_reference.append(reference_difference(block, reference, H, y, generator))
                 del resumed[count:]
+        refused = [args.seed + b for b, held in enumerate(kept) if not held]
         print(f"{size} {args.loss}: polish kept in {sum(kept)} of {len(kept)} batches "
-              f"({sum(resumed)} after resuming; {time.perf_counter() - start:.1f} s)", flush=True)
+              f"({sum(resumed)} after resuming; {time.perf_counter() - start:.1f} s)"
+              + (f"; refused at seed(s) {refused}" if refused else ""), flush=True)
         if differences:
             largest = [difference for difference, _, _ in differences]
             print(f"  gradients against numerical derivatives: largest relative difference {max(largest):.1e}, "
