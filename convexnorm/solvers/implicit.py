@@ -617,15 +617,17 @@ def polish_episode(problem: ConvexBNProblem, result: InteriorPointResult, groups
 
     # a set refused for leaving out groups that belong in it is tried next with them (``_joined``)
     queue = [(False, chosen, result.W[b] * chosen[:, None], result.z.rows[b], rows[b]) for chosen in attempts]
-    tried: list[torch.Tensor] = []
+    tried: list[torch.Tensor] = []  # every set tried, from any point (merged below where all are refused)
     tried_joined: list[torch.Tensor] = []
     while queue:
         joined, chosen, W, G, R = queue.pop(0)
         # a joined guess starts from its own point, so a set tried from the iterate is tried once more from it
-        seen = tried_joined if joined else tried
-        if any(torch.equal(chosen, other) for other in seen):
+        if any(torch.equal(chosen, other) for other in (tried_joined if joined else tried)):
             continue
-        seen.append(chosen)
+        if joined:
+            tried_joined.append(chosen)
+        if not any(torch.equal(chosen, other) for other in tried):
+            tried.append(chosen)
         left_out: dict = {}
         found = polished(W, G, R, left_out)
         if found is not None:
