@@ -231,9 +231,14 @@ class _ActiveSystem:
         self.curvature = torch.zeros_like(y) if margins is not None else loss_curvature(loss, self._predicted(W.T), y)
 
     @property
+    def margin_samples(self) -> int:
+        """The hinge loss's samples on the margin (their alpha are unknowns of the system; 0 for other losses)."""
+        return 0 if self.margins is None else int(self.margins.margin.sum())
+
+    @property
     def reduced_dimension(self) -> int:
         """The dimension of ``solve``'s reduced system: the null-space coordinates and the margin samples."""
-        return int(self.null.sum()) + (0 if self.margins is None else int(self.margins.margin.sum()))
+        return int(self.null.sum()) + self.margin_samples
 
     def pack(self, W: torch.Tensor, G: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """One vector in the layout of u and F from W-shaped (k, |J|) and G-shaped (n, |J|) parts (and
@@ -265,8 +270,7 @@ class _ActiveSystem:
         floor = POLISH_RTOL * scale
         groups = torch.nonzero(self.rows)[:, 1]
         rows = (POLISH_RTOL * self.A_norm * torch.linalg.norm(W, dim=0)[groups]).clamp_min(floor)
-        k, count = W.shape[0] * W.shape[1], (0 if self.margins is None else int(self.margins.margin.sum()))
-        return torch.cat([rows.new_full((k,), floor), rows, rows.new_full((count,), floor)])
+        return torch.cat([rows.new_full((W.numel(),), floor), rows, rows.new_full((self.margin_samples,), floor)])
 
     def _predicted(self, v: torch.Tensor) -> torch.Tensor:
         """B v = sum_j B_j v_j (n,), the change of f for v (|J|, k)."""
@@ -293,7 +297,7 @@ class _ActiveSystem:
         r_R = r_R.gather(1, self.row_index) * self.row_valid  # the active rows, as C's
         a = (V @ (self.inverse_S * (self.U.transpose(-1, -2) @ r_R[..., None])[..., 0])[..., None])[..., 0]
         margin = None if self.margins is None else self.margins.margin
-        c = None if margin is None else r_W.new_zeros(int(margin.sum()))
+        c = None if margin is None else r_W.new_zeros(self.margin_samples)
         bordered = c is not None and c.numel() > 0
         keep = null.flatten()  # the null-space coordinates among the |J| k
         if bool(keep.any()):
@@ -360,8 +364,12 @@ def _newton(system: _ActiveSystem, A: torch.Tensor, y: torch.Tensor, beta: torch
     was taken."""
     W_J, G_J = system.W, system.G
     c_J = None if system.margins is None else system.margins.on_margin
+    def size_of(F: torch.Tensor, W: torch.Tensor) -> float:
+        """The largest ratio of an entry of F to its tolerance at W (within the tolerances: at most 1)."""
+        return float((F.abs() / system.tolerance(W, scale)).max())
+
     F = system.residual(W_J, G_J, A, y, beta, c_J)
-    size = float((F.abs() / system.tolerance(W_J, scale)).max())
+    size = size_of(F, W_J)
     for step in range(POLISH_STEPS + 1):
         if size <= 1:
             break
@@ -377,7 +385,7 @@ def _newton(system: _ActiveSystem, A: torch.Tensor, y: torch.Tensor, beta: torch
         W_next, G_next = W_J + a.T, G_J - b.T * system.rows
         c_next = None if c_J is None else c_J - c
         F_next = system.residual(W_next, G_next, A, y, beta, c_next)
-        size_next = float((F_next.abs() / system.tolerance(W_next, scale)).max())
+        size_next = size_of(F_next, W_next)
         # Newton's method contracts from a right active set; a step that does not (a wrong or degenerate
         # set: measured diverging or stalling at 1e-7 on a 128x16x128 batch) ends the polish, unless it lands
         # within the tolerances: near float64's floor a step's contraction is rounding (1.2e-12 -> 6.2e-13
@@ -511,7 +519,7 @@ def _episode_vjp(A: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, masks: to
     system, active = _active_system(A, y, beta, masks, W, G, G > 0, loss, margins, A_norm)
     if system is None:
         return torch.zeros_like(A), torch.zeros_like(y), torch.zeros_like(beta)
-    zero_margin = None if margins is None else y.new_zeros(int(margins.margin.sum()))
+    zero_margin = None if margins is None else y.new_zeros(system.margin_samples)
     v_W, v_R, v_M = system.solve(grad_W[:, active].T, torch.zeros_like(system.G).T, zero_margin)
     v = system.pack(v_W.T, v_R.T, v_M)
     data = tuple(t.detach().requires_grad_(True) for t in (A, y, beta))
