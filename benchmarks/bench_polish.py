@@ -5,7 +5,9 @@ warning where it is refused: their gradients then rest on the interior-point sol
 python benchmarks/bench_polish.py [--sizes 64x8x64 128x16x128] [--loss squared|logistic|hinge] [--batches 12]
 [--seed 100] [--tol T] [--beta 0.05] [--duplicates K] [--gradients] [--reference-tol T] (--tol: the interior-point
 method's tolerance, solver_options["tol"]; default the block's; --duplicates K: the last K samples are copies of
-the first K). Also counts the batches polished only after the interior-point method resumed.
+the first K). Also counts the batches polished only after the interior-point method resumed, and names those
+whose kept point had zero groups marginally above beta and was polished again with them joined
+(implicit.ZERO_GROUP_DUAL_ROUNDING; the gradient checks' own forwards not counted).
 ``--gradients``: on each batch also the directional derivatives of (query predictions . weights
 + 0.3 objective) in H, y (squared loss) and log beta against numerical derivatives (the closest of the
 central differences at steps 1e-6, 1e-7 and 1e-8 and the one-sided Richardson extrapolations from steps 1e-4
@@ -60,12 +62,19 @@ def main() -> None:
 
     implicit._resumed_polish = counted
 
+    retried: list[logging.LogRecord] = []  # a kept point's zero groups marginally above beta, polished again
+
     class Refusals(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            if "polish was refused" in record.getMessage():
+            message = record.getMessage()
+            if "polish was refused" in message:
                 refusals.append(record)
+            elif message.startswith("polish: zero groups"):
+                retried.append(record)
 
-    logging.getLogger("convexnorm").addHandler(Refusals())
+    logger = logging.getLogger("convexnorm")
+    logger.addHandler(Refusals())
+    logger.setLevel(logging.DEBUG)  # the second try's record is a debug one (about 10 us per iteration)
     for size in args.sizes:
         n, d, P = (int(v) for v in size.split("x"))
         options = {} if args.tol is None else {"tol": args.tol}
@@ -75,7 +84,7 @@ def main() -> None:
             reference = ConvexBNReLU(d, beta=args.beta, n_patterns=P, loss=args.loss, solver="torch",
                                      solver_options={"tol": args.reference_tol}, learnable_beta=True)
             reference.load_state_dict(block.state_dict())
-        kept, differences, against_reference = [], [], []
+        kept, differences, against_reference, second_tries = [], [], [], []
         resumed.clear()
         start = time.perf_counter()
         for b in range(args.batches):
@@ -86,9 +95,12 @@ def main() -> None:
                 H[n - args.duplicates:], y[n - args.duplicates:] = H[: args.duplicates], y[: args.duplicates]
             y = y if args.loss == "squared" else torch.where(y > 0, 1.0, -1.0).double()
             refusals.clear()
+            retried.clear()
             with torch.no_grad():
                 block(H, y)
             kept.append(not refusals)
+            if retried:
+                second_tries.append((args.seed + b, retried[0].getMessage().removeprefix("polish: ")))
             if args.gradients:  # its forwards' resumptions not counted
                 count = len(resumed)
                 generator = torch.Generator().manual_seed(QUERY_SEED + args.seed + b)
@@ -103,6 +115,8 @@ def main() -> None:
         print(f"{size} {args.loss}: polish kept in {sum(kept)} of {len(kept)} batches "
               f"({sum(resumed)} after resuming; {time.perf_counter() - start:.1f} s)"
               + (f"; refused at seed(s) {refused}" if refused else ""), flush=True)
+        for seed, message in second_tries:
+            print(f"  seed {seed}: the kept point's {message}", flush=True)
         if differences:
             largest = [difference for difference, _, _ in differences]
             print(f"  gradients against numerical derivatives: largest relative difference {max(largest):.1e}, "
