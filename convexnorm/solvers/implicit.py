@@ -23,7 +23,8 @@ where the optimum is not unique) and, where all are refused, a second try after 
 resumed to a tighter gap; kept only where it certifies a gap no larger than the interior-point
 method's (typically 1e-15 where it succeeds; where it fails the interior-point solution is kept) and no
 zero group could lower the objective (its least dual norm within ZERO_GROUP_DUAL_RTOL of beta; a guess
-refused so is tried next with that group joined).
+refused so is tried next with that group joined, and a point kept with a zero group above beta by more than the
+polish's precision is polished once more with it joined).
 Every loss (the hinge loss's margins read off the iterate and corrected the same way). Where the
 settings skip the dense factorization (the hinge loss's block: Woodbury alone to 1e-5), episodes
 that stop short finish with it, and a refused polish first resumes by Woodbury alone.
@@ -620,8 +621,9 @@ def polish_episode(problem: ConvexBNProblem, result: InteriorPointResult, groups
     one at 8.6e-4, measured at 80x10x80); a set refused because a group it leaves out belongs in the active
     set (``_zero_groups_dual_feasible``) is tried next with that group joined (``_joined``); and where all are
     refused, with the parallel groups of each set merged (``_merged_parallel_groups``: one neuron split
-    between two patterns, where the active-set system is singular). The zero network (W = 0 certified by the
-    interior-point method: no active group, nothing to polish) is returned as it is."""
+    between two patterns, where the active-set system is singular). A point kept with zero groups marginally above
+    beta is polished once more with them joined (ZERO_GROUP_DUAL_ROUNDING). The zero network (W = 0 certified by
+    the interior-point method: no active group, nothing to polish) is returned as it is."""
     b = episode
     if not bool(result.W[b].any()):
         return _iterate_solution(result, rows, b)
