@@ -576,16 +576,19 @@ def test_a_group_marginally_above_beta_joins_the_polished_point() -> None:
     assert float(out["torch"][1]) <= float(out["cvxpylayers"][1]) * (1 + 1e-12)
 
 
-@pytest.mark.parametrize("loss, beta, seed", [("logistic", 0.05, 10238), ("hinge", 0.01, 20019),
-                                             ("squared", 0.001, 60051)])
-def test_a_batch_with_a_group_marginally_above_beta_has_the_tighter_solves_gradient(loss: str, beta: float,
-                                                                                   seed: int) -> None:
+@pytest.mark.parametrize("loss, beta, seed, clarabel_atol", [("logistic", 0.05, 10238, 1e-7),
+                                                             ("hinge", 0.01, 20019, 1e-7),
+                                                             ("squared", 0.001, 60051, None)])
+def test_a_batch_with_a_group_marginally_above_beta_has_the_tighter_solves_gradient(
+        loss: str, beta: float, seed: int, clarabel_atol: float | None) -> None:
     """32x6x32, the batches of ``bench_polish.py --seed S`` (logistic, beta 0.05, 10238; hinge, beta 0.01, 20019;
     squared at the default beta 1e-3, 60051): the polished point left out a group 7.4e-6 (8.1e-6, 2.6e-6) above
     beta, within ZERO_GROUP_DUAL_RTOL, so it was kept; its gradient in H and log beta was 38% (110%, 53%) off that
-    of the same block solved at tol 1e-9, while central differences of that forward agreed with it (measured; the
-    logistic and hinge predictions 4.1e-6 and 5.4e-5 off the cvxpylayers path). With the group joined the gradients
-    agree (measured 2e-11, 4e-11, 6e-11)."""
+    of the same block solved at tol 1e-9, while central differences of that forward agreed with it (measured).
+    With the group joined the gradients agree (measured 2e-11, 4e-11, 6e-11). Against the cvxpylayers path
+    (Clarabel) the query predictions were 1.0e-5 and 4.9e-5 off, now 9e-9 and 9e-10 (measured); at beta 1e-3
+    Clarabel's own predictions are not that accurate (8e-7 off after, 5.6e-6 before, its objective 2e-11 above
+    this block's), so the squared batch is held to the tighter solve alone."""
     generator = torch.Generator().manual_seed(seed)
     H = torch.randn(32, 6, generator=generator, dtype=torch.float64)
     y = torch.sin(2 * H[:, 0]) + H[:, 1] * H[:, 2]
@@ -604,6 +607,11 @@ def test_a_batch_with_a_group_marginally_above_beta_has_the_tighter_solves_gradi
 
     expected = gradient(1e-9)
     assert float((gradient(None) - expected).abs().max()) <= 1e-8 * float(expected.abs().max())
+    if clarabel_atol is not None:
+        with torch.no_grad():
+            torch_path, clarabel = (ConvexBNReLU(6, beta=beta, n_patterns=32, loss=loss, solver=solver)(
+                H, y, H_query=H_query) for solver in ("torch", "cvxpylayers"))
+        assert torch.allclose(torch_path, clarabel, rtol=0, atol=clarabel_atol)
 
 
 def test_bad_episodes_are_named() -> None:
