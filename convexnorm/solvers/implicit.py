@@ -510,7 +510,7 @@ def _zero_groups_dual_feasible(problem: ConvexBNProblem, point: Primal, z: Conic
     beta = float(problem.beta[0])
     G, over = zero_groups_least_multipliers(problem, point, z, beta * (1 + ZERO_GROUP_DUAL_ROUNDING))
     violated = {group: found for group, found in over.items()
-                if float(torch.linalg.norm(found[0])) > beta * (1 + ZERO_GROUP_DUAL_RTOL)}
+                if _least_dual_norm(found) > beta * (1 + ZERO_GROUP_DUAL_RTOL)}
     if violated:
         if left_out is not None:
             left_out.update(violated)
@@ -693,9 +693,15 @@ def polish_episode(problem: ConvexBNProblem, result: InteriorPointResult, groups
     return None
 
 
+def _least_dual_norm(found: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """A zero group's least dual norm: the norm of its projection (``zero_groups_least_multipliers``'s
+    (projection, least multipliers))."""
+    return float(torch.linalg.norm(found[0]))
+
+
 def _largest_dual_norm(groups: dict) -> float:
     """The largest least dual norm of zero groups (group -> (projection, least multipliers)); 0 where none."""
-    return max((float(torch.linalg.norm(projection)) for projection, _ in groups.values()), default=0.0)
+    return max(map(_least_dual_norm, groups.values()), default=0.0)
 
 
 def _band_thresholds(norms: torch.Tensor) -> list[float]:
@@ -729,7 +735,7 @@ def _joined(problem: ConvexBNProblem, b: int, chosen: torch.Tensor, W: torch.Ten
     A, masks, beta = problem.A[b], problem.masks[b], float(problem.beta[b])
     P = problem.patterns
     moved: set[int] = set()
-    for group, (projection, least) in sorted(left_out.items(), key=lambda item: -float(torch.linalg.norm(item[1][0]))):
+    for group, (projection, least) in sorted(left_out.items(), key=lambda item: -_least_dual_norm(item[1])):
         size = torch.linalg.norm(projection)
         direction = projection / size
         same_sign = active[(active // P == group // P) & (active != group)]
