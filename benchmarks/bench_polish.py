@@ -74,7 +74,7 @@ def main() -> None:
 
     logger = logging.getLogger("convexnorm")
     logger.addHandler(Refusals())
-    logger.setLevel(logging.DEBUG)  # the second try's record is a debug one (about 10 us per iteration)
+    logger.setLevel(logging.INFO)  # the second try's record is an info one
     for size in args.sizes:
         n, d, P = (int(v) for v in size.split("x"))
         options = {} if args.tol is None else {"tol": args.tol}

@@ -657,9 +657,9 @@ def polish_episode(problem: ConvexBNProblem, result: InteriorPointResult, groups
         _, W, G, R = _joined(problem, b, torch.linalg.norm(found[0], dim=0) > 0, found[0].T, found[1], found[1] > 0,
                              marginal)
         second = attempt(W, G, R, found[2], None, again)
-        if logger.isEnabledFor(logging.DEBUG):
+        if logger.isEnabledFor(logging.INFO):
             beta = float(problem.beta[b])
-            logger.debug("polish: zero groups %s up to %.1e above beta; joined: %s", sorted(marginal),
+            logger.info("polish: zero groups %s up to %.1e above beta; joined: %s", sorted(marginal),
                          _largest_dual_norm(marginal) / beta - 1, "refused" if second is None else
                          f"up to {_largest_dual_norm(again) / beta - 1:.1e} above" if again else "none above")
         return found if second is None or _largest_dual_norm(again) >= _largest_dual_norm(marginal) else second
