@@ -7,7 +7,8 @@ python benchmarks/bench_polish.py [--sizes 64x8x64 128x16x128] [--loss squared|l
 method's tolerance, solver_options["tol"]; default the block's; --duplicates K: the last K samples are copies of
 the first K). Also counts the batches polished only after the interior-point method resumed, and names those
 whose kept point had zero groups marginally above beta and was polished again with them joined
-(implicit.ZERO_GROUP_DUAL_ROUNDING; the gradient checks' own forwards not counted).
+(implicit.ZERO_GROUP_DUAL_ROUNDING; the gradient checks' own forwards not counted), and per batch the guesses at
+the active sets that the polish refused and the polish's time (``implicit.polish_episode``, resumptions included).
 ``--gradients``: on each batch also the directional derivatives of (query predictions . weights
 + 0.3 objective) in H, y (squared loss) and log beta against numerical derivatives (the closest of the
 central differences at steps 1e-6, 1e-7 and 1e-8 and the one-sided Richardson extrapolations from steps 1e-4
@@ -61,6 +62,23 @@ def main() -> None:
         return resume(problem, result, episodes, settings)
 
     implicit._resumed_polish = counted
+    guesses: list[bool] = []  # whether each guess at the active sets held (``implicit._polish``)
+    polish_seconds = [0.0]  # in ``implicit.polish_episode``
+    polish, polish_episode = implicit._polish, implicit.polish_episode
+
+    def guessed(*args, **kwargs):
+        found = polish(*args, **kwargs)
+        guesses.append(found is not None)
+        return found
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return polish_episode(*args, **kwargs)
+        finally:
+            polish_seconds[0] += time.perf_counter() - start
+
+    implicit._polish, implicit.polish_episode = guessed, timed
 
     retried: list[logging.LogRecord] = []  # a kept point's zero groups marginally above beta, polished again
 
@@ -84,7 +102,8 @@ def main() -> None:
             reference = ConvexBNReLU(d, beta=args.beta, n_patterns=P, loss=args.loss, solver="torch",
                                      solver_options={"tol": args.reference_tol}, learnable_beta=True)
             reference.load_state_dict(block.state_dict())
-        kept, differences, against_reference, second_tries = [], [], [], []
+        kept, differences, against_reference, second_tries, refused_guesses = [], [], [], [], []
+        polish_time = 0.0
         resumed.clear()
         start = time.perf_counter()
         for b in range(args.batches):
@@ -96,9 +115,13 @@ def main() -> None:
             y = y if args.loss == "squared" else torch.where(y > 0, 1.0, -1.0).double()
             refusals.clear()
             retried.clear()
+            guesses.clear()
+            polish_seconds[0] = 0.0
             with torch.no_grad():
                 block(H, y)
             kept.append(not refusals)
+            refused_guesses.append(guesses.count(False))
+            polish_time += polish_seconds[0]
             if retried:
                 second_tries.append((args.seed + b, retried[0].getMessage().removeprefix("polish: ")))
             if args.gradients:  # its forwards' resumptions not counted
@@ -113,7 +136,9 @@ def main() -> None:
                 del resumed[count:]
         refused = [args.seed + b for b, held in enumerate(kept) if not held]
         print(f"{size} {args.loss}: polish kept in {sum(kept)} of {len(kept)} batches "
-              f"({sum(resumed)} after resuming; {time.perf_counter() - start:.1f} s)"
+              f"({sum(resumed)} after resuming; {time.perf_counter() - start:.1f} s; guesses refused "
+              f"{sum(refused_guesses) / len(kept):.2f} per batch, the polish {1e3 * polish_time / len(kept):.1f} ms "
+              f"per batch)"
               + (f"; refused at seed(s) {refused}" if refused else ""), flush=True)
         for seed, message in second_tries:
             print(f"  seed {seed}: the kept point's {message}", flush=True)
