@@ -173,6 +173,28 @@ def test_a_hinge_program_whose_polish_is_refused_is_certified_on_its_working_set
     assert rel(model.objective_, cn.ConvexBNClassifier(**kwargs).fit(X, y).objective_) < 1e-6
 
 
+def test_a_hinge_program_whose_polish_is_refused_at_its_iterate_resumes_before_its_working_set(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """100 samples in R^5 (the benchmarks' regression data, seed 2, labels above the median), 30 sampled patterns,
+    hinge, beta 0.1: the interior-point method meets tol, but the polish is refused at its iterate. Before, the fit
+    solved its working set again from the initial point (0.39 s); now the method resumes from its iterate to a
+    tenth of tol, where the polish holds (0.14 s), and the objective is Clarabel's (2.4e-10 below it, measured)."""
+    used, resumed = [], []
+    monkeypatch.setattr(native_solver, "on_working_set", lambda *args, **kwargs: used.append(1)
+                        or working_set.on_working_set(*args, **kwargs))
+    original_resume = native_solver.resumed_on
+    monkeypatch.setattr(native_solver, "resumed_on", lambda *args: resumed.append(1) or original_resume(*args))
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((100, 5))
+    y = np.sin(2 * X[:, 0]) + X[:, 1] * X[:, 2] + 0.1 * rng.standard_normal(100)
+    labels = np.where(y > np.median(y), 1, -1)
+    kwargs = dict(beta=0.1, loss="hinge", patterns=30, random_state=2)
+    model = cn.ConvexBNClassifier(**kwargs, solver="torch", solver_options={"threads": 1}).fit(X, labels)
+    assert resumed and not used
+    assert model.solver_report_[0]["converged"] is True
+    assert rel(model.objective_, cn.ConvexBNClassifier(**kwargs).fit(X, labels).objective_) < 1e-8
+
+
 @pytest.mark.parametrize(("n", "seed", "beta"), [(20, 1, 0.003), (16, 7, 0.1)])
 def test_hinge_woodbury_meets_tol_where_it_stalled(monkeypatch: pytest.MonkeyPatch, n: int, seed: int,
                                                    beta: float) -> None:

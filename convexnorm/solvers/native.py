@@ -10,7 +10,7 @@ where the dual bound still certifies the result within ``tol`` (docs/math.md, se
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -21,8 +21,8 @@ from convexnorm.errors import SolverError
 from convexnorm.solvers.backends import ProgramSolution
 from convexnorm.solvers.candidate_rows import solve_relaxed, widened
 from convexnorm.solvers.active_sets import active_sets
-from convexnorm.solvers.interior_point import InteriorPointResult, InteriorPointSettings
-from convexnorm.solvers.implicit import polish_episode
+from convexnorm.solvers.interior_point import InteriorPointResult, InteriorPointSettings, resumed_on
+from convexnorm.solvers.implicit import WOODBURY_RESUME_FACTOR, polish_episode
 from convexnorm.solvers.kkt import Conic, Criteria, Primal, bounded_criteria, multipliers
 from convexnorm.solvers.problem import ConvexBNProblem
 from convexnorm.solvers.threads import AUTO, solver_threads
@@ -109,22 +109,32 @@ def solve_native(problem: ConvexBNProblem, settings: InteriorPointSettings = Int
 
 def _dense_where_unpolished(settings: InteriorPointSettings
                             ) -> Callable[[ConvexBNProblem, InteriorPointResult], InteriorPointResult]:
-    """``solve_relaxed``'s finish: ``working_set.finished`` for the programs that stop short of tol and
-    whose polish is refused (only where ``settings`` skip the dense route): an exhaustive 16x3 hinge program
-    stalled at a gap of 1.8e-6 was polished to 1e-8 in 2 s, where the dense resume took 42 s and stalled too;
-    another, whose polish is refused (its optimum is not unique), was certified on its working set in 0.1 s,
-    where the dense resume took 179 s and stalled. A program polished here is polished again by ``_finished``,
-    on the whole program's rows."""
+    """``solve_relaxed``'s finish where ``settings`` skip the dense route (the hinge loss), on the programs whose
+    polish is refused. One that met tol resumes from its iterate to WOODBURY_RESUME_FACTOR of it, where its
+    active sets separate further, as the block's do (``implicit._resumed_polish``): at n = 1000, r = 10, 100
+    patterns, beta 0.1 the polish was refused at a gap of 2e-7 and held after one more iteration, where its working
+    set had taken 74 iterations (the fit 1.7 s instead of 4.9 s, docs/benchmarks.md, session 35). One that stopped
+    short of tol is finished by ``working_set.finished``: an exhaustive 16x3 hinge program stalled at a gap of
+    1.8e-6 was polished to 1e-8 in 2 s, where the dense resume took 42 s and stalled too; another, whose polish is
+    refused (its optimum is not unique), was certified on its working set in 0.1 s, where the dense resume took
+    179 s and stalled. A program polished here is polished again by ``_finished``, on the whole program's rows."""
     def finish(program: ConvexBNProblem, result: InteriorPointResult) -> InteriorPointResult:
-        short = ~result.converged
-        if settings.skips_dense_route and bool(short.any()):
-            # the polish reads every row: a relaxation's result on the whole program (``widened``)
-            whole = program if program.candidates is None else program.relaxed(None)
-            view = result if program.candidates is None else widened(whole, program, result, settings)
-            groups, rows = active_sets(whole, view)
-            for b in torch.nonzero(short).flatten().tolist():
-                short[b] = polish_episode(whole, view, groups, rows, b) is None
-        return finished(program, result, settings, short)
+        if not settings.skips_dense_route:
+            return finished(program, result, settings)
+        # the polish reads every row: a relaxation's result on the whole program (``widened``)
+        whole = program if program.candidates is None else program.relaxed(None)
+        view = result if program.candidates is None else widened(whole, program, result, settings)
+        groups, rows = active_sets(whole, view)
+        # a relaxation's program that violates a row left out is solved again whole (``solve_relaxed``)
+        short, whole_converged = ~result.converged, result.converged & view.converged
+        refused = torch.zeros_like(short)
+        for b in torch.nonzero(short | whole_converged).flatten().tolist():
+            refused[b] = polish_episode(whole, view, groups, rows, b) is None
+        resume = refused & whole_converged
+        if bool(resume.any()):
+            tighter = replace(settings, tol=settings.tol * WOODBURY_RESUME_FACTOR)
+            result = result.replaced(resume, resumed_on(program, result, resume, tighter)[1])
+        return finished(program, result, settings, refused & short)
     return finish
 
 
