@@ -114,10 +114,11 @@ def _dense_where_unpolished(settings: InteriorPointSettings
     where its active sets separate further, as the block's episodes do (``implicit._resumed_polish``): at n = 1000,
     r = 10, 100 patterns, beta 0.1 the polish was refused at a gap of 2e-7 and held after one or two more
     iterations, where its working set had taken 74 (the fit 1.9-2.7 s instead of 4.5-4.9 s, docs/benchmarks.md,
-    session 35). One that stopped short of tol is finished by ``working_set.finished``: an exhaustive 16x3 hinge program stalled at a gap of
-    1.8e-6 was polished to 1e-8 in 2 s, where the dense resume took 42 s and stalled too; another, whose polish is
-    refused (its optimum is not unique), was certified on its working set in 0.1 s, where the dense resume took
-    179 s and stalled. A program polished here is polished again by ``_finished``, on the whole program's rows."""
+    session 35). One that stopped short of tol is finished by ``working_set.finished``: an exhaustive 16x3 hinge
+    program stalled at a gap of 1.8e-6 was polished to 1e-8 in 2 s, where the dense resume took 42 s and stalled
+    too; another, whose polish is refused (its optimum is not unique), was certified on its working set in 0.1 s,
+    where the dense resume took 179 s and stalled. A program polished here is polished again by ``_finished``, on
+    the whole program's rows."""
     def finish(program: ConvexBNProblem, result: InteriorPointResult) -> InteriorPointResult:
         if not settings.skips_dense_route:
             return finished(program, result, settings)
