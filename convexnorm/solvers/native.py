@@ -96,9 +96,10 @@ def solve_native(problem: ConvexBNProblem, settings: InteriorPointSettings = Int
     """Solve every program of ``problem`` by the interior-point method (``threads``: torch's
     intra-op threads meanwhile; "auto": chosen per iteration, solvers/threads.py), then finish each
     (``_finished``: the active-set polish, the residue of inactive groups removed). Where ``settings``
-    skip the dense route (Woodbury alone, the hinge loss's estimators), only a program that stops short of
-    its tolerance and whose polish is refused is solved again on its working set, and resumes with the dense
-    route where that is not certified either (``_dense_where_unpolished``)."""
+    skip the dense route (Woodbury alone, the hinge loss's estimators), a program that meets its tolerance
+    but whose polish is refused first resumes from its iterate to a tighter one, and only a program that stops
+    short of its tolerance and whose polish is refused is solved again on its working set, and resumes with the
+    dense route where that is not certified either (``_dense_where_unpolished``)."""
     with solver_threads(threads, problem.A.device) as pace, torch.inference_mode():
         result = solve_relaxed(problem, settings, on_iteration=pace, finish=_dense_where_unpolished(settings))
         solution = _finished(problem, result, settings)
