@@ -101,14 +101,50 @@ def solve_native(problem: ConvexBNProblem, settings: InteriorPointSettings = Int
     short of its tolerance and whose polish is refused is solved again on its working set, and resumes with the
     dense route where that is not certified either (``_dense_where_unpolished``)."""
     with solver_threads(threads, problem.A.device) as pace, torch.inference_mode():
-        result = solve_relaxed(problem, settings, on_iteration=pace, finish=_dense_where_unpolished(settings))
-        solution = _finished(problem, result, settings)
+        polishes = _Polishes()
+        result = solve_relaxed(problem, settings, on_iteration=pace, finish=_dense_where_unpolished(settings, polishes))
+        solution = _finished(problem, result, settings, polishes)
     # out of inference mode (interior_point's), for callers that go on with autograd or in place
     return NativeSolution(solution.W.clone(), solution.lam.clone(), solution.criteria.map(torch.clone),
                           solution.converged.clone(), solution.iterations.clone())
 
 
-def _dense_where_unpolished(settings: InteriorPointSettings
+class _Polishes:
+    """The polishes (``polish_episode``) of one solve with their inputs, so that a program's polish runs once where
+    the finish (``_dense_where_unpolished``) and ``_finished`` polish the same point: a hinge estimator's program that
+    met its tolerance, whose final result is the one the finish polished. Its second polish had been 3.5-6.6% of
+    a fit at 300-1000 x 10 x 100 (docs/benchmarks.md, sessions 35 and 36). Matched by value, not by index: a
+    relaxation's program that violates a row left out is solved again in a second finish, numbered within the
+    programs solved again."""
+
+    def __init__(self) -> None:
+        self._kept: list[tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor, object]]] = []
+
+    @staticmethod
+    def _inputs(problem: ConvexBNProblem, result: InteriorPointResult, groups: torch.Tensor, rows: torch.Tensor,
+                b: int) -> list[torch.Tensor]:
+        """Everything ``polish_episode`` reads of program ``b`` (its data, iterate, criteria and active sets)."""
+        parts = [problem.A[b], problem.masks[b], problem.y[b], problem.beta[b], result.W[b], result.z.rows[b],
+                 result.criteria.lower_bound[b], result.criteria.relative_gap[b], groups[b], rows[b]]
+        return parts + [part[b] for part in (result.s.slack, result.s.margin, result.z.slack, result.z.margin)
+                        if part is not None]
+
+    def polish(self, problem: ConvexBNProblem, result: InteriorPointResult, groups: torch.Tensor,
+               rows: torch.Tensor, b: int, keep: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor, object] | None:
+        """``polish_episode(problem, result, groups, rows, b)``, the one kept where its inputs are equal to a kept
+        one's; ``keep``: keep this one (where it holds)."""
+        inputs = self._inputs(problem, result, groups, rows, b)
+        for kept, found in self._kept:
+            if len(kept) == len(inputs) and all(torch.equal(a, c) for a, c in zip(kept, inputs)):
+                return found
+        found = polish_episode(problem, result, groups, rows, b)
+        if keep and found is not None:
+            self._kept.append(([part.clone() for part in inputs], found))
+        return found
+
+
+def _dense_where_unpolished(settings: InteriorPointSettings, polishes: _Polishes
                             ) -> Callable[[ConvexBNProblem, InteriorPointResult], InteriorPointResult]:
     """``solve_relaxed``'s finish where ``settings`` skip the dense route (the hinge loss), on the programs whose
     polish is refused. One that met tol on every row resumes from its iterate to WOODBURY_RESUME_FACTOR of it,
@@ -118,8 +154,8 @@ def _dense_where_unpolished(settings: InteriorPointSettings
     session 35). One that stopped short of tol is finished by ``working_set.finished``: an exhaustive 16x3 hinge
     program stalled at a gap of 1.8e-6 was polished to 1e-8 in 2 s, where the dense resume took 42 s and stalled
     too; another, whose polish is refused (its optimum is not unique), was certified on its working set in 0.1 s,
-    where the dense resume took 179 s and stalled. A program polished here is polished again by ``_finished``, on
-    the whole program's rows."""
+    where the dense resume took 179 s and stalled. A polish that holds here is kept in ``polishes``, for
+    ``_finished`` to reuse where the program's final result is the point polished."""
     def finish(program: ConvexBNProblem, result: InteriorPointResult) -> InteriorPointResult:
         if not settings.skips_dense_route:
             return finished(program, result, settings)
@@ -131,7 +167,7 @@ def _dense_where_unpolished(settings: InteriorPointSettings
         short, whole_converged = ~result.converged, result.converged & view.converged
         refused = torch.zeros_like(short)
         for b in torch.nonzero(short | whole_converged).flatten().tolist():
-            refused[b] = polish_episode(whole, view, groups, rows, b) is None
+            refused[b] = polishes.polish(whole, view, groups, rows, b, keep=True) is None
         resume = refused & whole_converged
         if bool(resume.any()):
             tighter = replace(settings, tol=settings.tol * WOODBURY_RESUME_FACTOR)
@@ -140,8 +176,8 @@ def _dense_where_unpolished(settings: InteriorPointSettings
     return finish
 
 
-def _finished(problem: ConvexBNProblem, result: InteriorPointResult, settings: InteriorPointSettings
-              ) -> NativeSolution:
+def _finished(problem: ConvexBNProblem, result: InteriorPointResult, settings: InteriorPointSettings,
+              polishes: _Polishes) -> NativeSolution:
     """Every program of ``result`` finished by Newton's method on its active-set system (solvers/implicit.py,
     ``polish_episode``; the hinge loss's margins included), kept where it is certified (by the dual bound at
     its own multipliers or the interior-point method's): a gap of ``tol`` bounds the objective, but the
@@ -151,12 +187,13 @@ def _finished(problem: ConvexBNProblem, result: InteriorPointResult, settings: I
     the hinge loss stalled at gaps of 1.1e-6 .. 7.3e-6 on six of eight exhaustive 16x3 programs at beta
     0.01). A program whose polish is refused is polished from its working set's solution instead, where that
     holds (``_polished_on_working_set``), and where it does not keeps the better-certified of that solution and
-    its own. Then the residue of inactive groups is removed where certified."""
+    its own. Then the residue of inactive groups is removed where certified. ``polishes``: those of the finish,
+    reused where a program's result is the point they polished."""
     W, z = result.W.clone(), result.z
     z = Conic(z.rows.clone(), z.cones, z.slack, None if z.margin is None else z.margin.clone())
     groups, rows = active_sets(problem, result)
     for b in range(problem.batch):
-        found = polish_episode(problem, result, groups, rows, b)
+        found = polishes.polish(problem, result, groups, rows, b)
         if found is None:
             found, solved = _polished_on_working_set(problem, result, b, settings)
             # where no polish holds, the better-certified of the two interior-point points
