@@ -12,6 +12,7 @@ from sklearn.exceptions import NotFittedError
 import torch
 
 import convexnorm as cn
+from convexnorm.solvers import native as native_solver
 
 
 def low_rank_problem(n: int = 30, d: int = 2, seed: int = 0):
@@ -200,10 +201,23 @@ def test_bad_input_raises_value_error_with_advice() -> None:
         cn.ConvexBNClassifier().fit(X, np.zeros(10))
 
 
-def test_solver_failure_raises_solver_error_and_leaves_no_fitted_attributes() -> None:
+def test_solver_failure_raises_solver_error_and_leaves_no_fitted_attributes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cvxpy solver that fails (SCS stopped after 2 iterations) hands the program to the native method, whose
+    certified solution is kept, its report saying so; where the native method fails too, SolverError names the
+    estimator and both failures, and the estimator keeps its state."""
     X, y = low_rank_problem(n=20)
+    replaced = cn.ConvexBNRegressor(beta=0.1, patterns=20, solver="scs", solver_options={"max_iters": 2}).fit(X, y)
+    native = cn.ConvexBNRegressor(beta=0.1, patterns=20, solver="torch").fit(X, y)
+    report = replaced.solver_report_[0]
+    assert report["replaced"] == "scs" and report["solver"] == "torch" and report["relative_gap"] <= 1e-6
+    assert abs(replaced.objective_ - native.objective_) <= 1e-9 * native.objective_
+
+    def failing(*args):
+        raise cn.SolverError("ConvexBNRegressor: solver='torch' stopped without meeting its tolerances")
+
+    monkeypatch.setattr(native_solver, "solve_native_program", failing)
     model = cn.ConvexBNRegressor(beta=0.1, patterns=20, solver="scs", solver_options={"max_iters": 2})
-    with pytest.raises(cn.SolverError, match="ConvexBNRegressor: solver 'scs'"):
+    with pytest.raises(cn.SolverError, match="ConvexBNRegressor: solver 'scs'.*failed too: ConvexBNRegressor"):
         model.fit(X, y)
     assert not [k for k in vars(model) if k.endswith("_") and not k.startswith("_")]
     fitted = cn.ConvexBNRegressor(beta=0.1, patterns=20).fit(X, y)

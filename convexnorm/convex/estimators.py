@@ -24,11 +24,10 @@ from tqdm.auto import tqdm
 
 from convexnorm._validation import (check_beta, check_count, check_matrix, check_options, check_targets,
                                     random_state_of, validated)
-from convexnorm.convex.certificate import (GROW_RTOL, REFINED_PATTERNS, Certificate, can_certify_exactly,
-                                          certify_multipliers)
+from convexnorm.convex.certificate import GROW_RTOL, REFINED_PATTERNS, Certificate, can_certify_exactly
 from convexnorm.convex.network import recover_network
 from convexnorm.convex.patterns import arrangement_patterns
-from convexnorm.convex.solve import ScalarSolution, sample_multipliers, solve_convex_program
+from convexnorm.convex.solve import ScalarSolution, certify_solution, solve_convex_program
 from convexnorm.convex.whitening import WHITENINGS, Whitening, check_whitening_rank, whiten
 from convexnorm.losses import check_loss
 from convexnorm.solvers.backends import check_solver
@@ -47,28 +46,6 @@ def unchanged_on_failure(estimator: BaseEstimator) -> Iterator[None]:
         estimator.__dict__.clear()
         estimator.__dict__.update(saved)
         raise
-
-
-def certify_solution(
-    U_prime: np.ndarray,
-    y: np.ndarray,
-    solution: ScalarSolution,
-    beta: float,
-    loss: str,
-    method: str = "auto",
-    n_probes: int = 2000,
-    random_state=None,
-    pool: np.ndarray | None = None,
-    all_patterns: np.ndarray | None = None,
-    **options,
-) -> Certificate:
-    """docs/math.md section 4: is max_{||u|| <= 1} |lam^T (U' u)_+| <= beta? For pooled
-    (convolutional) programs lam^T Pi (U' u)_+ = (Pi^T lam)^T (U' u)_+: the same check with
-    lam spread over each sample's rows."""
-    residual = sample_multipliers(U_prime, y, solution, loss, pool)  # the dual bound lives in sample space
-    lam = residual if pool is None else pool.T @ residual
-    return certify_multipliers(U_prime, lam, beta, solution.objective, method, n_probes, random_state,
-                               all_patterns, y, residual=residual, loss=loss, **options)
 
 
 def check_growth_parameters(estimator: BaseEstimator, owner: str) -> None:
