@@ -3,7 +3,10 @@
 The program comes from ``convexnorm.programs.convex_bn_program``; its Parameters are treated as
 constants (``ignore_dpp``: cvxpy's parametric canonicalization of this program grows as n P^2 r'
 and suits only small layers). Clarabel is asked for TIGHT_CLARABEL first; where it reports
-'optimal_inaccurate' or fails, the program is solved again at Clarabel's defaults, then with SCS.
+'optimal_inaccurate' or fails, the program is solved again at Clarabel's defaults, then, for a pooled
+(convolutional) program, with SCS. An unpooled program that Clarabel fails is solved by the native method instead
+(convex/solve.py, ``solve_convex_program``), which certifies its answer: SCS had taken 17-52 s to fail on logistic
+programs at beta 1e-5 .. 1e-6 (docs/benchmarks.md, session 36).
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ TARGET_SCALES = (1e-3, 1e3)
 def solve_cvxpy(U_prime: np.ndarray, patterns: np.ndarray, y: np.ndarray, beta: float, loss: str, solver: str,
                 owner: str, solver_options: dict | None, pool: np.ndarray | None, tight: bool) -> ProgramSolution:
     """One solve over ``patterns`` (P, n) with ``solver`` ("clarabel" or "scs"); ``tight``:
-    Clarabel at TIGHT_CLARABEL first. SolverError (naming ``owner``) when every attempt fails.
+    Clarabel at TIGHT_CLARABEL first (the module docstring for the retries). SolverError (naming ``owner``) when
+    every attempt fails.
     The squared loss with y's root mean square c outside TARGET_SCALES is solved in units of c
     (y / c, beta / c; the neurons times c): its optimum is c^2 that of the scaled program."""
     rows, r_prime = U_prime.shape
@@ -52,7 +56,8 @@ def solve_cvxpy(U_prime: np.ndarray, patterns: np.ndarray, y: np.ndarray, beta: 
     user = solver_options or {}
     attempts = [(solver, user)]
     if solver == "clarabel":
-        attempts = ([(solver, {**TIGHT_CLARABEL, **user})] if tight else []) + [(solver, user), ("scs", {})]
+        attempts = ([(solver, {**TIGHT_CLARABEL, **user})] if tight else []) + [(solver, user)]
+        attempts += [("scs", {})] if pool is not None else []
     for index, (name, options) in enumerate(attempts):
         cvxpy_solver, defaults = CVXPY_SOLVERS[name]
         try:
