@@ -44,7 +44,10 @@ def main() -> None:
         models[solver] = model
         report = model.solver_report_[0]
         details = (f"certified gap {report['relative_gap']:.1e}, violation {report['violation']:.1e}, "
-                   f"{report['iterations']} iterations" if solver == "torch" else f"status {report['status']}")
+                   f"{report['iterations']} iterations" if report["solver"] == "torch" else
+                   f"status {report['status']}, certified gap {report['relative_gap']:.1e}")
+        if "replaced" in report:
+            details += f"; {report['replaced']}'s solution replaced by the native one"
         print(f"{solver:>8}: {seconds:6.2f} s  objective {model.objective_:.6f}  {model.n_neurons_} neurons  "
               f"test R^2 {model.score(X_test, y_test):.4f}  ({details})")
     native, reference = models["torch"], models["clarabel"]
