@@ -13,6 +13,7 @@ import pytest
 import convexnorm as cn
 from convexnorm.convex import estimators, solve
 from convexnorm.solvers import cvxpy_backend
+from convexnorm.solvers import native as native_solver
 from convexnorm.convex.certificate import REFINED_PATTERNS, cone_dual_value, dual_value, probe
 
 
@@ -261,3 +262,20 @@ def test_a_program_clarabel_fails_is_solved_by_the_native_method_not_scs(monkeyp
     certificate = solve.certify_solution(model.whitening_.U_prime, labels.astype(float), model.solutions_[0], 1e-6,
                                          "logistic", "exact", all_patterns=model.patterns_)
     assert -1e-12 <= (model.objective_ - certificate.lower_bound) / model.objective_ <= 1e-6  # rounding below
+
+
+def test_a_clarabel_solution_the_native_method_cannot_check_is_kept_with_its_own_gap_and_a_warning(
+        monkeypatch, caplog) -> None:
+    """The squared program above (its own multipliers read a gap of 7.9e-4) with the native method failing: the
+    Clarabel solution is kept, its report holding the gap at its own multipliers, and a warning says it is not
+    certified."""
+    def failing(*args):
+        raise cn.SolverError("ConvexBNRegressor: solver='torch' stopped without meeting its tolerances")
+
+    monkeypatch.setattr(native_solver, "solve_native_program", failing)
+    X, y = _small_problem(1)
+    with caplog.at_level("WARNING", logger="convexnorm"):
+        model = cn.ConvexBNRegressor(beta=1e-5, patterns=30, random_state=1).fit(X, y)
+    report = model.solver_report_[0]
+    assert report["solver"] == "clarabel" and "replaced" not in report and report["relative_gap"] > 1e-4
+    assert "could not certify the clarabel solution" in caplog.text

@@ -148,8 +148,8 @@ def _certified(solution: ScalarSolution, U_prime: np.ndarray, patterns: np.ndarr
     and at small beta the bound can read far below the optimum (a squared-loss solution 1.5e-9 above the optimum
     read 7.9e-4). Where the gap exceeds CERTIFIED_RTOL, the native method (solver="torch") solves the program, and
     its certified lower bound either certifies the cvxpy solution (kept) or shows it off the optimum: then the
-    native solution replaces it (Clarabel's 'optimal' logistic solutions at beta 1e-5 .. 1e-6 lay 3e-6 .. 1e-2
-    above the optimum, docs/benchmarks.md session 36). A pooled (convolutional) program, which the native method
+    native solution replaces it (Clarabel's 'optimal' logistic and hinge solutions at beta 1e-5 .. 1e-6 lay 2.7e-6
+    .. 1e-2 above the optimum, docs/benchmarks.md session 36). A pooled (convolutional) program, which the native method
     does not solve, keeps its solution and the gap at its own multipliers, an upper bound that may be loose."""
     certificate = certify_solution(U_prime, y, solution, beta, loss, "exact", pool=pool, all_patterns=patterns)
     bound = certificate.lower_bound
@@ -158,8 +158,8 @@ def _certified(solution: ScalarSolution, U_prime: np.ndarray, patterns: np.ndarr
         try:
             native = solve_convex_program(U_prime, patterns, y, beta, loss, "torch", owner)
         except SolverError as error:
-            logger.info("%s: the native method could not certify the %s solution: %s", owner,
-                        solution.report["solver"], error)
+            logger.warning("%s: the native method could not certify the %s solution (its relative gap %.1e at its "
+                           "own multipliers): %s", owner, solution.report["solver"], gap, error)
         else:
             bound = max(bound, native.report["lower_bound"])
             gap = _relative_gap(solution.objective, bound)

@@ -5,7 +5,7 @@ constants (``ignore_dpp``: cvxpy's parametric canonicalization of this program g
 and suits only small layers). Clarabel is asked for TIGHT_CLARABEL first; where it reports
 'optimal_inaccurate' or fails, the program is solved again at Clarabel's defaults, then, for a pooled
 (convolutional) program, with SCS. An unpooled program that Clarabel fails is solved by the native method instead
-(convex/solve.py, ``solve_convex_program``), which certifies its answer: SCS had taken 17-52 s to fail on logistic
+(convex/solve.py, ``solve_convex_program``), which certifies its answer: SCS had taken 17-54 s to fail on logistic
 programs at beta 1e-5 .. 1e-6 (docs/benchmarks.md, session 36).
 """
 
