@@ -9,7 +9,11 @@ losses (logistic, hinge on +-1 labels) the labels are folded into DU[i] = diag(y
 so ``output`` is the margin y * f and there is no y parameter. Columns i of the
 variables S and T are s_i and t_i. The hinge loss is written with slacks,
 sum xi s.t. xi >= 1 - y * f, xi >= 0, so that the multipliers alpha of the margin
-constraints (``margin``) give the certificate's dual variable lam = y * alpha.
+constraints (``margin``) give the certificate's dual variable lam = y * alpha. With
+``fitted_variable`` the squared and logistic losses take their argument from a variable
+F = output (``fit``), whose multipliers are -loss'(F) (the squared loss: y - f, the
+certificate's lam) to the solver's accuracy, which -loss'(output) at the solver's primal
+solution meets only to about its square root.
 
 Convolutional networks (docs/math.md section 8) pool the rows of the patches' U' (N K rows,
 sample-major) into the N samples: DU[i] = Pi D_i U' with Pi = I_N kron 1_K^T, while the
@@ -37,6 +41,7 @@ class ConvexBNProgram:
     T: cp.Variable
     output: cp.Expression
     margin: cp.Constraint | None = None
+    fit: cp.Constraint | None = None
 
     @property
     def variables(self) -> tuple[cp.Variable, cp.Variable]:
@@ -62,9 +67,10 @@ class ConvexBNProgram:
 
 
 def convex_bn_program(n: int, r_prime: int, n_patterns: int, loss: str = "squared",
-                      constraint_rows: int | None = None) -> ConvexBNProgram:
+                      constraint_rows: int | None = None, fitted_variable: bool = False) -> ConvexBNProgram:
     """The DPP program for n samples, whitened rank r' = r + 1 and n_patterns patterns
-    (``constraint_rows``: rows of U' when they are pooled, N K for convolutions; default n)."""
+    (``constraint_rows``: rows of U' when they are pooled, N K for convolutions; default n;
+    ``fitted_variable``: the squared and logistic losses of a variable F = output, the module docstring)."""
     check_loss(loss, "convex_bn_program")
     DU = tuple(cp.Parameter((n, r_prime), name=f"DU{i}") for i in range(n_patterns))
     SU = tuple(cp.Parameter((constraint_rows or n, r_prime), name=f"SU{i}") for i in range(n_patterns))
@@ -76,14 +82,19 @@ def convex_bn_program(n: int, r_prime: int, n_patterns: int, loss: str = "square
     penalty = cp.sum(cp.norm(S, 2, axis=0)) + cp.sum(cp.norm(T, 2, axis=0))
     constraints = [SU[i] @ S[:, i] >= 0 for i in range(n_patterns)]
     constraints += [SU[i] @ T[:, i] >= 0 for i in range(n_patterns)]
-    margin = None
+    margin = fit = None
     if loss == "hinge":
         slack = cp.Variable(n, nonneg=True, name="xi")
         margin = slack >= 1 - output
         constraints.append(margin)
         data_loss = cp.sum(slack)
+    elif fitted_variable:
+        fitted = cp.Variable(n, name="F")
+        fit = fitted == output
+        constraints.append(fit)
+        data_loss = cvxpy_loss(loss, fitted, y)
     else:
         data_loss = cvxpy_loss(loss, output, y)
     problem = cp.Problem(cp.Minimize(data_loss + beta * penalty), constraints)
     assert problem.is_dpp()
-    return ConvexBNProgram(problem, DU, SU, y, beta, S, T, output, margin)
+    return ConvexBNProgram(problem, DU, SU, y, beta, S, T, output, margin, fit)

@@ -26,8 +26,9 @@ SOLVERS = {
 @dataclass(frozen=True)
 class ProgramSolution:
     """One solve: S and T (k, P) of the patterns solved over, the backend's report (cvxpy's
-    status, or the interior-point method's measured criteria) and, for the hinge loss, lam = y *
-    alpha from the margin constraints' multipliers (the certificate's lam)."""
+    status, or the interior-point method's measured criteria) and the certificate's lam (one per sample) from the
+    solver's multipliers: for the hinge loss y * alpha of the margin constraints; from the cvxpy backends also
+    for the squared loss, y - f from those of F = output (solvers/cvxpy_backend.py)."""
 
     S: np.ndarray
     T: np.ndarray

@@ -18,7 +18,7 @@ import cvxpy as cp
 import numpy as np
 
 from convexnorm.errors import SolverError
-from convexnorm.programs import convex_bn_program
+from convexnorm.programs import ConvexBNProgram, convex_bn_program
 from convexnorm.solvers.backends import ProgramSolution
 
 logger = logging.getLogger("convexnorm")
@@ -51,7 +51,8 @@ def solve_cvxpy(U_prime: np.ndarray, patterns: np.ndarray, y: np.ndarray, beta: 
     rows, r_prime = U_prime.shape
     scale = float(np.sqrt(np.mean(np.square(y)))) if loss == "squared" else 1.0
     scale = scale if scale > 0 and not TARGET_SCALES[0] <= scale <= TARGET_SCALES[1] else 1.0
-    program = convex_bn_program(len(y), r_prime, len(patterns), loss, constraint_rows=rows)
+    program = convex_bn_program(len(y), r_prime, len(patterns), loss, constraint_rows=rows,
+                                fitted_variable=loss == "squared")
     program.set_data(U_prime, patterns, y / scale, beta / scale, pool)
     user = solver_options or {}
     attempts = [(solver, user)]
@@ -73,10 +74,23 @@ def solve_cvxpy(U_prime: np.ndarray, patterns: np.ndarray, y: np.ndarray, beta: 
             raise ValueError(f"{owner}: solver_options not accepted by {name!r}: {error}") from error
         if status == cp.OPTIMAL:
             report = {"solver": name, "status": status, "solve_time": program.problem.solver_stats.solve_time}
-            dual = None if program.margin is None else y * np.asarray(program.margin.dual_value, dtype=float)
+            dual = _multipliers(program, y, loss, scale)
             return ProgramSolution(scale * program.S.value, scale * program.T.value, report, dual)
         retry = index + 1 < len(attempts) and status != cp.INFEASIBLE and status != cp.UNBOUNDED
         if not retry:
             break
         logger.info("%s: %s returned %r, solving again with %s", owner, name, status, attempts[index + 1][0])
     raise SolverError(f"{owner}: solver {name!r} returned status {status!r}")
+
+
+def _multipliers(program: ConvexBNProgram, y: np.ndarray, loss: str, scale: float) -> np.ndarray | None:
+    """lam of the certificate from the solver's multipliers, one per sample: y alpha of the hinge loss's margin
+    constraints; for the squared loss y - f from those of F = output (``convex_bn_program``'s
+    ``fitted_variable``), times ``scale`` (targets solved in units of c). The logistic loss is solved without F:
+    with it Clarabel failed or lay more than 1e-6 above the optimum on 11 of 24 programs instead of 9
+    (``benchmarks/bench_cvxpy_certified.py``, docs/benchmarks.md session 37), so its lam is -loss'(f)."""
+    if loss == "hinge":
+        return y * np.asarray(program.margin.dual_value, dtype=float)
+    if program.fit is None:
+        return None
+    return scale * np.asarray(program.fit.dual_value, dtype=float)
