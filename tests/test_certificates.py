@@ -336,6 +336,31 @@ def test_a_program_clarabel_fails_is_solved_by_the_native_method_not_scs(monkeyp
     assert -1e-12 <= (model.objective_ - certificate.lower_bound) / model.objective_ <= 1e-6  # rounding below
 
 
+def test_a_pooled_program_clarabel_fails_is_solved_by_scs_and_where_that_fails_too_the_error_names_both(
+        monkeypatch) -> None:
+    """Clarabel failing (here: not installed) on a pooled program, which the native method does not solve: SCS
+    solves it (``fallback_solver``), its answer within 1e-8 of Clarabel's and certified; where SCS fails as well,
+    SolverError names both and the estimator keeps no fitted attribute. (Before session 37 the cvxpy backend
+    tried SCS itself; this path had no test.)"""
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((12, 1, 1, 3))
+    y = np.sin(images[:, 0, 0, 0] + images[:, 0, 0, 2]) + images[:, 0, 0, 1]
+    kwargs = dict(kernel_size=(1, 2), beta=0.05, patterns=20)
+    reference = cn.ConvexBNConvRegressor(**kwargs).fit(images, y)
+    monkeypatch.setitem(cvxpy_backend.CVXPY_SOLVERS, "clarabel", ("NO_SUCH_SOLVER", {}))
+    model = cn.ConvexBNConvRegressor(**kwargs).fit(images, y)
+    report = single(model.solver_report_)
+    assert report["solver"] == "scs" and 0 <= report["relative_gap"] <= 1e-6
+    assert report["lower_bound"] <= reference.objective_ * (1 + 1e-12)
+    assert abs(model.objective_ - reference.objective_) <= 1e-8 * reference.objective_
+    monkeypatch.setitem(cvxpy_backend.CVXPY_SOLVERS, "scs", ("NO_SUCH_SOLVER", {}))
+    failing = cn.ConvexBNConvRegressor(**kwargs)
+    with pytest.raises(cn.SolverError, match="solver 'clarabel'.*SCS, tried instead, failed too: "
+                                             "ConvexBNConvRegressor: solver 'scs'"):
+        failing.fit(images, y)
+    assert not [k for k in vars(failing) if k.endswith("_") and not k.startswith("_")]
+
+
 def test_a_clarabel_solution_the_native_method_cannot_check_is_kept_with_its_own_gap_and_a_warning(
         monkeypatch, caplog) -> None:
     """The logistic program above (its own multipliers read a gap of 1.4e-4) with the native method failing: the

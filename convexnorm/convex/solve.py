@@ -87,9 +87,8 @@ def solve_convex_program(
     at the cvxpy backend's TIGHT_CLARABEL); residue groups are then dropped (RESIDUE_RTOLS). The native interior-point
     method removes its residue itself (certified), so its solutions are not re-solved.
     ``tight_first`` asks Clarabel for its tight tolerances in the first solve as well. A cvxpy solution is
-    certified over ``patterns`` (``_certified``); where every cvxpy attempt fails (SolverError) the native method
-    solves the program instead (Clarabel and SCS failed on logistic programs at beta 1e-5 .. 1e-6, which it
-    certifies), except a pooled program, which it does not solve."""
+    certified over ``patterns`` (``_certified``); where a solve fails (SolverError) another solver takes over
+    (``fallback_solver``)."""
     check_solver(solver, owner)
     args = (y, beta, loss, solver, owner, solver_options)
     chosen = np.ones(len(patterns), dtype=bool)
@@ -98,15 +97,18 @@ def solve_convex_program(
         try:
             solved = solve_program(U_prime, patterns[chosen], *args, pool=pool, tight=tight)
         except SolverError as error:
-            if solver == "torch" or pool is not None:
+            fallback = fallback_solver(solver, pool)
+            if fallback is None:
                 raise
-            logger.info("%s: %s; the native method solves the program instead", owner, error)
+            logger.info("%s: %s; solving with %s instead", owner, error, fallback)
             try:
-                native = solve_convex_program(U_prime, patterns, y, beta, loss, "torch", owner)
-            except SolverError as native_error:
-                raise SolverError(f"{error}; the native method, tried instead, failed too: {native_error}"
-                                  ) from native_error
-            return _replaced_by_native(native, solver)
+                if fallback == "torch":
+                    return _replaced_by_native(solve_convex_program(U_prime, patterns, y, beta, loss, "torch", owner),
+                                               solver)
+                solved = solve_program(U_prime, patterns[chosen], y, beta, loss, fallback, owner, pool=pool)
+            except SolverError as fallback_error:
+                raise SolverError(f"{error}; {FALLBACK_NAMES[fallback]}, tried instead, failed too: {fallback_error}"
+                                  ) from fallback_error
         S_chosen, T_chosen, report, dual = solved.S, solved.T, solved.report, solved.dual
         S, T = np.zeros((U_prime.shape[1], len(patterns))), np.zeros((U_prime.shape[1], len(patterns)))
         S[:, chosen], T[:, chosen] = S_chosen, T_chosen
@@ -139,6 +141,23 @@ def solve_convex_program(
     if solver == "torch":  # certified by the native method itself
         return solution
     return _certified(solution, U_prime, patterns, y, beta, loss, owner, pool)
+
+
+#: How ``fallback_solver``'s choices are named in errors.
+FALLBACK_NAMES = {"torch": "the native method", "scs": "SCS"}
+
+
+def fallback_solver(solver: str, pool: np.ndarray | None) -> str | None:
+    """The solver that takes over a program ``solver`` fails (after the cvxpy backend's own retries: Clarabel at
+    its defaults after its tight tolerances): the native method, which certifies its answer, for every cvxpy
+    solver's program that is not pooled (SCS had taken 17-54 s to fail on logistic programs at beta 1e-5 .. 1e-6,
+    docs/benchmarks.md session 36); SCS for Clarabel's pooled (convolutional) programs, which the native method
+    does not solve; none for the native method, or for SCS's pooled programs."""
+    if solver == "torch":
+        return None
+    if pool is None:
+        return "torch"
+    return "scs" if solver == "clarabel" else None
 
 
 def _certified(solution: ScalarSolution, U_prime: np.ndarray, patterns: np.ndarray, y: np.ndarray, beta: float,

@@ -3,10 +3,8 @@
 The program comes from ``convexnorm.programs.convex_bn_program``; its Parameters are treated as
 constants (``ignore_dpp``: cvxpy's parametric canonicalization of this program grows as n P^2 r'
 and suits only small layers). Clarabel is asked for TIGHT_CLARABEL first; where it reports
-'optimal_inaccurate' or fails, the program is solved again at Clarabel's defaults, then, for a pooled
-(convolutional) program, with SCS. An unpooled program that Clarabel fails is solved by the native method instead
-(convex/solve.py, ``solve_convex_program``), which certifies its answer: SCS had taken 17-54 s to fail on logistic
-programs at beta 1e-5 .. 1e-6 (docs/benchmarks.md, session 36).
+'optimal_inaccurate' or fails, the program is solved again at Clarabel's defaults. Which solver takes over a
+program that fails here is decided in one place, ``convexnorm.convex.solve.fallback_solver``.
 """
 
 from __future__ import annotations
@@ -58,7 +56,6 @@ def solve_cvxpy(U_prime: np.ndarray, patterns: np.ndarray, y: np.ndarray, beta: 
     attempts = [(solver, user)]
     if solver == "clarabel":
         attempts = ([(solver, {**TIGHT_CLARABEL, **user})] if tight else []) + [(solver, user)]
-        attempts += [("scs", {})] if pool is not None else []
     for index, (name, options) in enumerate(attempts):
         cvxpy_solver, defaults = CVXPY_SOLVERS[name]
         try:
