@@ -142,6 +142,30 @@ def test_newton_system_matches_the_dense_matrix(loss: str, route: str, monkeypat
         assert max(float(t.abs().max()) for t in first.parts() + second.parts() + third.parts()) < 1e-9
 
 
+def test_a_newton_system_is_unchanged_by_the_next_one_on_the_same_problem() -> None:
+    """Every iterate's Newton system reuses the problem's buffers for its temporaries (``ConvexBNProblem.buffer``:
+    the capacitance's factor F, session 37); a system stays valid after the next iterate's is built on the same
+    problem: its solve is bit for bit the one before."""
+    generator = torch.Generator().manual_seed(5)
+    n, k, P = 9, 3, 5
+    A = torch.linalg.qr(torch.randn(n, k, generator=generator, dtype=f64))[0][None]
+    masks = (torch.rand(1, n, P, generator=generator) > 0.5).double()
+    problem = ConvexBNProblem(A, masks, torch.randn(1, n, generator=generator, dtype=f64),
+                              torch.tensor([0.1], dtype=f64), "squared")
+
+    def iterate() -> tuple[Primal, Conic, Conic]:
+        positive = lambda *shape: torch.rand(1, *shape, generator=generator, dtype=f64) + 0.5  # noqa: E731
+        s = Conic(positive(n, 2 * P), interior(2 * P, k + 1, generator)[None], None, None)
+        z = Conic(positive(n, 2 * P), interior(2 * P, k + 1, generator)[None], None, None)
+        return Primal(torch.randn(1, 2 * P, k + 1, generator=generator, dtype=f64)), s, z
+
+    first = NewtonSystem(problem, *iterate())
+    b = Primal(torch.randn(1, 2 * P, k + 1, generator=generator, dtype=f64))
+    before = first.solve_x(b).X.clone()
+    second = NewtonSystem(problem, *iterate())
+    assert torch.equal(first.solve_x(b).X, before) and not torch.equal(second.solve_x(b).X, before)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_hinge_steps_stay_consistent_with_their_predictions_on_the_margin(seed: int) -> None:
     """Samples on the margin (slack and margin both 1e-8 of their multipliers: curvature d near 1e8) by Woodbury:

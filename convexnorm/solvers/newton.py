@@ -206,8 +206,12 @@ class _Woodbury:
         S_root = self.root[..., 1:, 1:]  # L^-1
         Q = S_root.transpose(-1, -2) @ S_root  # the W blocks of H_j^-1: S_j^-1
         # B H^-1 B^T = sum_i (M_i * A) W_i (M_i * A)^T with W_i = Q_i + Q_{i+P}: F = [M_i * (A W_i)] against the
-        # masked rows E = [M_i * A], without a Cholesky factor of W_i
-        F = A @ (Q[:, :P] + Q[:, P:]).permute(0, 2, 1, 3).reshape(batch, k, P * k)
+        # masked rows E = [M_i * A], without a Cholesky factor of W_i. W and F are temporaries in the problem's
+        # buffers: allocated afresh (2.2 MB at 128x16x128, more at n = P = 1000) they cost page faults, about 5%
+        # of a 128x16x128 block step and 10% of a 1000x10x1000 fit (docs/benchmarks.md, session 37)
+        W = problem.buffer("W", (batch, k, P, k))
+        torch.add(Q[:, :P], Q[:, P:], out=W.permute(0, 2, 1, 3))
+        F = torch.bmm(A, W.view(batch, k, P * k), out=problem.buffer("F", (batch, n, P * k)))
         F.view(batch, n, P, k).mul_(masks[..., None])
         self.capacitance = cholesky(_lower_gram(F, problem.masked_rows, 1 / curvature))
 

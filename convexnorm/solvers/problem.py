@@ -17,7 +17,7 @@ The losses (convexnorm/losses.py) enter only through f: their value, gradient an
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -40,6 +40,7 @@ class ConvexBNProblem:
     beta: torch.Tensor
     loss: str
     candidates: torch.Tensor | None = None
+    _buffers: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -56,6 +57,15 @@ class ConvexBNProblem:
 
         beta = torch.full((len(programs),), float(beta), dtype=torch.float64, device=device)
         return cls(stacked(0), stacked(1, transpose=True), stacked(2), beta, loss)
+
+    def buffer(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """A float64 tensor of ``shape`` on the programs' device, the same one at every call with ``name`` and
+        ``shape``: for temporaries of every iterate's Newton system, which a fresh allocation of their size
+        (megabytes) pays for in page faults."""
+        key = (name, shape)
+        if key not in self._buffers:
+            self._buffers[key] = torch.empty(shape, dtype=self.A.dtype, device=self.A.device)
+        return self._buffers[key]
 
     def mask_of(self, programs: int | list[int]) -> torch.Tensor:
         """A (batch,) boolean mask holding at ``programs`` (one index or a list)."""
