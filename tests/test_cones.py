@@ -142,16 +142,21 @@ def test_newton_system_matches_the_dense_matrix(loss: str, route: str, monkeypat
         assert max(float(t.abs().max()) for t in first.parts() + second.parts() + third.parts()) < 1e-9
 
 
+def _squared_problem(n: int, k: int, P: int, generator: torch.Generator) -> ConvexBNProblem:
+    """One squared-loss program: orthonormal A (n x k), random masks (P patterns) and y, beta 0.1."""
+    A = torch.linalg.qr(torch.randn(n, k, generator=generator, dtype=f64))[0][None]
+    masks = (torch.rand(1, n, P, generator=generator) > 0.5).double()
+    return ConvexBNProblem(A, masks, torch.randn(1, n, generator=generator, dtype=f64),
+                           torch.tensor([0.1], dtype=f64), "squared")
+
+
 def test_a_newton_system_is_unchanged_by_the_next_one_on_the_same_problem() -> None:
     """Every iterate's Newton system reuses the problem's buffers for its temporaries (``ConvexBNProblem.buffer``:
     the capacitance's factor F, session 37); a system stays valid after the next iterate's is built on the same
     problem: its solve is bit for bit the one before."""
     generator = torch.Generator().manual_seed(5)
     n, k, P = 9, 3, 5
-    A = torch.linalg.qr(torch.randn(n, k, generator=generator, dtype=f64))[0][None]
-    masks = (torch.rand(1, n, P, generator=generator) > 0.5).double()
-    problem = ConvexBNProblem(A, masks, torch.randn(1, n, generator=generator, dtype=f64),
-                              torch.tensor([0.1], dtype=f64), "squared")
+    problem = _squared_problem(n, k, P, generator)
 
     def iterate() -> tuple[Primal, Conic, Conic]:
         positive = lambda *shape: torch.rand(1, *shape, generator=generator, dtype=f64) + 0.5  # noqa: E731
@@ -205,10 +210,7 @@ def test_block_solve_inverts_the_dense_group_blocks() -> None:
     W block L^-1) == its W block's Schur complement inverse."""
     generator = torch.Generator().manual_seed(5)
     n, k, P = 9, 3, 4
-    A = torch.linalg.qr(torch.randn(n, k, generator=generator, dtype=f64))[0][None]
-    masks = (torch.rand(1, n, P, generator=generator) > 0.5).double()
-    problem = ConvexBNProblem(A, masks, torch.randn(1, n, generator=generator, dtype=f64),
-                              torch.tensor([0.1], dtype=f64), "squared")
+    problem = _squared_problem(n, k, P, generator)
     rows = lambda: torch.rand(1, n, 2 * P, generator=generator, dtype=f64) + 0.5  # noqa: E731
     s, z = (Conic(rows(), interior(2 * P, k + 1, generator)[None]) for _ in range(2))
     x = Primal(torch.randn(1, 2 * P, k + 1, generator=generator, dtype=f64))
