@@ -217,7 +217,7 @@ def test_block_solve_inverts_the_dense_group_blocks() -> None:
     system = NewtonSystem(problem, x, s, z)
     H = system.scaling.inverse_square().clone()
     weights = z.rows / s.rows
-    H[..., 1:, 1:] += torch.einsum("bnj,bnk,bnl->bjkl", weights, A, A)
+    H[..., 1:, 1:] += torch.einsum("bnj,bnk,bnl->bjkl", weights, problem.A, problem.A)
     woodbury = system.woodbury
     schur = H[..., 1:, 1:] - H[..., 1:, :1] * H[..., :1, 1:] / H[..., :1, :1]
     S_root = woodbury.root[..., 1:, 1:]
