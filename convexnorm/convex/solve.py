@@ -167,7 +167,7 @@ def _certified(solution: ScalarSolution, U_prime: np.ndarray, patterns: np.ndarr
     solver's multipliers and, where that exceeds CERTIFIED_RTOL, the larger of it and the bound at the solution's
     own lam = -loss'(f), which holds the fitted values only to about the square root of the solver's accuracy (at
     small beta a squared-loss solution 1.5e-9 above the optimum read 7.9e-4 at its own lam; at the solver's
-    multipliers squared-loss gaps read 1e-10 .. 8e-7, docs/benchmarks.md session 37). Where the gap still exceeds
+    multipliers squared-loss gaps read 6.5e-12 .. 7.6e-7, docs/benchmarks.md session 37). Where the gap still exceeds
     CERTIFIED_RTOL, the native method (solver="torch") solves the program, and its certified lower bound either
     certifies the cvxpy solution (kept) or shows it off the optimum: then the native solution replaces it
     (Clarabel's 'optimal' logistic and hinge solutions at beta 1e-5 .. 1e-6 lay 2.7e-6 .. 1e-2 above the optimum,
