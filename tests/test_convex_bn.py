@@ -166,10 +166,15 @@ def test_one_vs_rest_classifier_recovers_one_network_with_class_outputs() -> Non
 
 
 def test_scs_solver_reaches_the_same_optimum() -> None:
+    """SCS's solution, certified over its patterns to 1e-6 by its own multipliers (not replaced by the native
+    method), lies within 1e-6 of Clarabel's (measured 9e-13; before its solutions were certified this test allowed
+    1e-4)."""
     X, y = low_rank_problem(n=20)
     clarabel = cn.ConvexBNRegressor(beta=0.1, patterns=40).fit(X, y)
     scs = cn.ConvexBNRegressor(beta=0.1, patterns=40, solver="scs").fit(X, y)
-    assert rel(scs.objective_, clarabel.objective_) < 1e-4
+    report = scs.solver_report_[0]
+    assert report["solver"] == "scs" and "replaced" not in report and 0 <= report["relative_gap"] <= 1e-6
+    assert rel(scs.objective_, clarabel.objective_) < 1e-6
 
 
 # ---------------------------------------------------------------- bad input
