@@ -313,9 +313,7 @@ def test_a_convolutional_solution_certified_only_above_1e_6_is_solved_again_at_1
     from convexnorm.convex.conv import patch_pooling
     from convexnorm.programs import convex_bn_program
 
-    rng = np.random.RandomState(1)
-    X = rng.randn(30, 16)
-    y = np.sin(X[:, 3]) + X[:, 5] * X[:, 8]
+    X, y = _conv_problem()
     with caplog.at_level("INFO", logger="convexnorm"):
         model = cn.ConvexBNConvRegressor(kernel_size=3, beta=1e-6, patterns=30, random_state=1).fit(X, y)
     assert "certified to a relative gap of 4.7e-06 over its patterns; solving again" in caplog.text

@@ -97,9 +97,9 @@ def solve_convex_program(
     kept; one still above it comes with a warning."""
     check_solver(solver, owner)
     solution = _solved(U_prime, patterns, y, beta, loss, solver, owner, solver_options, pool, tight_first)
-    gap = solution.report.get("relative_gap", 0.0)
-    if pool is None or gap <= CERTIFIED_RTOL:
+    if pool is None or solution.report["relative_gap"] <= CERTIFIED_RTOL:
         return solution
+    gap = solution.report["relative_gap"]
     if solver == "clarabel":
         logger.info("%s: the clarabel solution is certified to a relative gap of %.1e over its patterns; solving "
                     "again at tolerances of 1e-12", owner, gap)
